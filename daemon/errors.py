@@ -1,0 +1,83 @@
+"""Errors of the daemon side: config, manifests and the network.
+
+They extend the tree in :mod:`shardsync.store.errors` (re-exported here, so the
+daemon imports all errors from one place)::
+
+    ShardsyncError
+    ├── ConfigError        the config file is wrong; says file, key and line
+    ├── ManifestError      a model.json / weights manifest we refuse (format, dtype, size, path)
+    ├── UpstreamError      the origin answered, but not with what we need (4xx, 5xx, bad range)
+    ├── FetchTimeoutError  the origin was too slow (deadline, minimum throughput)
+    └── ConnectError       the origin could not be reached or dropped the connection
+    (and IntegrityError, NotFoundError, UnsafePathError, LockedError, StorageError)
+
+httpx exceptions are translated to these in one place, ``shardsync.daemon.fetch``.
+"""
+
+from __future__ import annotations
+
+from shardsync.store.errors import (
+    IntegrityError,
+    LockedError,
+    NotFoundError,
+    ShardsyncError,
+    StorageError,
+    UnsafePathError,
+)
+
+__all__ = [
+    "ConfigError",
+    "ConnectError",
+    "FetchTimeoutError",
+    "IntegrityError",
+    "LockedError",
+    "ManifestError",
+    "NotFoundError",
+    "ShardsyncError",
+    "StorageError",
+    "UnsafePathError",
+    "UpstreamError",
+]
+
+
+class ConfigError(ShardsyncError):
+    """The config file is invalid. ``path``, ``key`` and ``line`` say where, when known."""
+
+    def __init__(
+        self, reason: str, *, path: str | None = None, key: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.key = key
+        self.line = line
+
+    def __str__(self) -> str:
+        where = self.path or "config"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.key is not None:
+            where += f": {self.key}"
+        return f"{where}: {self.reason}"
+
+
+class ManifestError(ShardsyncError):
+    """A TF.js manifest that shardsync refuses to mirror."""
+
+
+class UpstreamError(ShardsyncError):
+    """The origin answered with something unusable. ``status`` is the HTTP status, if any."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None,
+                 **where) -> None:
+        super().__init__(reason, **where)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class FetchTimeoutError(ShardsyncError):
+    """The origin was too slow: a per-file deadline or the minimum throughput was missed."""
+
+
+class ConnectError(ShardsyncError):
+    """The origin could not be reached, or the connection broke mid-transfer."""

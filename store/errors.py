@@ -1,0 +1,99 @@
+"""The exception tree of shardsync.
+
+Every error shardsync raises on purpose is a :class:`ShardsyncError`. Each one
+carries what an operator needs to act on it as attributes (``model``, ``file``,
+``expected``, ``actual``) and says them in its message, so a log line alone
+names the model, the file and the reason. Only the CLI turns errors into exit
+statuses.
+
+    ShardsyncError
+    ├── IntegrityError     bytes are not what they must be (digest, size)
+    ├── NotFoundError      a model, version, object or file that does not exist
+    ├── UnsafePathError    a path that could escape state_dir or site_dir
+    ├── LockedError        someone else holds it (an ingest, the store for gc)
+    └── StorageError       the filesystem failed us (disk full, EIO); from OSError
+
+The daemon adds its own (config, manifest, upstream HTTP, timeout) in
+``shardsync.daemon.errors``; they subclass :class:`ShardsyncError` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "IntegrityError",
+    "LockedError",
+    "NotFoundError",
+    "ShardsyncError",
+    "StorageError",
+    "UnsafePathError",
+]
+
+
+class ShardsyncError(Exception):
+    """Base of every shardsync error.
+
+    ``reason`` says what went wrong in words; the keyword attributes say where.
+    ``str(err)`` reads ``model M: file F: reason (expected E, got A)``, leaving out
+    what is unknown.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        model: str | None = None,
+        file: str | None = None,
+        expected: Any = None,
+        actual: Any = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.model = model
+        self.file = file
+        self.expected = expected
+        self.actual = actual
+
+    def __str__(self) -> str:
+        parts = []
+        if self.model is not None:
+            parts.append(f"model {self.model}")
+        if self.file is not None:
+            parts.append(f"file {self.file}")
+        msg = ": ".join([*parts, self.reason])
+        if self.expected is not None or self.actual is not None:
+            msg += f" (expected {self.expected}, got {self.actual})"
+        return msg
+
+    def with_context(self, *, model: str | None = None, file: str | None = None) -> ShardsyncError:
+        """Fill in ``model``/``file`` where still unknown; returns self for ``raise``."""
+        if self.model is None:
+            self.model = model
+        if self.file is None:
+            self.file = file
+        return self
+
+
+class IntegrityError(ShardsyncError):
+    """Bytes are not what the manifest, the store or the caller said they must be."""
+
+
+class NotFoundError(ShardsyncError):
+    """A model, version, object or file that does not exist."""
+
+
+class UnsafePathError(ShardsyncError):
+    """A path that is absolute, climbs with ``..``, or would follow a symlink outward."""
+
+
+class LockedError(ShardsyncError):
+    """Another writer holds the ingest (or another process the store, for gc)."""
+
+
+class StorageError(ShardsyncError):
+    """The filesystem failed (disk full, I/O error, permissions); the OSError is ``__cause__``."""
+
+    @classmethod
+    def from_oserror(cls, exc: OSError, what: str, **where: Any) -> StorageError:
+        return cls(f"{what}: {exc.strerror or exc}", **where)

@@ -1,0 +1,142 @@
+"""Path safety: the one place that decides whether a relative path may be written.
+
+Manifests come from the network, so every path in one is hostile until checked.
+:func:`check_relpath` refuses anything that could leave its directory; the
+``*_at`` helpers then walk to it one component at a time with ``O_NOFOLLOW``,
+so a symlink that someone else planted inside state_dir or site_dir is never
+followed outward, whatever it points at.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .errors import UnsafePathError
+
+__all__ = [
+    "NAME_RE",
+    "check_name",
+    "check_relpath",
+    "dir_at",
+    "fsync_dir",
+    "open_dir",
+    "open_dir_at",
+]
+
+#: Model names become directory names under site_dir (DESIGN.md).
+NAME_RE = re.compile(r"^[a-z0-9._-]+$")
+
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+# Directories are opened like this everywhere: never through a symlink.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name, else raise UnsafePathError."""
+    if not NAME_RE.match(name) or name in (".", ".."):
+        raise UnsafePathError(
+            f"invalid model name {name!r}: use only a-z, 0-9, '.', '_' and '-'", model=name
+        )
+    return name
+
+
+def check_relpath(path: str) -> str:
+    """Return ``path`` if it is a safe relative file path, else raise UnsafePathError.
+
+    Refused: empty, absolute, a scheme (``http:``, ``file:``, ``C:``), a backslash,
+    a NUL or other control character, a ``.`` or ``..`` segment, an empty segment
+    (``a//b``, trailing ``/``), and any segment starting with ``.tmp-`` (our own
+    temporary names).
+    """
+    why = None
+    if not isinstance(path, str) or not path:
+        why = "empty path"
+    elif path.startswith("/"):
+        why = "absolute path"
+    elif "\\" in path:
+        why = "backslash in path"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        why = "NUL or control character in path"
+    elif _SCHEME_RE.match(path):
+        why = "path has a scheme"
+    else:
+        for seg in path.split("/"):
+            if seg == "":
+                why = "empty segment in path"
+            elif seg in (".", ".."):
+                why = f"{seg!r} segment in path"
+            elif seg.startswith(".tmp-"):
+                why = "reserved name in path"
+            if why:
+                break
+    if why:
+        raise UnsafePathError(f"unsafe path {path!r}: {why}", file=repr(path))
+    return path
+
+
+def open_dir(path: str | os.PathLike[str], *, create: bool = False) -> int:
+    """Open a top-level directory (state_dir, site_dir) and return its fd.
+
+    The top-level path itself is trusted (it comes from the operator's config);
+    what lies inside it is not, see :func:`open_dir_at`.
+    """
+    if create:
+        os.makedirs(path, exist_ok=True)
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def open_dir_at(dir_fd: int, relpath: str, *, create: bool = False, mode: int = 0o755) -> int:
+    """Open ``relpath`` below ``dir_fd`` without following any symlink; return the fd.
+
+    With ``create``, missing directories are made on the way. A component that is
+    a symlink or not a directory raises UnsafePathError (from ELOOP/ENOTDIR).
+    The caller closes the fd.
+    """
+    fd = os.dup(dir_fd)
+    try:
+        for seg in relpath.split("/"):
+            if not seg:
+                continue
+            try:
+                nfd = os.open(seg, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(seg, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                nfd = os.open(seg, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file in the way
+                    raise UnsafePathError(
+                        f"{relpath!r}: {seg!r} is a symlink or not a directory; not following it",
+                        file=relpath,
+                    ) from exc
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextmanager
+def dir_at(dir_fd: int, relpath: str, *, create: bool = False) -> Iterator[int]:
+    """Context manager form of :func:`open_dir_at`."""
+    fd = open_dir_at(dir_fd, relpath, create=create)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(fd: int) -> None:
+    """fsync a directory fd, so that renames and links in it survive a power cut."""
+    os.fsync(fd)
