@@ -1,0 +1,301 @@
+"""Partial downloads that survive a crash: ``partial/<ref>.data`` + ``partial/<ref>.json``.
+
+An ingest is invisible until :meth:`Ingest.commit` turns it into an object; closing
+it without commit keeps the bytes for a later resume (containerd's ingest model).
+
+The sidecar (``.json``) records the canonical URL, the validators the bytes came
+with (ETag / Last-Modified), the expected length, and ``durable``: how many bytes
+of ``.data`` are known to be on disk. It is rewritten (atomically) only after an
+``fdatasync`` of the data, so it never claims bytes the file does not durably hold.
+
+On reopen, how much of ``.data`` to trust depends on what happened:
+
+* the same boot (``boot_id`` unchanged): the process died but the kernel did not,
+  so everything ``write(2)`` accepted is in the page cache, in order: the whole
+  file is a correct prefix of the stream, even past ``durable``;
+* another boot (a power cut or reboot): only ``durable`` bytes are trusted; the
+  file is truncated to it.
+
+Either way the kept prefix is re-hashed once on reopen (hashlib state cannot be
+saved), and the final digest check at commit catches anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .atomic import write_all, write_atomic
+from .errors import IntegrityError, LockedError
+from .objects import CHUNK
+
+if TYPE_CHECKING:
+    from .objects import Objects
+
+__all__ = ["CHECKPOINT_BYTES", "Ingest", "IngestStatus", "boot_id", "ingest_ref"]
+
+#: Bytes written between two automatic checkpoints (fdatasync + sidecar). Bounds what a
+#: power cut can cost per file to 16 MiB while keeping fsyncs rare (PERF.md: fsync per
+#: small write is what makes pulls slow). A process crash loses nothing, see above.
+CHECKPOINT_BYTES = 16 * 1024 * 1024
+
+_BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    """This boot's id: unchanged while the kernel runs, new after any reboot or power cut."""
+    try:
+        with open(_BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:  # not Linux: treat every open as a new boot (only durable bytes count)
+        return ""
+
+
+def ingest_ref(url: str) -> str:
+    """The ingest name of a canonical URL (a fixed-length, path-safe string)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class IngestStatus:
+    """What the sidecar of a partial download says."""
+
+    ref: str
+    url: str
+    etag: str | None
+    last_modified: str | None
+    expected_size: int | None
+    durable: int
+    updated: float
+
+
+class Ingest:
+    """One partial download, locked for its writer until :meth:`close`/:meth:`commit`.
+
+    Use :meth:`shardsync.store.Store.open_ingest` to get one. ``offset`` is how many
+    bytes it holds (resume from there); ``etag``/``last_modified`` are the validators
+    those bytes came with (send them as ``If-Range``).
+    """
+
+    def __init__(self, objects: Objects, partial_fd: int, partial_dir: str, url: str) -> None:
+        self._objects = objects
+        self._dir_fd = partial_fd
+        self._dir = partial_dir
+        self.url = url
+        self.ref = ingest_ref(url)
+        self._data_name = self.ref + ".data"
+        self._meta_name = self.ref + ".json"
+        self._fd = os.open(
+            self._data_name,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=partial_fd,
+        )
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise LockedError("download already in progress by another writer", file=url) from None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.expected_size: int | None = None
+        self._durable = 0
+        self._since_checkpoint = 0
+        self._hash = hashlib.sha256()
+        self.offset = 0
+        self._closed = False
+        self._resume()
+
+    # -- state -------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        meta = self._read_meta()
+        size = os.fstat(self._fd).st_size
+        keep = durable = 0
+        if meta is not None and meta.get("url") == self.url:
+            self.etag = meta.get("etag")
+            self.last_modified = meta.get("last_modified")
+            self.expected_size = meta.get("expected_size")
+            durable = min(int(meta.get("durable", 0)), size)
+            same_boot = bool(boot_id()) and meta.get("boot_id") == boot_id()
+            keep = size if same_boot else durable
+        if keep != size:
+            os.ftruncate(self._fd, keep)
+        # Re-hash what we keep: the one re-read in the design, paid only on resume.
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        left = keep
+        while left:
+            block = os.read(self._fd, min(CHUNK, left))
+            if not block:
+                raise IntegrityError("partial file shrank while reading", file=self.url)
+            self._hash.update(block)
+            left -= len(block)
+        os.lseek(self._fd, keep, os.SEEK_SET)
+        self.offset = keep
+        self._durable = durable
+        self._since_checkpoint = keep - durable
+
+    def _read_meta(self) -> dict[str, Any] | None:
+        try:
+            fd = os.open(self._meta_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._dir_fd)
+        except FileNotFoundError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                meta = json.loads(f.read())
+            return meta if isinstance(meta, dict) else None
+        except (ValueError, OSError):  # a damaged sidecar: start this file over
+            return None
+
+    def _write_meta(self) -> None:
+        meta = {
+            "url": self.url,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "expected_size": self.expected_size,
+            "durable": self._durable,
+            "boot_id": boot_id(),
+            "updated": time.time(),
+        }
+        write_atomic(self._dir_fd, self._meta_name, json.dumps(meta).encode(), mode=0o600)
+
+    # -- writing -----------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        etag: str | None,
+        last_modified: str | None,
+        expected_size: int | None,
+        offset: int = 0,
+    ) -> None:
+        """Begin (or begin again) at ``offset`` with these validators.
+
+        ``offset`` must be 0 (a full 200 answer: bytes held are dropped) or the
+        current :attr:`offset` (a 206 that continues where we are).
+        """
+        if offset not in (0, self.offset):
+            raise IntegrityError(
+                "resume offset does not match the partial file",
+                file=self.url, expected=self.offset, actual=offset,
+            )
+        if offset == 0 and self.offset:
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            self._hash = hashlib.sha256()
+            self.offset = 0
+            self._durable = 0
+        self.etag, self.last_modified, self.expected_size = etag, last_modified, expected_size
+        self._write_meta()
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data``, hashing it on the way; checkpoints every CHECKPOINT_BYTES."""
+        self._hash.update(data)
+        write_all(self._fd, data)
+        n = len(data)
+        self.offset += n
+        self._since_checkpoint += n
+        if self._since_checkpoint >= CHECKPOINT_BYTES:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Make what is written durable, then let the sidecar claim it."""
+        if self._durable == self.offset and not self._since_checkpoint:
+            return
+        os.fdatasync(self._fd)
+        self._durable = self.offset
+        self._since_checkpoint = 0
+        self._write_meta()
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the bytes held so far."""
+        return self._hash.hexdigest()
+
+    def commit(self, expected_size: int | None, expected_digest: str | None) -> str:
+        """Turn the bytes into an object and remove the partial; return the digest.
+
+        Raises IntegrityError (and keeps nothing: bytes that fail their check are
+        dropped, since resuming them could only fail again) if the size or digest is
+        not what the caller expected. Either may be None when not known (a file's
+        digest is usually known only after download).
+        """
+        self._check_open()
+        digest = self.digest
+        try:
+            if expected_size is not None and self.offset != expected_size:
+                raise IntegrityError(
+                    "size differs", file=self.url, expected=expected_size, actual=self.offset
+                )
+            if expected_digest is not None and digest != expected_digest:
+                raise IntegrityError(
+                    "SHA-256 differs", file=self.url, expected=expected_digest, actual=digest
+                )
+            self._objects.commit_fd(self._fd, self._dir, self._data_name, digest, self.offset)
+        except IntegrityError:
+            self.abort()
+            raise
+        self._remove()
+        return digest
+
+    def close(self) -> None:
+        """Checkpoint and release the lock, keeping the bytes for a later resume."""
+        if self._closed:
+            return
+        try:
+            self.checkpoint()
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Drop the partial download entirely."""
+        if not self._closed:
+            self._remove()
+
+    def _remove(self) -> None:
+        # Sidecar first: a crash in between leaves a data file with no claims, which
+        # the next open truncates to nothing.
+        for name in (self._meta_name, self._data_name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._dir_fd)
+        os.fsync(self._dir_fd)
+        self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        os.close(self._fd)  # closing drops the flock
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("ingest is closed")
+
+    def __enter__(self) -> Ingest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_status(partial_fd: int, name: str) -> IngestStatus | None:
+    """Parse one sidecar (``<ref>.json``); None if it is damaged."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=partial_fd)
+        with os.fdopen(fd, "rb") as f:
+            m = json.loads(f.read())
+        return IngestStatus(
+            ref=name.removesuffix(".json"),
+            url=m["url"],
+            etag=m.get("etag"),
+            last_modified=m.get("last_modified"),
+            expected_size=m.get("expected_size"),
+            durable=int(m.get("durable", 0)),
+            updated=float(m.get("updated", 0)),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,187 @@
+"""The site directory a web server serves: ``site_dir/<name>/...`` (DESIGN.md layout).
+
+* ``<name>/versions/<version>/``: the origin's manifest byte for byte and every shard
+  at its original relative path, hardlinked from the object store (copied where a
+  link fails, e.g. site_dir on another filesystem). Built under a ``.tmp-`` name and
+  renamed into place only when complete, so a version directory that exists is
+  whole; never changed afterwards.
+* ``<name>/<manifest>``: the entry point, the manifest with its weight paths
+  pointing into ``versions/<version>/``; replaced by one atomic rename.
+
+Every directory is opened below the site fd with O_NOFOLLOW (:mod:`.paths`), so a
+symlink planted inside site_dir is never followed outward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+
+from .atomic import TMP_PREFIX, clean_tmp, exists_at, read_at, rmtree_at, tmp_name, write_atomic
+from .errors import UnsafePathError
+from .objects import Objects
+from .paths import check_name, open_dir, open_dir_at
+from .versions import Version
+
+__all__ = ["VERSIONS_DIR", "Site"]
+
+#: Name of the per-model directory holding the immutable version trees.
+VERSIONS_DIR = "versions"
+
+# A hardlink fails with these where a copy would work: another filesystem (EXDEV),
+# a filesystem without links or one refusing them (EPERM, ENOTSUP), too many links (EMLINK).
+_LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK, errno.EOPNOTSUPP}
+
+#: Bytes per sendfile(2) call when copying an object: large enough to be a few calls
+#: for a 4 MiB shard, small enough to stay responsive to signals.
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+class Site:
+    """Builds version trees and swaps entry points below ``site_dir``."""
+
+    def __init__(self, site_dir: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(site_dir)
+        self._fd = open_dir(self.path, create=True)
+        self.copies = 0  # files copied because a hardlink failed (for tests and metrics)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def model_dir(self, name: str, *, create: bool = False) -> int:
+        return open_dir_at(self._fd, check_name(name), create=create)
+
+    # -- building ----------------------------------------------------------------
+
+    def build_version(self, version: Version, objects: Objects) -> None:
+        """Make ``<name>/versions/<id>/`` complete and durable (no-op if it exists)."""
+        if version.manifest.path == VERSIONS_DIR or "/" in version.manifest.path:
+            raise UnsafePathError(
+                f"manifest file name {version.manifest.path!r} is reserved or has a directory",
+                model=version.name, file=version.manifest.path,
+            )
+        vfd = open_dir_at(self._fd, f"{version.name}/{VERSIONS_DIR}", create=True)
+        try:
+            if exists_at(vfd, version.id):
+                return
+            clean_tmp(vfd)  # a build of ours that crashed; nothing else writes here
+            tmp = tmp_name(version.id)
+            os.mkdir(tmp, 0o755, dir_fd=vfd)
+            tfd = open_dir_at(vfd, tmp)
+            dirs: dict[str, int] = {"": tfd}
+            try:
+                for entry in (version.manifest, *version.files):
+                    parent, _, base = entry.path.rpartition("/")
+                    if parent not in dirs:
+                        dirs[parent] = open_dir_at(tfd, parent, create=True)
+                    self.place(objects, entry.digest, dirs[parent], base)
+                for fd in dirs.values():
+                    os.fsync(fd)
+            finally:
+                for fd in dirs.values():
+                    os.close(fd)
+            os.chmod(tmp, 0o755, dir_fd=vfd)
+            os.rename(tmp, version.id, src_dir_fd=vfd, dst_dir_fd=vfd)
+            os.fsync(vfd)
+        finally:
+            os.close(vfd)
+
+    def place(self, objects: Objects, digest: str, dir_fd: int, name: str) -> None:
+        """Put object ``digest`` at ``name`` in ``dir_fd``: a hardlink, else a durable copy."""
+        src = objects.path(digest)
+        try:
+            os.link(src, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+            return
+        except OSError as exc:
+            if exc.errno not in _LINK_FALLBACK:
+                raise
+        self.copies += 1
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        out = os.open(name, flags, 0o644, dir_fd=dir_fd)
+        try:
+            with open(src, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                offset = 0
+                while offset < size:
+                    sent = os.sendfile(out, f.fileno(), offset, min(COPY_CHUNK, size - offset))
+                    if sent == 0:
+                        raise OSError(errno.EIO, f"object {digest} shrank while copying")
+                    offset += sent
+            os.fchmod(out, 0o444)
+            os.fsync(out)
+        finally:
+            os.close(out)
+
+    # -- entry points ------------------------------------------------------------
+
+    def write_entry(self, name: str, manifest_name: str, data: bytes) -> None:
+        """Replace the entry point ``<name>/<manifest_name>`` by one atomic rename."""
+        fd = self.model_dir(name, create=True)
+        try:
+            write_atomic(fd, manifest_name, data, mode=0o644)
+        finally:
+            os.close(fd)
+
+    def read_entry(self, name: str, manifest_name: str) -> bytes | None:
+        try:
+            fd = self.model_dir(name)
+        except FileNotFoundError:
+            return None
+        try:
+            return read_at(fd, manifest_name)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(fd)
+
+    def remove_entry(self, name: str, manifest_name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fd = self.model_dir(name)
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(manifest_name, dir_fd=fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- listing and removal -----------------------------------------------------
+
+    def version_ids(self, name: str) -> list[str]:
+        """Complete version directories of a model (temporary builds are not listed)."""
+        try:
+            fd = open_dir_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}")
+        except FileNotFoundError:
+            return []
+        try:
+            return sorted(e for e in os.listdir(fd) if not e.startswith(TMP_PREFIX))
+        finally:
+            os.close(fd)
+
+    def remove_version(self, name: str, version_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fd = open_dir_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}")
+            try:
+                rmtree_at(fd, version_id)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def remove_model(self, name: str) -> None:
+        """Remove ``<name>/`` entirely (its entry point first, so pages get 404, not garbage)."""
+        rmtree_at(self._fd, check_name(name))
+        os.fsync(self._fd)
+
+    def models(self) -> list[str]:
+        return sorted(
+            e for e in os.listdir(self._fd)
+            if not e.startswith(".") and stat.S_ISDIR(
+                os.stat(e, dir_fd=self._fd, follow_symlinks=False).st_mode
+            )
+        )
+
+    def file_path(self, name: str, version_id: str, relpath: str) -> str:
+        """Path of a published file (for verify; never used to write)."""
+        return os.path.join(self.path, name, VERSIONS_DIR, version_id, relpath)
+

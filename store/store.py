@@ -1,0 +1,390 @@
+"""The store: objects, partial downloads, versions and the published site, together.
+
+:class:`Store` is the one object the daemon and the CLI hold. It owns the order of
+operations that makes a power cut harmless:
+
+publish(version)
+    1. every object the version needs is present (else NotFoundError, nothing changes)
+    2. ``site/<name>/versions/<id>/`` is built under a temporary name and renamed in
+    3. ``history/<name>.json`` then ``refs/<name>`` name the new version
+    4. the entry point ``site/<name>/<manifest>`` is replaced by one rename
+    5. versions no longer kept are removed (directory first, then the record)
+
+A crash before 3 leaves the old version current and perhaps an unreferenced
+version directory (pruned later); a crash between 3 and 4 leaves the old entry
+point (a complete version) and :meth:`Store.recover`, run on every open, writes
+the new one. OSErrors are translated to :class:`StorageError` here, once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from .atomic import tmp_name
+from .entry import rewrite_paths
+from .errors import LockedError, NotFoundError, ShardsyncError, StorageError
+from .ingest import Ingest, IngestStatus, read_status
+from .objects import CHUNK, Objects
+from .paths import check_name, open_dir, open_dir_at
+from .site import VERSIONS_DIR, Site
+from .versions import FileEntry, Version, Versions
+
+__all__ = ["GRACE_SECONDS", "GcReport", "Problem", "Store"]
+
+#: A version that stopped being current less than this long ago is never removed: a
+#: page that read the old entry point may still be fetching its shards (a slow kiosk
+#: on a busy CPU takes seconds; five minutes leaves a wide margin).
+GRACE_SECONDS = 300.0
+
+
+@dataclass
+class GcReport:
+    """What gc removed (or, in a dry run, would remove)."""
+
+    objects_removed: int = 0
+    bytes_freed: int = 0
+    objects_kept: int = 0
+    partials_removed: int = 0
+    removed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing verify found wrong; ``str()`` says it in one line."""
+
+    kind: str  # object-corrupt | object-missing | file-missing | file-differs | entry-differs
+    detail: str
+    model: str | None = None
+    version: str | None = None
+    path: str | None = None
+    repaired: bool = False
+
+    def __str__(self) -> str:
+        where = " ".join(
+            x for x in (
+                f"model {self.model}" if self.model else "",
+                f"version {self.version}" if self.version else "",
+                f"file {self.path}" if self.path else "",
+            ) if x
+        )
+        fixed = " (repaired)" if self.repaired else ""
+        return f"{self.kind}: {where + ': ' if where else ''}{self.detail}{fixed}"
+
+
+@contextlib.contextmanager
+def _storage(what: str, **where: str | None) -> Iterator[None]:
+    """Translate OSError into StorageError, naming what we were doing and where."""
+    try:
+        yield
+    except ShardsyncError:
+        raise
+    except OSError as exc:
+        raise StorageError.from_oserror(exc, what, **where) from exc
+
+
+class Store:
+    """A content-addressed store under ``state_dir`` publishing into ``site_dir``.
+
+    Opening takes a shared lock on ``state_dir/lock`` (gc needs it exclusively),
+    removes temporary files a crash left, and runs :meth:`recover`.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        site_dir: str | os.PathLike[str],
+        *,
+        keep_versions: int = 2,
+        grace: float = GRACE_SECONDS,
+    ) -> None:
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be at least 1, not {keep_versions}")
+        self.state_dir = os.path.abspath(state_dir)
+        self.keep_versions = keep_versions
+        self.grace = grace
+        with _storage("cannot open the store", file=self.state_dir):
+            self._fd = open_dir(self.state_dir, create=True)
+            self._lock_fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
+                                    dir_fd=self._fd)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+            self.objects = Objects(self._fd, self.state_dir)
+            self._partial_dir = os.path.join(self.state_dir, "partial")
+            self._partial_fd = open_dir_at(self._fd, "partial", create=True)
+            self.versions = Versions(self._fd)
+            self.site = Site(site_dir)
+        self.recover()
+
+    def close(self) -> None:
+        for closer in (self.objects.close, self.site.close):
+            closer()
+        for fd in (self._partial_fd, self._lock_fd, self._fd):
+            os.close(fd)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- objects and ingests -----------------------------------------------------
+
+    def put_bytes(self, data: bytes) -> str:
+        with _storage("cannot store object"):
+            return self.objects.put_bytes(data)
+
+    def put_file(self, path: str | os.PathLike[str]) -> str:
+        with _storage("cannot store file", file=os.fspath(path)):
+            return self.objects.put_file(path)
+
+    def open_ingest(self, url: str) -> Ingest:
+        """The partial download of ``url`` (resumed if one exists); LockedError if busy.
+
+        A crash or cancel leaves the partial on disk for the next open; see
+        :mod:`shardsync.store.ingest` for how much of it is trusted.
+        """
+        with _storage("cannot open partial download", file=url):
+            return Ingest(self.objects, self._partial_fd, self._partial_dir, url)
+
+    def ingests(self) -> list[IngestStatus]:
+        """Every partial download on disk."""
+        out = []
+        for name in sorted(os.listdir(self._partial_fd)):
+            if name.endswith(".json") and not name.startswith("."):
+                st = read_status(self._partial_fd, name)
+                if st is not None:
+                    out.append(st)
+        return out
+
+    # -- versions ----------------------------------------------------------------
+
+    def record(self, name: str, manifest: FileEntry, files: Iterable[FileEntry]) -> Version:
+        """Build and durably record a version (not yet published). Idempotent."""
+        version = Version.build(name, manifest, files)
+        self._require_objects(version)
+        with _storage("cannot record version", model=name):
+            self.versions.record(version)
+        return version
+
+    def current(self, name: str) -> Version | None:
+        """The published version of a model, or None."""
+        vid = self.versions.current(name)
+        return self.versions.get(name, vid) if vid else None
+
+    def kept(self, name: str, *, now: float | None = None) -> list[str]:
+        """Version ids to keep: the current one, the newest ``keep_versions`` overall,
+        and any that stopped being current less than ``grace`` seconds ago. Newest first."""
+        now = time.time() if now is None else now
+        hist = sorted(self.versions.history(name), key=lambda h: h["from"], reverse=True)
+        keep: list[str] = []
+        for i, h in enumerate(hist):
+            recent = h["until"] is None or h["until"] > now - self.grace
+            if i < self.keep_versions or recent:
+                keep.append(h["version"])
+        cur = self.versions.current(name)
+        if cur and cur not in keep:
+            keep.insert(0, cur)
+        return keep
+
+    def entry_bytes(self, version: Version) -> bytes:
+        """The entry point of a version: its manifest with paths under ``versions/<id>/``."""
+        manifest = self.objects.read_verified(version.manifest.digest)
+        return rewrite_paths(manifest, f"{VERSIONS_DIR}/{version.id}/")
+
+    def publish(self, version: Version, *, now: float | None = None) -> None:
+        """Make ``version`` current (see the module docstring for the order of steps).
+
+        On any error the previous version stays published and current.
+        """
+        name = version.name
+        self._require_objects(version)
+        with _storage("cannot publish", model=name):
+            previous = self.current(name)
+            self.versions.record(version)
+            entry = self.entry_bytes(version)
+            self.site.build_version(version, self.objects)
+            self.versions.set_current(name, version.id, now=now)
+            self.site.write_entry(name, version.manifest.path, entry)
+            if previous and previous.manifest.path != version.manifest.path:
+                self.site.remove_entry(name, previous.manifest.path)
+            self.prune(name, now=now)
+
+    def prune(self, name: str, *, now: float | None = None) -> list[str]:
+        """Remove versions of ``name`` that are no longer kept; return their ids."""
+        keep = set(self.kept(name, now=now))
+        gone = (set(self.site.version_ids(name)) | set(self.versions.ids(name))) - keep
+        with _storage("cannot remove old version", model=name):
+            for vid in sorted(gone):
+                self.site.remove_version(name, vid)  # directory first: gc then keeps objects
+                self.versions.drop(name, vid)
+        return sorted(gone)
+
+    def remove_model(self, name: str) -> None:
+        """Unpublish a model entirely: its site directory, ref, history and records."""
+        check_name(name)
+        with _storage("cannot remove model", model=name):
+            self.site.remove_model(name)
+            self.versions.forget(name)
+
+    def recover(self) -> None:
+        """Finish what a crash interrupted: every current version's directory and entry
+        point exist and match. Problems are left for verify to report, not raised."""
+        for name in self.versions.names():
+            try:
+                version = self.current(name)
+                if version is None:
+                    continue
+                self.site.build_version(version, self.objects)
+                entry = self.entry_bytes(version)
+                if self.site.read_entry(name, version.manifest.path) != entry:
+                    self.site.write_entry(name, version.manifest.path, entry)
+            except (ShardsyncError, OSError):
+                continue  # verify reports it; opening the store must not fail on one model
+
+    def _require_objects(self, version: Version) -> None:
+        for entry in (version.manifest, *version.files):
+            if not self.objects.has(entry.digest):
+                raise NotFoundError(
+                    "object missing from the store", model=version.name, file=entry.path,
+                    expected=entry.digest, actual=None,
+                )
+
+    # -- maintenance -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # a failed conversion may drop ours
+            raise LockedError(
+                "the store is in use by another process (is the service running? "
+                "it runs gc itself)", file=self.state_dir,
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+
+    def gc(self, *, dry_run: bool = False) -> GcReport:
+        """Remove objects no recorded version references, and orphaned partial files.
+
+        Needs the store to itself (LockedError otherwise). Partial downloads with a
+        sidecar are kept: they are the resume points of interrupted downloads.
+        """
+        report = GcReport()
+        with self._exclusive(), _storage("gc failed", file=self.state_dir):
+            referenced: set[str] = set()
+            for version in self.versions.all():
+                referenced |= version.digests
+            for info in list(self.objects.walk()):
+                if info.digest in referenced:
+                    report.objects_kept += 1
+                    continue
+                report.objects_removed += 1
+                report.bytes_freed += info.size
+                report.removed.append(info.digest)
+                if not dry_run:
+                    self.objects.delete(info.digest)
+            names = set(os.listdir(self._partial_fd))
+            for name in sorted(names):
+                stem, _, ext = name.rpartition(".")
+                other = stem + (".json" if ext == "data" else ".data")
+                if ext in ("data", "json") and other not in names:
+                    report.partials_removed += 1
+                    if not dry_run:
+                        os.unlink(name, dir_fd=self._partial_fd)
+        return report
+
+    def verify(self, *, repair: bool = False) -> list[Problem]:
+        """Re-hash every object and check every published file and entry point.
+
+        With ``repair``: corrupt objects are deleted (a sync fetches them again), and
+        published files or entry points that differ are put back from good objects.
+        """
+        problems: list[Problem] = []
+        bad: set[str] = set()
+        with _storage("verify failed", file=self.state_dir):
+            for info in list(self.objects.walk()):
+                actual = self.objects.verify(info.digest)
+                if actual != info.digest:
+                    bad.add(info.digest)
+                    if repair:
+                        self.objects.delete(info.digest)
+                    problems.append(Problem(
+                        "object-corrupt", f"content hashes to {actual}", path=info.digest,
+                        repaired=False,
+                    ))
+            for version in self.versions.all():
+                problems += self._verify_version(version, bad, repair)
+        return problems
+
+    def _verify_version(self, version: Version, bad: set[str], repair: bool) -> list[Problem]:
+        out: list[Problem] = []
+        where = {"model": version.name, "version": version.id}
+        for entry in (version.manifest, *version.files):
+            if entry.digest in bad or not self.objects.has(entry.digest):
+                out.append(Problem("object-missing", f"needs object {entry.digest}",
+                                   path=entry.path, **where))
+                continue
+            path = self.site.file_path(version.name, version.id, entry.path)
+            why = self._check_published(path, entry)
+            if why is None:
+                continue
+            fixed = False
+            if repair:
+                self._replace_published(version, entry)
+                fixed = True
+            out.append(Problem("file-differs" if "missing" not in why else "file-missing", why,
+                               path=entry.path, repaired=fixed, **where))
+        if self.versions.current(version.name) == version.id and not out:
+            want = self.entry_bytes(version)
+            if self.site.read_entry(version.name, version.manifest.path) != want:
+                if repair:
+                    self.site.write_entry(version.name, version.manifest.path, want)
+                out.append(Problem("entry-differs", "entry point does not match the version",
+                                   path=version.manifest.path, repaired=repair, **where))
+        return out
+
+    def _check_published(self, path: str, entry: FileEntry) -> str | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return "published file is missing"
+        if not stat.S_ISREG(st.st_mode):
+            return "published file is not a regular file"
+        if st.st_size != entry.size:
+            return f"size is {st.st_size}, expected {entry.size}"
+        obj = os.stat(self.objects.path(entry.digest))
+        if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
+            return None  # the object itself, hardlinked, and the object was just verified
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                h.update(block)
+        if h.hexdigest() != entry.digest:
+            return f"content hashes to {h.hexdigest()}, expected {entry.digest}"
+        return None
+
+    def _replace_published(self, version: Version, entry: FileEntry) -> None:
+        """Put one published file back from its object: placed under a temp name, renamed."""
+        parent, _, base = entry.path.rpartition("/")
+        rel = f"{VERSIONS_DIR}/{version.id}" + (f"/{parent}" if parent else "")
+        mfd = self.site.model_dir(version.name)
+        try:
+            dfd = open_dir_at(mfd, rel, create=True)
+        finally:
+            os.close(mfd)
+        try:
+            tmp = tmp_name(base)
+            self.site.place(self.objects, entry.digest, dfd, tmp)
+            os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
