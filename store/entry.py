@@ -67,7 +67,12 @@ def shard_relpath(path: str) -> str:
         raise UnsafePathError(
             f"unsafe path {path!r}: {bad[0]!r} does not survive in a shard URL", file=repr(path)
         )
-    return check_relpath(rel)
+    try:
+        return check_relpath(rel)
+    except UnsafePathError as exc:
+        if rel == path:
+            raise
+        raise UnsafePathError(f"unsafe path {path!r}: {exc.reason}", file=repr(path)) from exc
 
 
 def rewrite_paths(data: bytes, prefix: str) -> bytes:
