@@ -214,6 +214,11 @@ class Ingest:
         self._write_meta()
 
     @property
+    def closed(self) -> bool:
+        """True once committed, aborted or closed (the lock is released)."""
+        return self._closed
+
+    @property
     def digest(self) -> str:
         """SHA-256 of the bytes held so far."""
         return self._hash.hexdigest()

@@ -135,11 +135,12 @@ class Versions:
 
     # -- records -----------------------------------------------------------------
 
-    def record(self, version: Version) -> None:
-        """Write the version record (idempotent: an existing record is left as is)."""
+    def record(self, version: Version, replace: bool = False) -> None:
+        """Write the version record. An existing record is left as is, unless ``replace``
+        (same files, new origin metadata such as a changed ETag)."""
         fd = open_dir_at(self._state_fd, f"snapshots/{version.name}", create=True)
         try:
-            if not exists_at(fd, version.id + ".json"):
+            if replace or not exists_at(fd, version.id + ".json"):
                 data = json.dumps(version.to_json(), indent=1).encode()
                 write_atomic(fd, version.id + ".json", data)
         finally:

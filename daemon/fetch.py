@@ -1,0 +1,388 @@
+"""HTTP for shardsync: conditional, resumable, verified downloads over one httpx client.
+
+This is the one place that talks httpx: its exceptions are translated here, once,
+into :mod:`shardsync.daemon.errors` (``ConnectError``, ``FetchTimeoutError``,
+``UpstreamError``), and nothing else catches them.
+
+What a download does (:meth:`Fetcher.file`):
+
+* sends ``Accept-Encoding: identity`` and stores the raw bytes;
+* with validators of the last good sync, asks conditionally (``If-None-Match`` /
+  ``If-Modified-Since``): a 304 costs no body;
+* with a partial download on disk, resumes with ``Range`` + ``If-Range``; only a 206
+  whose ``Content-Range`` starts where the partial ends is appended; a 200 starts
+  over; a 416 drops the partial;
+* stops reading at the most bytes the file may have + 1 (endless bodies), and
+  fails a transfer slower than ``min_rate`` or longer than its deadline;
+* retries connection errors, timeouts, 5xx and 429 with exponential backoff and
+  full jitter, honouring ``Retry-After``; every retry resumes from the partial;
+* hashes while streaming (the store's ingest), never re-reading the file.
+
+A cancel (shutdown) closes the ingest, which checkpoints it: the next run resumes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpcore
+import httpx
+import trio
+
+from shardsync.store import Ingest, Store
+
+from . import __version__
+from .errors import (
+    ConnectError,
+    FetchTimeoutError,
+    IntegrityError,
+    ShardsyncError,
+    UpstreamError,
+)
+
+__all__ = ["FetchPolicy", "Fetched", "Fetcher", "ManifestFetch", "Validators", "make_client"]
+
+#: Socket read size. httpcore reads 64 KiB per call by default; the per-chunk cost of
+#: the httpx/httpcore/h11/trio stack dominates a download (~60 µs per chunk, PERF.md),
+#: so fewer, larger reads are the biggest single gain. 1 MiB keeps memory trivial.
+READ_NUM_BYTES = 1024 * 1024
+
+T = TypeVar("T")
+
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits and retry behaviour of a :class:`Fetcher` (tests use small values)."""
+
+    #: Tries per file: rides out a short outage (with backoff, ~30 s in all) without
+    #: stalling a sync for long; the scheduler tries again later anyway.
+    attempts: int = 6
+    #: First backoff; doubles per retry, with full jitter.
+    backoff_base: float = 0.5
+    #: Largest backoff between two tries.
+    backoff_cap: float = 30.0
+    #: A Retry-After longer than this ends this sync's try instead of blocking it.
+    retry_after_cap: float = 300.0
+    #: TCP connect: a kiosk link is slow but a minute without a SYN-ACK is down.
+    connect_timeout: float = 20.0
+    #: No byte at all for this long is a stalled transfer.
+    read_timeout: float = 30.0
+    #: Least average throughput over ``rate_window`` (bytes/s): a drip-feeding server
+    #: must not hold a sync for hours. 8 KiB/s is below any link a kiosk could use.
+    min_rate: float = 8 * 1024
+    #: Window over which ``min_rate`` is measured; long enough to ride out a stall.
+    rate_window: float = 60.0
+    #: A manifest larger than this is refused (real model.json files are < 10 MB).
+    max_manifest_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What the origin said about a file's version: send back for a conditional request."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> Validators:
+        return cls(response.headers.get("etag"), response.headers.get("last-modified"))
+
+
+@dataclass(frozen=True)
+class ManifestFetch:
+    """A manifest answer: ``data`` is None when the origin said 304 Not Modified."""
+
+    data: bytes | None
+    validators: Validators
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A file answer: ``digest`` is None when the origin said 304 Not Modified."""
+
+    digest: str | None
+    size: int
+    validators: Validators
+    received: int  # body bytes received over the network, resumes and retries included
+
+
+def tune_httpcore() -> None:
+    """Read sockets in READ_NUM_BYTES calls (httpcore has no public setting for it)."""
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_NUM_BYTES
+
+
+def make_client(policy: FetchPolicy | None = None, *, max_connections: int = 16
+                ) -> httpx.AsyncClient:
+    """The httpx client shardsync uses: redirects followed, identity encoding, timeouts."""
+    policy = policy or FetchPolicy()
+    tune_httpcore()
+    return httpx.AsyncClient(
+        follow_redirects=True,
+        timeout=httpx.Timeout(
+            connect=policy.connect_timeout, read=policy.read_timeout,
+            write=policy.read_timeout, pool=None,
+        ),
+        limits=httpx.Limits(max_connections=max_connections,
+                            max_keepalive_connections=max_connections),
+        headers={"User-Agent": f"shardsync/{__version__}", "Accept-Encoding": "identity"},
+        trust_env=False,  # a kiosk's proxy env must be configured for us on purpose
+    )
+
+
+class _Restart(Exception):
+    """The partial was dropped (416, bad Content-Range): ask again at once, from zero."""
+
+
+class Fetcher:
+    """Downloads through one client (the caller owns it and closes it)."""
+
+    def __init__(self, client: httpx.AsyncClient, policy: FetchPolicy | None = None) -> None:
+        self.client = client
+        self.policy = policy or FetchPolicy()
+
+    # -- manifests -----------------------------------------------------------------
+
+    async def manifest(self, url: str, validators: Validators | None = None) -> ManifestFetch:
+        """GET a manifest (conditionally when ``validators`` are given), with retries."""
+
+        async def once() -> ManifestFetch:
+            headers = _conditional(validators)
+            async with self.client.stream("GET", url, headers=headers) as r:
+                if r.status_code == 304 and validators:
+                    return ManifestFetch(None, validators)
+                _check_status(r, url)
+                _refuse_html(r, url)
+                cap = self.policy.max_manifest_bytes
+                data = bytearray()
+                async for chunk in r.aiter_raw():
+                    data += chunk
+                    if len(data) > cap:
+                        raise UpstreamError(f"manifest is larger than {cap} bytes", file=url)
+                return ManifestFetch(bytes(data), Validators.of(r))
+
+        return await self._retrying(url, once)
+
+    # -- files ---------------------------------------------------------------------
+
+    async def file(
+        self,
+        url: str,
+        store: Store,
+        *,
+        validators: Validators | None = None,
+        max_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Fetched:
+        """Download ``url`` into the store (resuming a partial); return its digest.
+
+        With ``validators`` and no partial on disk, asks conditionally and returns
+        ``digest=None`` on 304. ``max_size`` is the most bytes the file may have (its
+        weight group's size): a longer body or Content-Length is an IntegrityError
+        and the partial is dropped. A cancel or error keeps the partial for resume.
+        """
+        ingest = store.open_ingest(url)
+        received = 0
+
+        def count(n: int) -> None:
+            nonlocal received
+            received += n
+            if progress is not None:
+                progress(n)
+
+        try:
+            async def once() -> Fetched:
+                return await self._file_once(url, ingest, validators, max_size, count)
+
+            result = await self._retrying(url, once)
+        finally:
+            if not ingest.closed:
+                with trio.CancelScope(shield=True):
+                    ingest.close()  # checkpoint: the next try resumes from here
+        return Fetched(result.digest, result.size, result.validators, received)
+
+    async def _file_once(
+        self, url: str, ingest: Ingest, validators: Validators | None,
+        max_size: int | None, count: Callable[[int], None],
+    ) -> Fetched:
+        resume_from = ingest.offset if (ingest.offset and (ingest.etag or ingest.last_modified)) \
+            else 0
+        if resume_from:
+            headers = {"Range": f"bytes={resume_from}-",
+                       "If-Range": ingest.etag or ingest.last_modified or ""}
+        else:
+            headers = _conditional(validators)
+        async with self.client.stream("GET", url, headers=headers) as r:
+            if r.status_code == 304 and validators and not resume_from:
+                ingest.abort()
+                return Fetched(None, 0, validators, 0)
+            if r.status_code == 416 and resume_from:
+                ingest.start(etag=None, last_modified=None, expected_size=None, offset=0)
+                raise _Restart
+            _check_status(r, url)
+            _refuse_html(r, url)
+            got = Validators.of(r)
+            if r.status_code == 206 and resume_from:
+                start, total = _content_range(r, url)
+                if start != resume_from:
+                    ingest.start(etag=None, last_modified=None, expected_size=None, offset=0)
+                    raise _Restart
+                ingest.start(etag=got.etag or ingest.etag,
+                             last_modified=got.last_modified or ingest.last_modified,
+                             expected_size=total, offset=resume_from)
+            elif r.status_code == 200:
+                total = _content_length(r)
+                ingest.start(etag=got.etag, last_modified=got.last_modified,
+                             expected_size=total, offset=0)
+            else:
+                raise UpstreamError(f"unexpected HTTP status {r.status_code}",
+                                    status=r.status_code, file=url)
+            if total is not None and max_size is not None and total > max_size:
+                ingest.abort()
+                raise IntegrityError("file is larger than its weight group",
+                                     file=url, expected=f"at most {max_size}", actual=total)
+            cap = total if total is not None else max_size
+            await self._stream_body(r, ingest, cap, count, url)
+            if total is not None and ingest.offset < total:
+                raise ConnectError(
+                    f"connection closed after {ingest.offset} of {total} bytes", file=url)
+            size = ingest.offset
+            digest = await trio.to_thread.run_sync(ingest.commit, total, None)
+            return Fetched(digest, size, Validators(ingest.etag, ingest.last_modified), 0)
+
+    async def _stream_body(
+        self, r: httpx.Response, ingest: Ingest, cap: int | None,
+        count: Callable[[int], None], url: str,
+    ) -> None:
+        window_start = trio.current_time()
+        window_bytes = 0
+        policy = self.policy
+        async for chunk in r.aiter_raw():
+            ingest.write(chunk)
+            n = len(chunk)
+            count(n)
+            if cap is not None and ingest.offset > cap:
+                ingest.abort()
+                raise IntegrityError("body is longer than the file can be (endless body?)",
+                                     file=url, expected=f"at most {cap}",
+                                     actual=f"more than {cap}")
+            window_bytes += n
+            elapsed = trio.current_time() - window_start
+            if elapsed >= policy.rate_window:
+                if window_bytes / elapsed < policy.min_rate:
+                    raise FetchTimeoutError(
+                        f"transfer slower than {policy.min_rate:.0f} bytes/s "
+                        f"({window_bytes} bytes in {elapsed:.1f} s)", file=url)
+                window_start, window_bytes = trio.current_time(), 0
+
+    # -- retries -------------------------------------------------------------------
+
+    async def _retrying(self, url: str, once: Callable[[], Awaitable[T]]) -> T:
+        """Run ``once`` with retries; translate httpx errors (the one place that does)."""
+        policy = self.policy
+        attempt = 0
+        while True:
+            try:
+                try:
+                    return await once()
+                except httpx.TimeoutException as exc:
+                    raise FetchTimeoutError(f"timed out ({type(exc).__name__})",
+                                            file=url) from exc
+                except httpx.TooManyRedirects as exc:
+                    raise UpstreamError("too many redirects", file=url) from exc
+                except httpx.TransportError as exc:
+                    raise ConnectError(f"connection failed: {exc or type(exc).__name__}",
+                                       file=url) from exc
+                except httpx.InvalidURL as exc:
+                    raise UpstreamError(f"invalid URL: {exc}", file=url) from exc
+            except _Restart:
+                attempt += 1
+                if attempt >= policy.attempts:
+                    raise UpstreamError("the server kept refusing to resume", file=url) from None
+                continue
+            except ShardsyncError as exc:
+                attempt += 1
+                delay = _retry_delay(exc, attempt, policy)
+                if delay is None or attempt >= policy.attempts:
+                    raise
+                await trio.sleep(delay)
+
+
+def _retry_delay(exc: ShardsyncError, attempt: int, policy: FetchPolicy) -> float | None:
+    """Seconds to wait before the next try, or None if ``exc`` is not worth retrying."""
+    if isinstance(exc, UpstreamError):
+        if exc.status is None or not (exc.status == 429 or exc.status >= 500):
+            return None
+        if exc.retry_after is not None:
+            return exc.retry_after if exc.retry_after <= policy.retry_after_cap else None
+    elif isinstance(exc, FetchTimeoutError):
+        if "slower than" in exc.reason:
+            return None  # a drip-feeding server will drip again; the scheduler retries later
+    elif not isinstance(exc, ConnectError):
+        return None
+    cap = min(policy.backoff_cap, policy.backoff_base * 2 ** (attempt - 1))
+    return random.uniform(0, cap)
+
+
+def _conditional(validators: Validators | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if validators and validators.etag:
+        headers["If-None-Match"] = validators.etag
+    if validators and validators.last_modified:
+        headers["If-Modified-Since"] = validators.last_modified
+    return headers
+
+
+def _check_status(r: httpx.Response, url: str) -> None:
+    if r.status_code in (200, 206):
+        return
+    retry_after = _retry_after(r.headers.get("retry-after"))
+    reason = f"HTTP {r.status_code} {r.reason_phrase}".rstrip()
+    if r.status_code == 404:
+        reason = "not found on the origin (HTTP 404)"
+    raise UpstreamError(reason, status=r.status_code, retry_after=retry_after, file=url)
+
+
+def _refuse_html(r: httpx.Response, url: str) -> None:
+    """A web page where a model file should be: a missing file behind an SPA fallback."""
+    ctype = r.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() == "text/html":
+        raise UpstreamError(
+            "the server sent an HTML page instead of the file (a missing file behind a "
+            "catch-all page?)", status=r.status_code, file=url)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _content_length(r: httpx.Response) -> int | None:
+    value = r.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+def _content_range(r: httpx.Response, url: str) -> tuple[int, int | None]:
+    m = _CONTENT_RANGE_RE.match(r.headers.get("content-range", ""))
+    if not m:
+        raise UpstreamError("206 without a valid Content-Range", status=206, file=url)
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), total
