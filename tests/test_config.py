@@ -1,0 +1,227 @@
+"""Tests of shardsync.daemon.config: real files on disk, each mistake named by file, key, line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from shardsync.daemon.config import (
+    Config,
+    ModelConfig,
+    load_config,
+    parse_duration,
+    parse_size,
+)
+from shardsync.daemon.errors import ConfigError, NotFoundError
+
+REPO = Path(__file__).resolve().parent.parent
+
+GOOD_MODEL = """
+[[model]]
+name = "face"
+url = "https://example.com/face/model.json"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "shardsync.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def error_of(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    assert err.path == str(path)
+    assert str(path) in str(err)
+    return err
+
+
+def test_example_config_loads_with_the_documented_defaults():
+    cfg = load_config(REPO / "config.example.toml")
+    assert cfg.path == REPO / "config.example.toml"
+    assert cfg.state_dir == Path("/var/lib/shardsync")
+    assert cfg.site_dir == Path("/var/lib/shardsync/site")
+    assert cfg.socket == Path("/run/shardsync/control.sock")
+    assert (cfg.interval, cfg.concurrency, cfg.keep_versions) == (1800, 4, 2)
+    assert cfg.max_model_bytes == 8 << 30
+    assert [m.name for m in cfg.models] == ["bodypix-resnet50", "tiny-face-detector",
+                                            "movenet-lightning"]
+    assert cfg.model("bodypix-resnet50").interval == 6 * 3600
+    assert cfg.model("tiny-face-detector").interval == 1800  # the default
+
+
+def test_example_documents_every_key():
+    text = (REPO / "config.example.toml").read_text()
+    for key in ("state_dir", "site_dir", "socket", "interval", "concurrency", "keep_versions",
+                "max_model_bytes", "[[model]]", "name", "url"):
+        assert f"\n{key}" in text or f"#   {key}" in text, key
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    path = write(sub, """
+        state_dir = "state"
+        site_dir = "../www/site"
+        socket = "/tmp/x.sock"
+        interval = 90
+        """ + GOOD_MODEL + """
+        [[model]]
+        name = "b.2_x"
+        url = "http://127.0.0.1:8080/b/weights_manifest.json?v=1"
+        interval = "1h30m"
+        """)
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.state_dir == sub / "state"
+    assert cfg.site_dir == tmp_path / "www" / "site"
+    assert cfg.socket == Path("/tmp/x.sock")
+    assert cfg.interval == 90
+    assert cfg.models == (ModelConfig("face", "https://example.com/face/model.json", 90),
+                          ModelConfig("b.2_x", "http://127.0.0.1:8080/b/weights_manifest.json?v=1",
+                                      5400))
+    with pytest.raises(NotFoundError, match="no model 'nope'"):
+        cfg.model("nope")
+
+
+def test_empty_file_is_all_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg.models == () and cfg.keep_versions == 2 and cfg.interval == 1800
+
+
+def test_config_is_frozen(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD_MODEL))
+    with pytest.raises(AttributeError):
+        cfg.interval = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("text", "key", "line", "why"), [
+    ('state_dir = "/s"\nbogus = 1\n', "bogus", 2, "unknown key 'bogus'"),
+    ('interval = "30m"\n[server]\nport = 1\n', "server", 2, "unknown key 'server'"),
+    ('interval = "soon"\n', "interval", 1, "'soon' is not a duration"),
+    ('interval = "30"\n', "interval", 1, "not a duration"),
+    ('interval = "0s"\n', "interval", 1, "more than zero"),
+    ('interval = -5\n', "interval", 1, "more than zero"),
+    ('interval = true\n', "interval", 1, "not a duration"),
+    ('# c\n\nconcurrency = 0\n', "concurrency", 3, "at least 1"),
+    ('concurrency = "4"\n', "concurrency", 1, "must be an integer"),
+    ('concurrency = 2.5\n', "concurrency", 1, "must be an integer"),
+    ('concurrency = true\n', "concurrency", 1, "must be an integer"),
+    ('keep_versions = 0\n', "keep_versions", 1, "at least 1"),
+    ('max_model_bytes = "8 GB"\n', "max_model_bytes", 1, "not a size"),
+    ('max_model_bytes = 0\n', "max_model_bytes", 1, "more than zero"),
+    ('state_dir = 5\n', "state_dir", 1, "must be a path"),
+    ('site_dir = ""\n', "site_dir", 1, "must be a path"),
+    ('state_dir = "/srv/www/state"\nsite_dir = "/srv/www"\n', "state_dir", 1, "inside it"),
+    ('state_dir = "/srv"\nsite_dir = "/srv/"\n', "state_dir", 1, "must not be site_dir"),
+    ('model = "x"\n', "model", 1, "[[model]] blocks"),
+    ('[model]\nname = "a"\n', "model", 1, "[[model]] blocks"),
+])
+def test_top_level_errors_name_key_and_line(tmp_path, text, key, line, why):
+    err = error_of(write(tmp_path, text))
+    assert (err.key, err.line) == (key, line)
+    assert why in err.reason
+    assert str(err).startswith(f"{tmp_path / 'shardsync.toml'}:{line}: {key}: ")
+
+
+MODELS = """
+interval = "30m"
+
+[[model]]
+name = "first"
+url = "https://example.com/a/model.json"
+
+[[model]]
+# the second block
+name = {name}
+url = {url}
+{extra}
+"""
+
+
+@pytest.mark.parametrize(("name", "url", "extra", "key", "line", "why"), [
+    ('"second"', '"ftp://example.com/m.json"', "", "model[2].url", 10, "http:// or https://"),
+    ('"second"', '"https:///m.json"', "", "model[2].url", 10, "no host"),
+    ('"second"', '"https://example.com/dir/"', "", "model[2].url", 10, "names no file"),
+    ('"second"', '"https://exa mple.com/m.json"', "", "model[2].url", 10, "whitespace"),
+    ('"second"', '"https://example.com:99999/m.json"', "", "model[2].url", 10, "not valid"),
+    ('"second"', '"example.com/m.json"', "", "model[2].url", 10, "http:// or https://"),
+    ('"second"', "42", "", "model[2].url", 10, "must be a string"),
+    ('"Second"', '"https://e.com/m.json"', "", "model[2].name", 9, "invalid model name"),
+    ('"../up"', '"https://e.com/m.json"', "", "model[2].name", 9, "invalid model name"),
+    ('".."', '"https://e.com/m.json"', "", "model[2].name", 9, "invalid model name"),
+    ("7", '"https://e.com/m.json"', "", "model[2].name", 9, "must be a string"),
+    ('"first"', '"https://e.com/m.json"', "", "model[2].name", 9,
+     "duplicate model name 'first' (first at line 4)"),
+    ('"second"', '"https://e.com/m.json"', 'interval = "fortnightly"', "model[2].interval", 11,
+     "not a duration"),
+    ('"second"', '"https://e.com/m.json"', 'mirror = true', "model[2].mirror", 11,
+     "unknown key 'mirror'"),
+])
+def test_model_errors_name_block_key_and_line(tmp_path, name, url, extra, key, line, why):
+    err = error_of(write(tmp_path, MODELS.format(name=name, url=url, extra=extra)))
+    assert (err.key, err.line) == (key, line)
+    assert why in err.reason
+    assert f":{line}: {key}: " in str(err)
+
+
+def test_missing_model_key_points_at_its_block(tmp_path):
+    err = error_of(write(tmp_path, GOOD_MODEL + '\n[[model]]\nname = "b"\n'))
+    assert (err.key, err.line) == ("model[2].url", 5)
+    assert "missing 'url'" in err.reason
+
+
+def test_same_key_in_an_earlier_block_is_not_taken_for_the_line(tmp_path):
+    text = (GOOD_MODEL + '\ninterval = "1h"\n' +
+            '\n[[model]]\nname = "b"\nurl = "https://e.com/m.json"\ninterval = "never"\n')
+    err = error_of(write(tmp_path, text))
+    assert (err.key, err.line) == ("model[2].interval", 10)
+
+
+def test_toml_syntax_error_keeps_line_and_column(tmp_path):
+    err = error_of(write(tmp_path, 'state_dir = "/s"\n\ninterval = 30m\n'))
+    assert err.line == 3
+    assert "TOML syntax error" in err.reason and "column" in err.reason
+
+
+def test_unreadable_and_non_utf8_files(tmp_path):
+    missing = tmp_path / "nope.toml"
+    err = error_of(missing)
+    assert "cannot read" in err.reason
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b'state_dir = "/s"\n# caf\xe9\n')
+    err = error_of(bad)
+    assert err.line == 2 and "UTF-8" in err.reason
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("90s", 90), ("30m", 1800), ("6h", 21600), ("1d", 86400), ("1h30m", 5400), ("1.5h", 5400),
+    (45, 45), (0.5, 0.5), (" 2m ", 120),
+])
+def test_durations(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "m", "5", "5 m", "5w", "1h-5m", "-5s", "0m", 0, None,
+                                   False, float("inf"), "nan"])
+def test_bad_durations(value):
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    (1, 1), ("512MiB", 512 << 20), ("8 GiB", 8 << 30), ("10KiB", 10240), ("7B", 7), ("3", 3),
+    ("1TiB", 1 << 40),
+])
+def test_sizes(value, size):
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize("value", ["8GB", "1.5GiB", "-1", 0, -3, True, "", "GiB", 2.0])
+def test_bad_sizes(value):
+    with pytest.raises(ValueError):
+        parse_size(value)
