@@ -1,0 +1,255 @@
+"""The `shardsync` command: parses arguments, calls the library, turns errors into exit codes.
+
+Exit status (DESIGN.md): 0 all went well, 1 some model failed (the others were still
+done), 2 bad usage or config. Only this module decides exit statuses; everything
+below it raises :class:`~shardsync.daemon.errors.ShardsyncError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from shardsync.store import Store
+
+from . import __version__
+from .config import Config, load_config
+from .errors import ConfigError, NotFoundError, ShardsyncError
+from .fetch import Fetcher, make_client, tune_for_downloads
+from .progress import ProgressDisplay, result_line
+from .sync import Progress, Syncer, SyncResult
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("shardsync")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="shardsync: %(levelname)s: %(message)s", stream=sys.stderr,
+    )
+    if not getattr(args, "verbose", False):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"shardsync: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ShardsyncError as exc:
+        print(f"shardsync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="shardsync", description="Mirror TensorFlow.js models for offline devices.")
+    p.add_argument("--version", action="version", version=f"shardsync {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    def cmd(name: str, func: object, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("-v", "--verbose", action="store_true", help="log more")
+        return sp
+
+    sp = cmd("run", _cmd_run, "run the service (foreground; sd_notify under systemd)")
+    sp.add_argument("-c", "--config", required=True, type=Path)
+
+    sp = cmd("sync", _cmd_sync, "one pass over all (or the named) models, then exit")
+    sp.add_argument("-c", "--config", required=True, type=Path)
+    sp.add_argument("names", nargs="*", metavar="NAME")
+    sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    sp = cmd("status", _cmd_status, "ask the running service what every model is doing")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("-c", "--config", type=Path)
+    g.add_argument("--socket", type=Path)
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("verify", _cmd_verify, "re-hash every object and check every published file")
+    sp.add_argument("-c", "--config", required=True, type=Path)
+    sp.add_argument("--repair", action="store_true",
+                    help="put back what is wrong (re-downloading where needed)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("gc", _cmd_gc, "drop what no kept version references")
+    sp.add_argument("-c", "--config", required=True, type=Path)
+    sp.add_argument("--dry-run", action="store_true")
+    sp.add_argument("--json", action="store_true")
+
+    sp = cmd("demo", _cmd_demo, "the whole path on built-in sample models, no network")
+    sp.add_argument("--dir", type=Path, help="keep the demo here (default: a temp dir)")
+
+    sp = cmd("nginx-config", _cmd_nginx, "print an nginx server block serving site_dir")
+    sp.add_argument("-c", "--config", required=True, type=Path)
+    sp.add_argument("--listen", default="127.0.0.1:8080")
+    sp.add_argument("--location", default="/models/")
+    return p
+
+
+def open_store(config: Config) -> Store:
+    return Store(config.state_dir, config.site_dir, keep_versions=config.keep_versions)
+
+
+# -- sync ---------------------------------------------------------------------------
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    names = args.names or [m.name for m in config.models]
+    try:
+        for n in names:
+            config.model(n)
+    except NotFoundError as exc:
+        print(f"shardsync: {exc.reason}", file=sys.stderr)
+        return EXIT_USAGE
+    tty = sys.stderr.isatty() and not args.json
+    with open_store(config) as store:
+        results = trio.run(sync_models, config, store, names, tty)
+    if args.json:
+        json.dump({"models": [r.to_json() for r in results]}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            print(result_line(r), file=sys.stderr)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+async def sync_models(config: Config, store: Store, names: Sequence[str],
+                      show_progress: bool = False) -> list[SyncResult]:
+    """Sync the named models concurrently (sharing one download limit); results in order."""
+    tune_for_downloads()
+    progress = {n: Progress() for n in names}
+    results: dict[str, SyncResult] = {}
+    async with make_client(max_connections=config.concurrency * 2) as client:
+        syncer = Syncer(store, Fetcher(client), concurrency=config.concurrency,
+                        max_model_bytes=config.max_model_bytes)
+
+        async def one(name: str) -> None:
+            results[name] = await syncer.sync(config.model(name), progress[name])
+
+        async with trio.open_nursery() as outer:
+            if show_progress:
+                outer.start_soon(ProgressDisplay(progress).run)
+            async with trio.open_nursery() as nursery:
+                for n in names:
+                    nursery.start_soon(one, n)
+            outer.cancel_scope.cancel()
+    return [results[n] for n in names]
+
+
+# -- verify and gc ------------------------------------------------------------------
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with open_store(config) as store:
+        problems = store.verify(repair=args.repair)
+        resynced: list[SyncResult] = []
+        if args.repair and any(p.kind == "object-missing" for p in problems):
+            names = sorted({p.model for p in problems if p.kind == "object-missing" and p.model}
+                           & {m.name for m in config.models})
+            resynced = trio.run(sync_models, config, store, names)
+            problems = [p for p in store.verify(repair=True) if not p.repaired] + [
+                p for p in problems if p.repaired]
+        remaining = [p for p in problems if not p.repaired]
+    if args.json:
+        json.dump({"problems": [p.__dict__ for p in problems],
+                   "resynced": [r.to_json() for r in resynced],
+                   "ok": not remaining}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for p in problems:
+            print(p, file=sys.stderr)
+        for r in resynced:
+            print(result_line(r), file=sys.stderr)
+        print(f"verify: {len(problems)} problem(s), {len(remaining)} remaining",
+              file=sys.stderr)
+    return EXIT_OK if not remaining else EXIT_FAILED
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    with open_store(config) as store:
+        report = store.gc(dry_run=args.dry_run)
+    if args.json:
+        json.dump({"dry_run": args.dry_run, "objects_removed": report.objects_removed,
+                   "bytes_freed": report.bytes_freed, "objects_kept": report.objects_kept,
+                   "partials_removed": report.partials_removed}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        verb = "would free" if args.dry_run else "freed"
+        print(f"gc: {verb} {report.bytes_freed} bytes in {report.objects_removed} object(s); "
+              f"{report.objects_kept} kept", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- the rest -----------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .service import run_service
+
+    return run_service(args.config)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .client import format_status_table, get_json
+
+    if args.socket:
+        sock = args.socket
+    elif args.config:
+        sock = load_config(args.config).socket
+    else:
+        sock = Path(load_default_socket())
+    status = get_json(sock, "/v1/status")
+    if args.json:
+        json.dump(status, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_status_table(status))
+    return EXIT_OK
+
+
+def load_default_socket() -> str:
+    from .config import DEFAULTS
+
+    return str(DEFAULTS["socket"])
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.dir)
+
+
+def _cmd_nginx(args: argparse.Namespace) -> int:
+    from .nginx import render_nginx_config
+
+    config = load_config(args.config)
+    print(render_nginx_config(config.site_dir, listen=args.listen, location=args.location),
+          end="")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
