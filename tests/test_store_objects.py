@@ -1,0 +1,212 @@
+"""Objects: content addressing, dedupe, immutability and verifying reads, on real files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from storehelpers import (
+    make_model,
+    object_files,
+    object_path,
+    record_model,
+    sha256,
+    tree_snapshot,
+)
+
+from shardsync.store import IntegrityError, NotFoundError, Store
+from shardsync.store.objects import check_digest
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "state", tmp_path / "site"
+
+
+@pytest.fixture
+def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
+    with Store(*dirs) as s:
+        yield s
+
+
+def test_put_bytes_returns_sha256_and_stores_under_fanout(store: Store, dirs) -> None:
+    data = b"hello shards\n" * 1000
+    digest = store.put_bytes(data)
+    assert digest == hashlib.sha256(data).hexdigest()
+    path = object_path(dirs[0], digest)
+    assert path.read_bytes() == data
+    assert store.objects.path(digest) == str(path)
+    assert store.objects.has(digest)
+    assert store.objects.info(digest).size == len(data)
+    with store.objects.open(digest) as f:
+        assert f.read() == data
+
+
+def test_put_file_hashes_while_copying(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "shard.bin"
+    data = os.urandom(3 * 1024 * 1024 + 17)  # several CHUNK reads plus a tail
+    src.write_bytes(data)
+    digest = store.put_file(src)
+    assert digest == sha256(data)
+    assert store.objects.read_verified(digest) == data
+    assert src.read_bytes() == data  # the source is copied, not moved
+    assert os.stat(src).st_ino != os.stat(store.objects.path(digest)).st_ino
+
+
+def test_empty_object(store: Store) -> None:
+    digest = store.put_bytes(b"")
+    assert digest == sha256(b"")
+    assert store.objects.read_verified(digest) == b""
+
+
+def test_same_bytes_twice_is_one_object(store: Store, dirs, tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    src = tmp_path / "copy.bin"
+    src.write_bytes(data)
+    assert store.put_bytes(data) == store.put_bytes(data) == store.put_file(src)
+    assert [p.name for p in object_files(dirs[0])] == [sha256(data)]
+    assert os.listdir(dirs[0] / "tmp") == []  # no temporary left behind
+
+
+def test_two_models_sharing_a_shard_share_one_object(store: Store, dirs) -> None:
+    shared = os.urandom(40_000)
+    a = make_model({"group1-shard1of2.bin": shared, "group1-shard2of2.bin": os.urandom(400)},
+                   tag="a")
+    b = make_model({"w/shared.bin": shared, "w/own.bin": os.urandom(800)}, tag="b")
+    va = record_model(store, "model-a", a)
+    vb = record_model(store, "model-b", b)
+    store.publish(va)
+    store.publish(vb)
+    names = [p.name for p in object_files(dirs[0])]
+    assert len(names) == len(set(names)) == 5  # 2 manifests + shared + 2 own shards
+    assert names.count(sha256(shared)) == 1
+    # both published copies are the one object
+    obj = os.stat(object_path(dirs[0], sha256(shared)))
+    pa = dirs[1] / "model-a" / "versions" / va.id / "group1-shard1of2.bin"
+    pb = dirs[1] / "model-b" / "versions" / vb.id / "w" / "shared.bin"
+    assert os.stat(pa).st_ino == os.stat(pb).st_ino == obj.st_ino
+
+
+def test_existing_object_is_not_rewritten(store: Store, dirs, tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    digest = store.put_bytes(data)
+    path = object_path(dirs[0], digest)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # an mtime no rewrite could keep
+    before = os.stat(path)
+    src = tmp_path / "again.bin"
+    src.write_bytes(data)
+    assert store.put_bytes(data) == digest
+    assert store.put_file(src) == digest
+    after = os.stat(path)
+    assert (after.st_ino, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_ino, before.st_mtime_ns, before.st_ctime_ns)
+    assert after.st_nlink == 1
+
+
+def test_objects_are_read_only(store: Store, dirs, tmp_path: Path) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"y" * 10)
+    for digest in (store.put_bytes(b"x" * 10), store.put_file(src)):
+        assert stat.S_IMODE(os.stat(object_path(dirs[0], digest)).st_mode) == 0o444
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
+    os.chmod(path, 0o444)
+
+
+def test_read_verified_and_verify_detect_a_flipped_byte(store: Store, dirs) -> None:
+    data = os.urandom(2 * 1024 * 1024 + 5)
+    digest = store.put_bytes(data)
+    assert store.objects.verify(digest) == digest
+    _flip_byte(object_path(dirs[0], digest), 1_500_000)
+    actual = store.objects.verify(digest)
+    assert actual != digest
+    assert actual == sha256(object_path(dirs[0], digest).read_bytes())
+    with pytest.raises(IntegrityError) as exc:
+        store.objects.read_verified(digest)
+    assert exc.value.expected == digest and exc.value.actual == actual
+
+
+@pytest.mark.parametrize("bad", [
+    "", "abc", "A" * 64, "g" * 64, "0" * 63, "0" * 65, "../" + "0" * 61,
+    "0" * 62 + "/x", "0" * 63 + "\0", "0" * 64 + "\n", " " + "0" * 63,
+])
+def test_bad_digest_is_refused(store: Store, dirs, bad: str) -> None:
+    before = tree_snapshot(dirs[0])
+    with pytest.raises(IntegrityError):
+        check_digest(bad)
+    for op in (store.objects.path, store.objects.has, store.objects.open,
+               store.objects.read_verified, store.objects.verify, store.objects.delete):
+        with pytest.raises(IntegrityError):
+            op(bad)
+    assert tree_snapshot(dirs[0]) == before
+
+
+def test_missing_object_is_not_found(store: Store) -> None:
+    digest = sha256(b"never stored")
+    assert not store.objects.has(digest)
+    with pytest.raises(NotFoundError):
+        store.objects.open(digest)
+    with pytest.raises(NotFoundError):
+        store.objects.info(digest)
+
+
+def test_walk_lists_every_object_with_its_size(store: Store) -> None:
+    blobs = [os.urandom(n) for n in (1, 10, 1000, 100_000)]
+    want = {sha256(b): len(b) for b in blobs}
+    for b in blobs:
+        store.put_bytes(b)
+    assert {i.digest: i.size for i in store.objects.walk()} == want
+
+
+def test_delete_removes_and_tolerates_missing(store: Store, dirs) -> None:
+    digest = store.put_bytes(b"to delete")
+    store.objects.delete(digest)
+    assert not object_path(dirs[0], digest).exists()
+    store.objects.delete(digest)  # missing is fine
+
+
+def test_leftover_temporaries_are_removed_on_open(dirs) -> None:
+    with Store(*dirs):
+        pass
+    leftover = dirs[0] / "tmp" / ".tmp-obj-deadbeef0000"
+    leftover.write_bytes(b"half an object")
+    with Store(*dirs):
+        assert not leftover.exists()
+
+
+_PUT_SCRIPT = """
+import sys
+from shardsync.store import Store
+with Store(sys.argv[1], sys.argv[2]) as s:
+    data = bytes(range(256)) * 4096 * 4
+    for _ in range(20):
+        print(s.put_bytes(data))
+"""
+
+
+def test_concurrent_puts_from_processes_leave_one_object(dirs) -> None:
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _PUT_SCRIPT, str(dirs[0]), str(dirs[1])],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    want = sha256(bytes(range(256)) * 4096 * 4)
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert out.split() == [want] * 20
+    assert [p.name for p in object_files(dirs[0])] == [want]
+    assert object_path(dirs[0], want).read_bytes() == bytes(range(256)) * 4096 * 4
