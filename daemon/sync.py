@@ -233,13 +233,13 @@ class Syncer:
     ) -> _Answer:
         """The file at ``path`` of ``model``: from the origin, deduplicated by URL."""
         url = shard_url(model.url, path)
-        flight = self._inflight.get(url)
-        if flight is not None:  # another model fetches the same URL right now
-            await flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            assert flight.entry is not None
-            return _Answer(flight.entry, False, 0)
+        while (other := self._inflight.get(url)) is not None:
+            await other.done.wait()  # another model fetches the same URL right now
+            if other.error is not None:
+                raise other.error
+            if other.entry is not None:
+                return _Answer(other.entry, False, 0)
+            # its sync was cancelled (model removed, shutdown): fetch it ourselves
         flight = self._inflight[url] = _Flight()
         try:
             answer = await self._fetch(model, group, url, progress)
