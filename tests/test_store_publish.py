@@ -1,0 +1,322 @@
+"""Publishing: the DESIGN.md site layout, hardlinks, pruning with a grace period, recovery.
+
+Time-dependent pruning is driven through the ``now=`` parameters, never by sleeping.
+The cross-filesystem case mounts a real tmpfs as site_dir (tests run as root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from storehelpers import (
+    ModelFiles,
+    assert_store_ok,
+    make_model,
+    object_path,
+    publish_model,
+    random_model,
+    record_model,
+    sha256,
+    tree_snapshot,
+    versioned_model,
+)
+
+from shardsync.store import FileEntry, NotFoundError, Store, Version
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "state", tmp_path / "site"
+
+
+@pytest.fixture
+def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
+    with Store(*dirs) as s:
+        yield s
+
+
+def entry_doc(site: Path, name: str, manifest_name: str = "model.json"):
+    return json.loads((site / name / manifest_name).read_bytes())
+
+
+def expected_entry(model: ModelFiles, version_id: str):
+    """The manifest as JSON with every group's paths under versions/<id>/."""
+    doc = json.loads(model.manifest)
+    groups = doc if isinstance(doc, list) else doc["weightsManifest"]
+    for g in groups:
+        g["paths"] = [f"versions/{version_id}/{p}" for p in g["paths"]]
+    return doc
+
+
+def version_dirs(site: Path, name: str) -> set[str]:
+    d = site / name / "versions"
+    return set(os.listdir(d)) if d.exists() else set()
+
+
+def records(state: Path, name: str) -> set[str]:
+    d = state / "snapshots" / name
+    return {p.stem for p in d.glob("*.json")} if d.exists() else set()
+
+
+def test_layout_matches_design(store: Store, dirs) -> None:
+    state, site = dirs
+    model = random_model(random.Random(1), shards=4, subdir="weights/deep")
+    version = publish_model(store, "bodypix", model)
+    vdir = site / "bodypix" / "versions" / version.id
+    # the origin's manifest byte for byte, and every shard at its relative path
+    assert (vdir / "model.json").read_bytes() == model.manifest
+    for rel, data in model.shards.items():
+        assert (vdir / rel).read_bytes() == data
+    listed = sorted(str(p.relative_to(vdir)) for p in vdir.rglob("*") if p.is_file())
+    assert listed == sorted([*model.shards, "model.json"])
+    # the entry point: the manifest with only its paths rewritten
+    assert entry_doc(site, "bodypix") == expected_entry(model, version.id)
+    assert stat.S_IMODE((site / "bodypix" / "model.json").stat().st_mode) == 0o644
+    assert sorted(os.listdir(site / "bodypix")) == ["model.json", "versions"]
+    # the state side: record, ref, and the id is the short tree digest
+    assert (state / "refs" / "bodypix").read_text().strip() == version.id
+    rec = json.loads((state / "snapshots" / "bodypix" / f"{version.id}.json").read_bytes())
+    assert rec["manifest"]["digest"] == sha256(model.manifest)
+    assert {f["path"]: (f["digest"], f["size"]) for f in rec["files"]} == {
+        p: (sha256(b), len(b)) for p, b in model.shards.items()}
+    assert len(version.id) == 16 and version.tree.startswith(version.id)
+    assert store.current("bodypix") == version
+    assert_store_ok(state, site)
+
+
+def test_bare_weights_manifest_is_rewritten(store: Store, dirs) -> None:
+    model = make_model({"tiny_face_detector_model.bin": os.urandom(4000)}, bare=True,
+                       manifest_name="tiny_face_detector_model-weights_manifest.json")
+    version = publish_model(store, "face", model)
+    got = entry_doc(dirs[1], "face", model.manifest_name)
+    assert isinstance(got, list)
+    assert got == expected_entry(model, version.id)
+    assert_store_ok(*dirs)
+
+
+def test_version_id_depends_on_content_not_on_validators(store: Store) -> None:
+    model = random_model(random.Random(2))
+    man, files = model.entries()
+    v1 = Version.build("m", man, files)
+    with_meta = [FileEntry(f.path, f.digest, f.size, {"etag": '"x"'}) for f in files]
+    assert Version.build("m", man, with_meta).id == v1.id
+    assert Version.build("m", man, list(reversed(files))).id == v1.id
+    changed = [files[0], FileEntry(files[1].path, sha256(b"other"), 5), *files[2:]]
+    assert Version.build("m", man, changed).id != v1.id
+    renamed = [FileEntry("renamed.bin", files[0].digest, files[0].size), *files[1:]]
+    assert Version.build("m", man, renamed).id != v1.id
+
+
+def test_published_files_are_hardlinks_of_objects(store: Store, dirs) -> None:
+    state, site = dirs
+    model = random_model(random.Random(3), shards=3, subdir="w")
+    version = publish_model(store, "m", model)
+    vdir = site / "m" / "versions" / version.id
+    for rel, data in [*model.shards.items(), ("model.json", model.manifest)]:
+        pub, obj = os.stat(vdir / rel), os.stat(object_path(state, sha256(data)))
+        assert (pub.st_dev, pub.st_ino) == (obj.st_dev, obj.st_ino)
+        assert stat.S_IMODE(pub.st_mode) == 0o444
+    assert store.site.copies == 0
+
+
+def test_keep_versions_and_grace(dirs) -> None:
+    """keep_versions=1, grace=300 s: the current one plus any that stopped < 300 s ago."""
+    state, site = dirs
+    with Store(state, site, keep_versions=1, grace=300) as store:
+        v: dict[int, str] = {}
+
+        def publish(i: int, now: float) -> None:
+            v[i] = publish_model(store, "m", versioned_model(i), now=now).id
+
+        publish(1, 1000)
+        assert version_dirs(site, "m") == {v[1]}
+        publish(2, 2000)  # v1 stopped being current just now: kept
+        assert version_dirs(site, "m") == {v[1], v[2]}
+        publish(3, 2200)  # v1 stopped 200 s ago: still kept
+        assert version_dirs(site, "m") == {v[1], v[2], v[3]}
+        publish(4, 2301)  # v1 stopped 301 s ago: gone, with its record
+        assert version_dirs(site, "m") == {v[2], v[3], v[4]}
+        assert records(state, "m") == {v[2], v[3], v[4]}
+        publish(5, 9000)  # only the current one and the one replaced now
+        assert version_dirs(site, "m") == {v[4], v[5]}
+        assert records(state, "m") == {v[4], v[5]}
+        assert store.kept("m", now=9000 + 301) == [v[5]]
+        assert store.prune("m", now=9000 + 301) == [v[4]]
+        assert version_dirs(site, "m") == records(state, "m") == {v[5]}
+        assert entry_doc(site, "m") == expected_entry(versioned_model(5), v[5])
+        assert_store_ok(state, site)
+
+
+def test_keep_versions_two_without_grace(dirs) -> None:
+    state, site = dirs
+    with Store(state, site, keep_versions=2, grace=0) as store:
+        ids = [publish_model(store, "m", versioned_model(i), now=1000.0 * i).id
+               for i in range(1, 5)]
+        assert version_dirs(site, "m") == records(state, "m") == {ids[3], ids[2]}
+        assert store.kept("m", now=10_000) == [ids[3], ids[2]]
+
+
+def test_current_version_is_never_pruned(dirs) -> None:
+    """Even with the clock gone backwards, the version just published stays."""
+    state, site = dirs
+    with Store(state, site, keep_versions=1, grace=0) as store:
+        publish_model(store, "m", versioned_model(1), now=5000)
+        v2 = publish_model(store, "m", versioned_model(2), now=1000)
+        assert v2.id in version_dirs(site, "m")
+        assert v2.id not in store.prune("m", now=10**9)
+        assert v2.id in version_dirs(site, "m") and v2.id in records(state, "m")
+        assert store.current("m") == v2
+        assert_store_ok(state, site)
+
+
+def test_rollback_to_a_kept_version(dirs) -> None:
+    state, site = dirs
+    with Store(state, site, keep_versions=2, grace=0) as store:
+        v1 = publish_model(store, "m", versioned_model(1), now=1000)
+        publish_model(store, "m", versioned_model(2), now=2000)
+        store.publish(v1, now=3000)
+        assert entry_doc(site, "m") == expected_entry(versioned_model(1), v1.id)
+        assert store.current("m") == v1
+        assert_store_ok(state, site)
+
+
+def test_republishing_the_current_version_changes_nothing(store: Store, dirs) -> None:
+    model = random_model(random.Random(4))
+    v = publish_model(store, "m", model)
+    before = tree_snapshot(dirs[1])
+    store.publish(v)
+    assert tree_snapshot(dirs[1]) == before
+
+
+def test_changed_manifest_name_removes_old_entry_point(store: Store, dirs) -> None:
+    site = dirs[1]
+    publish_model(store, "m", versioned_model(1, manifest_name="model.json"))
+    v2 = publish_model(store, "m", versioned_model(2, manifest_name="model-v2.json"))
+    assert not (site / "m" / "model.json").exists()
+    assert entry_doc(site, "m", "model-v2.json") == expected_entry(
+        versioned_model(2, manifest_name="model-v2.json"), v2.id)
+    assert_store_ok(*dirs)
+
+
+def test_missing_object_fails_and_previous_stays_published(store: Store, dirs) -> None:
+    state, site = dirs
+    v1 = publish_model(store, "m", versioned_model(1))
+    before_site, before_refs = tree_snapshot(site), tree_snapshot(state / "refs")
+    model2 = versioned_model(2)
+    man, files = model2.entries()
+    store.put_bytes(model2.manifest)
+    for data in list(model2.shards.values())[:-1]:  # the last shard is never stored
+        store.put_bytes(data)
+    v2 = Version.build("m", man, files)
+    with pytest.raises(NotFoundError) as exc:
+        store.publish(v2)
+    assert exc.value.model == "m" and exc.value.file == files[-1].path
+    assert exc.value.expected == files[-1].digest
+    assert tree_snapshot(site) == before_site
+    assert tree_snapshot(state / "refs") == before_refs
+    assert store.current("m") == v1
+    with pytest.raises(NotFoundError):
+        store.record("m", man, files)
+    assert_store_ok(state, site)
+
+
+def test_recover_writes_the_entry_point_after_a_crash_before_it(dirs) -> None:
+    """Crash between the ref update and the entry-point rename, simulated by hand."""
+    state, site = dirs
+    with Store(state, site) as store:
+        publish_model(store, "m", versioned_model(1))
+        v2 = record_model(store, "m", versioned_model(2))
+        store.versions.set_current("m", v2.id)  # ref and history say v2; site still v1
+    assert entry_doc(site, "m") != expected_entry(versioned_model(2), v2.id)
+    with Store(state, site) as store:
+        assert entry_doc(site, "m") == expected_entry(versioned_model(2), v2.id)
+        assert store.current("m") == v2
+    assert_store_ok(state, site)
+
+
+def test_recover_after_a_crash_with_a_renamed_manifest(dirs) -> None:
+    """As above, but the new version's manifest has another name: the old entry goes."""
+    state, site = dirs
+    new = versioned_model(2, manifest_name="model-v2.json")
+    with Store(state, site) as store:
+        publish_model(store, "m", versioned_model(1))
+        v2 = record_model(store, "m", new)
+        store.versions.set_current("m", v2.id)
+    with Store(state, site):
+        assert entry_doc(site, "m", "model-v2.json") == expected_entry(new, v2.id)
+        assert not (site / "m" / "model.json").exists()
+    assert_store_ok(state, site)
+
+
+def test_half_removed_version_is_complete_when_published_again(dirs) -> None:
+    """A prune killed half-way through removing a version, then that version returns.
+
+    Prune removes the directory first and the record second; a kill in the middle of
+    the directory's removal leaves the record and a directory with some files gone.
+    Publishing that version again (the origin reverted its weights) must give a
+    complete version, not an entry point naming files that are gone.
+    """
+    state, site = dirs
+    with Store(state, site, keep_versions=2, grace=0) as store:
+        v1 = publish_model(store, "m", versioned_model(1), now=1000)
+        publish_model(store, "m", versioned_model(2), now=2000)
+        vdir = site / "m" / "versions" / v1.id
+        victim = sorted(versioned_model(1).shards)[0]
+        (vdir / victim).unlink()  # what rmtree had done when the kill came
+        store.publish(v1, now=3000)
+    assert_store_ok(state, site)
+
+
+def test_remove_model(store: Store, dirs) -> None:
+    state, site = dirs
+    publish_model(store, "m", versioned_model(1))
+    publish_model(store, "other", versioned_model(1, subdir="x"))
+    store.remove_model("m")
+    assert not (site / "m").exists()
+    assert store.current("m") is None and records(state, "m") == set()
+    assert store.versions.names() == ["other"]
+    assert_store_ok(state, site)
+
+
+@pytest.fixture
+def tmpfs_site(tmp_path: Path) -> Iterator[Path]:
+    """A real second filesystem (tmpfs) mounted as site_dir; unmounted afterwards."""
+    mnt = tmp_path / "site-tmpfs"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_cross_filesystem_publish_falls_back_to_copies(tmp_path: Path, tmpfs_site: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    assert os.stat(state).st_dev != os.stat(tmpfs_site).st_dev
+    with Store(state, tmpfs_site) as store:
+        model = random_model(random.Random(5), shards=3, subdir="w")
+        version = publish_model(store, "m", model)
+        n_files = 1 + len(model.shards)
+        assert store.site.copies == n_files
+        vdir = tmpfs_site / "m" / "versions" / version.id
+        for rel, data in [*model.shards.items(), ("model.json", model.manifest)]:
+            pub, obj = os.stat(vdir / rel), os.stat(object_path(state, sha256(data)))
+            assert pub.st_ino != obj.st_ino and pub.st_nlink == 1 and obj.st_nlink == 1
+            assert (vdir / rel).read_bytes() == data
+            assert stat.S_IMODE(pub.st_mode) == 0o444
+        assert entry_doc(tmpfs_site, "m") == expected_entry(model, version.id)
+        assert store.verify() == []
+        # a second version copies only its own files, and the old one stays intact
+        v2 = publish_model(store, "m", versioned_model(9, subdir="w"))
+        assert store.site.copies == n_files + 1 + 3
+        assert store.current("m") == v2
+        assert store.verify() == []
+    assert_store_ok(state, tmpfs_site)
