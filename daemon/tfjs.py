@@ -372,12 +372,12 @@ class GroupChecker:
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         """Account for the next ``chunk`` of the group's bytes. Never raises."""
-        n = len(chunk)
+        view = memoryview(chunk).cast("B")
+        n = view.nbytes
         start = self.total
         self.total += n
         if not self._walk or self._overrun_at is not None:
             return
-        view = memoryview(chunk)
         pos = 0
         while pos < n:
             if self._skip:

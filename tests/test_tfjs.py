@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 import pytest
+
 from shardsync.daemon.errors import IntegrityError, ManifestError, UnsafePathError
 from shardsync.daemon.tfjs import (
     Group,
