@@ -221,7 +221,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         sock = load_config(args.config).socket
     else:
         sock = Path(load_default_socket())
-    status = get_json(sock, "/v1/status")
+    status = get_json(str(sock), "/v1/status")
     if args.json:
         json.dump(status, sys.stdout, indent=1)
         sys.stdout.write("\n")

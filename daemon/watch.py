@@ -23,6 +23,11 @@ __all__ = ["DEBOUNCE", "watch_file"]
 DEBOUNCE = 0.2
 
 
+# Events that can change what the file holds. Not "opened" or "closed_no_write":
+# reading the file on reload emits those, and reacting to them would loop.
+_CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, path: str, token: trio.lowlevel.TrioToken, poke: trio.MemorySendChannel
                  ) -> None:
@@ -31,6 +36,8 @@ class _Handler(FileSystemEventHandler):
         self._poke = poke
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type not in _CHANGES:
+            return  # opened / closed-without-writing: our own reads of the file
         paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
         if self._path in paths:
             try:

@@ -1,0 +1,443 @@
+"""`shardsync run`: the service, in phases (startup → main loop → shutdown), as uvicorn has it.
+
+Startup opens the store and the event log, starts the scheduler and the control
+socket, and only then tells systemd ``READY=1``. The main loop is a set of tasks in
+one nursery: the model tasks (:mod:`.scheduler`), the control socket, the config
+watcher, the signal handler, the watchdog and the gc. Shutdown (SIGTERM, SIGINT)
+sends ``STOPPING=1`` and cancels the nursery: downloads stop where they are and
+their partials are checkpointed for the next start.
+
+Decisions beyond DESIGN.md:
+
+* A config that fails to load on reload is reported (log, status ``config_error``,
+  an event) and the running config stays. ``state_dir``, ``site_dir`` and ``socket``
+  cannot change while running; a reload that changes them applies everything else
+  and says a restart is needed.
+* A model removed from the config stops at once, and its published directory is
+  removed after the store's grace period (5 min): a page that was loading it may
+  finish, and a device does not keep serving (and storing) a model nobody
+  configured. Re-adding it within the grace period keeps it. gc then frees its
+  objects.
+* gc runs in the service, a minute after a publish, never during a sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from shardsync.store import Store
+
+from . import __version__
+from .config import Config, load_config
+from .control import HTTPError, Request, Response, Router, serve_control
+from .errors import ConfigError, LockedError, NotFoundError, ShardsyncError
+from .events import EventLog
+from .fetch import Fetcher, make_client, tune_for_downloads
+from .metrics import Exposition
+from .notify import Notifier
+from .scheduler import Gate, ModelState, Scheduler
+from .sync import Syncer, SyncResult
+from .watch import watch_file
+
+__all__ = ["Service", "run_service"]
+
+log = logging.getLogger(__name__)
+
+#: Wait after a publish before gc: several models often publish together; one gc
+#: covers them all.
+GC_DELAY = 60.0
+
+#: A sync that has not moved (no byte, no file, no state change) for this long is
+#: stuck despite every timeout in fetch.py: stop petting the watchdog so systemd
+#: restarts us. Far above the fetch timeouts (30 s read, 60 s rate window).
+STALL_LIMIT = 15 * 60.0
+
+#: Longest long-poll a client may ask of /v1/events.
+MAX_POLL = 300.0
+
+
+def run_service(config_path: Path) -> int:
+    """Load the config (ConfigError propagates: exit 2) and run until SIGTERM; exit status."""
+    config = load_config(config_path)
+    return trio.run(Service(config).run)
+
+
+class Service:
+    """The running service; build it with a loaded config, then ``await run()``."""
+
+    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.notifier = notifier or Notifier.from_env()
+        self.started = time.time()
+        self.config_error: str | None = None
+        self.store: Store | None = None
+        self.events: EventLog | None = None
+        self.scheduler: Scheduler | None = None
+        self.syncer: Syncer | None = None
+        self.gate = Gate()
+        self._stop = trio.Event()
+        self._published = trio.Event()
+        self._reload_lock = trio.Lock()
+        self._removals: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._stats: dict[str, int] | None = None  # store totals, recomputed after changes
+
+    # -- phases --------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> int:
+        config = self.config
+        tune_for_downloads()
+        self.store = await trio.to_thread.run_sync(
+            lambda: Store(config.state_dir, config.site_dir, keep_versions=config.keep_versions))
+        self.events = EventLog.open(Path(config.state_dir) / "events.jsonl")
+        try:
+            async with make_client(max_connections=max(8, config.concurrency * 2)) as client:
+                self.syncer = Syncer(self.store, Fetcher(client), concurrency=config.concurrency,
+                                     max_model_bytes=config.max_model_bytes)
+                await self._main(task_status)
+        finally:
+            self.events.close()
+            self.store.close()
+        return 0
+
+    async def _main(self, task_status: trio.TaskStatus[None]) -> None:
+        assert self.store and self.events and self.syncer
+        config = self.config
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self.scheduler = Scheduler(self.syncer, self.gate, self._on_result)
+            await nursery.start(self.scheduler.run)
+            await nursery.start(self._signals)
+            Path(config.socket).parent.mkdir(parents=True, exist_ok=True)
+            await nursery.start(serve_control, config.socket, self._router())
+            self.scheduler.apply(config.models)
+            for name in set(self.store.versions.names()) - {m.name for m in config.models}:
+                self._schedule_removal(name)
+            await nursery.start(self._watch_config)
+            nursery.start_soon(self._watchdog)
+            nursery.start_soon(self._gc_loop)
+            self.events.append("service-started", version=__version__, pid=os.getpid(),
+                               models=[m.name for m in config.models])
+            self.notifier.ready()
+            self._update_status()
+            log.info("shardsync %s running: %d model(s), control socket %s", __version__,
+                     len(config.models), config.socket)
+            task_status.started()
+            await self._stop.wait()
+            log.info("stopping")
+            self.notifier.stopping()
+            self.events.append("service-stopping")
+            nursery.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                       ) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+            task_status.started()
+            async for signum in sigs:
+                if signum == signal.SIGHUP:
+                    await self.reload("SIGHUP")
+                else:
+                    self.stop()
+
+    async def _watch_config(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+        send, receive = trio.open_memory_channel[None](1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch_file, self.config.path, send)
+            task_status.started()
+            async for _ in receive:
+                await self.reload("the config file changed")
+
+    # -- reload --------------------------------------------------------------------
+
+    async def reload(self, why: str) -> str | None:
+        """Re-read the config; returns None, or the error that kept the old config."""
+        assert self.scheduler and self.syncer and self.store and self.events
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                try:
+                    new = await trio.to_thread.run_sync(load_config, self.config.path)
+                except ConfigError as exc:
+                    self.config_error = str(exc)
+                    log.error("reload (%s) failed, keeping the running config: %s", why, exc)
+                    self.events.append("config-error", error=str(exc))
+                    return str(exc)
+                fixed = [k for k in ("state_dir", "site_dir", "socket")
+                         if getattr(new, k) != getattr(self.config, k)]
+                if fixed:
+                    log.warning("reload: changing %s needs a restart; keeping the running "
+                                "value(s)", ", ".join(fixed))
+                    new = replace(new, state_dir=self.config.state_dir,
+                                  site_dir=self.config.site_dir, socket=self.config.socket)
+                self.config = new
+                self.config_error = None
+                self.syncer.limiter.total_tokens = new.concurrency
+                self.syncer.max_model_bytes = new.max_model_bytes
+                self.store.keep_versions = new.keep_versions
+                added, removed, changed = self.scheduler.apply(new.models)
+                for name in added + changed:
+                    scope = self._removals.pop(name, None)
+                    if scope is not None:
+                        scope.cancel()
+                for name in removed:
+                    self._schedule_removal(name)
+                log.info("reloaded (%s): added %s, removed %s, changed %s", why,
+                         added or "none", removed or "none", changed or "none")
+                self.events.append("config-reloaded", reason=why, added=added,
+                                   removed=removed, changed=changed,
+                                   needs_restart=fixed)
+                return None
+            finally:
+                self.notifier.ready()
+                self._update_status()
+
+    def _schedule_removal(self, name: str) -> None:
+        if name in self._removals or self._nursery is None:
+            return
+        scope = self._removals[name] = trio.CancelScope()
+        self._nursery.start_soon(self._remove_later, name, scope)
+
+    async def _remove_later(self, name: str, scope: trio.CancelScope) -> None:
+        assert self.store and self.events
+        with scope:
+            await trio.sleep(self.store.grace)
+            await self.gate.enter_gc()
+            try:
+                await trio.to_thread.run_sync(self.store.remove_model, name)
+            finally:
+                await self.gate.leave_gc()
+            self._removals.pop(name, None)
+            self._stats = None
+            self._published.set()  # its objects are now garbage
+            log.info("model %s: removed from the config, unpublished", name)
+            self.events.append("model-unpublished", model=name)
+
+    # -- results, gc, watchdog -----------------------------------------------------
+
+    def _on_result(self, state: ModelState, result: SyncResult) -> None:
+        assert self.events
+        name = state.config.name
+        if result.error is not None:
+            self.events.append("sync-failed", model=name, error=str(result.error),
+                               file=result.error.file)
+        elif result.changed:
+            self.events.append("published", model=name, version=result.version,
+                               received=result.received)
+            self._stats = None
+            self._published.set()
+        else:
+            self.events.append("checked", model=name, version=result.version)
+        self._update_status()
+
+    async def _gc_loop(self) -> None:
+        assert self.store and self.events
+        while True:
+            await self._published.wait()
+            self._published = trio.Event()
+            await trio.sleep(GC_DELAY)
+            await self.gate.enter_gc()
+            try:
+                report = await trio.to_thread.run_sync(self.store.gc)
+            except LockedError as exc:
+                log.warning("gc skipped: %s", exc)
+                continue
+            finally:
+                await self.gate.leave_gc()
+            self._stats = None
+            if report.objects_removed:
+                log.info("gc: freed %d bytes in %d object(s)", report.bytes_freed,
+                         report.objects_removed)
+                self.events.append("gc", bytes_freed=report.bytes_freed,
+                                   objects_removed=report.objects_removed)
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval()
+        if not interval:
+            return
+        seen: dict[str, tuple[Any, float]] = {}
+        while True:
+            now = time.monotonic()
+            stalled = []
+            for name, st in (self.scheduler.models.items() if self.scheduler else ()):
+                p = st.progress
+                mark = (p.state, p.received, p.files_done, st.last_check)
+                prev = seen.get(name)
+                if prev is None or prev[0] != mark:
+                    seen[name] = (mark, now)
+                elif p.state not in ("idle", "error") and now - prev[1] > STALL_LIMIT:
+                    stalled.append(name)
+            if stalled:
+                log.error("sync of %s made no progress for %d s; not petting the watchdog",
+                          ", ".join(stalled), STALL_LIMIT)
+            else:
+                self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    def _update_status(self) -> None:
+        models = self.scheduler.models.values() if self.scheduler else ()
+        counts: dict[str, int] = {}
+        for st in models:
+            counts[st.progress.state] = counts.get(st.progress.state, 0) + 1
+        text = f"{sum(counts.values())} model(s): " + ", ".join(
+            f"{n} {s}" for s, n in sorted(counts.items()))
+        if self.config_error:
+            text += "; config error, running the previous config"
+        self.notifier.status(text)
+
+    # -- the control socket --------------------------------------------------------
+
+    def _router(self) -> Router:
+        r = Router()
+        r.add("GET", "/v1/health", self._h_health)
+        r.add("GET", "/v1/status", self._h_status)
+        r.add("GET", "/v1/models/{name}", self._h_model)
+        r.add("POST", "/v1/sync", self._h_sync_all)
+        r.add("POST", "/v1/models/{name}/sync", self._h_sync_one)
+        r.add("POST", "/v1/reload", self._h_reload)
+        r.add("GET", "/v1/events", self._h_events)
+        r.add("GET", "/metrics", self._h_metrics)
+        return r
+
+    def _model_json(self, st: ModelState) -> dict[str, Any]:
+        assert self.store
+        return {
+            "name": st.config.name,
+            "url": st.config.url,
+            "state": st.progress.state,
+            "version": self.store.versions.current(st.config.name),
+            "last_check": st.last_check,
+            "last_success": st.last_success,
+            "next_check": st.next_check if st.progress.state in ("idle", "error") else None,
+            "last_error": st.last_error,
+            "progress": st.progress.to_json(),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """The status document (see :mod:`.control` for its shape)."""
+        assert self.scheduler
+        return {
+            "service": {"version": __version__, "uptime_s": round(time.time() - self.started, 3),
+                        "config": str(self.config.path), "pid": os.getpid(),
+                        "config_error": self.config_error},
+            "models": [self._model_json(st) for st in self.scheduler.models.values()],
+        }
+
+    def _state(self, request: Request) -> ModelState:
+        assert self.scheduler
+        name = request.params["name"]
+        st = self.scheduler.models.get(name)
+        if st is None:
+            raise HTTPError(404, f"no model {name!r} in the running config")
+        return st
+
+    async def _h_health(self, request: Request) -> Response:
+        return Response.json({"ok": True, "version": __version__})
+
+    async def _h_status(self, request: Request) -> Response:
+        return Response.json(self.status())
+
+    async def _h_model(self, request: Request) -> Response:
+        assert self.store
+        st = self._state(request)
+        doc = self._model_json(st)
+        current = doc["version"]
+        versions = []
+        for h in reversed(self.store.versions.history(st.config.name)):
+            try:
+                v = self.store.versions.get(st.config.name, h["version"])
+            except (NotFoundError, ShardsyncError):
+                continue  # pruned
+            versions.append({"version": v.id, "current": v.id == current, "since": h["from"],
+                             "until": h["until"], "files": len(v.files) + 1, "bytes": v.size})
+        doc["versions"] = versions
+        return Response.json(doc)
+
+    async def _h_sync_all(self, request: Request) -> Response:
+        assert self.scheduler
+        return Response.json({"accepted": self.scheduler.wake()}, status=202)
+
+    async def _h_sync_one(self, request: Request) -> Response:
+        assert self.scheduler
+        st = self._state(request)
+        return Response.json({"accepted": self.scheduler.wake(st.config.name)}, status=202)
+
+    async def _h_reload(self, request: Request) -> Response:
+        error = await self.reload("a request on the control socket")
+        if error:
+            raise HTTPError(422, f"config not reloaded, the running one stays: {error}")
+        return Response.json({"ok": True, "models": [m.name for m in self.config.models]})
+
+    async def _h_events(self, request: Request) -> Response:
+        assert self.events
+        since = request.query_int("since", 0, minimum=0)
+        timeout = request.query_float("timeout", 30.0, minimum=0.0, maximum=MAX_POLL)
+        batch = await self.events.wait_since(since, timeout)
+        return Response.json(batch.to_json())
+
+    async def _h_metrics(self, request: Request) -> Response:
+        assert self.scheduler
+        stats = await self._store_stats()
+        m = Exposition()
+        for name, kind, help in (
+            ("shardsync_model_last_success_timestamp_seconds", "gauge",
+             "Unix time of the model's last successful check"),
+            ("shardsync_model_downloaded_bytes_total", "counter",
+             "Body bytes downloaded for the model since the service started"),
+            ("shardsync_model_errors_total", "counter",
+             "Failed checks of the model since the service started"),
+            ("shardsync_model_up_to_date", "gauge",
+             "1 if the model's last check succeeded, else 0"),
+        ):
+            m.declare(name, kind, help)  # type: ignore[arg-type]
+        for st in self.scheduler.models.values():
+            labels = {"model": st.config.name}
+            if st.last_success is not None:
+                m.gauge("shardsync_model_last_success_timestamp_seconds",
+                        "Unix time of the model's last successful check", st.last_success, labels)
+            m.counter("shardsync_model_downloaded_bytes_total",
+                      "Body bytes downloaded for the model since the service started",
+                      st.bytes_total, labels)
+            m.counter("shardsync_model_errors_total",
+                      "Failed checks of the model since the service started",
+                      st.errors_total, labels)
+            m.gauge("shardsync_model_up_to_date", "1 if the model's last check succeeded, else 0",
+                    1 if st.last_success and not st.last_error else 0, labels)
+        m.gauge("shardsync_store_objects", "Objects in the content-addressed store",
+                stats["objects"])
+        m.gauge("shardsync_store_bytes", "Bytes of all objects in the store", stats["bytes"])
+        m.gauge("shardsync_dedupe_saved_bytes",
+                "Bytes that kept versions reference beyond the objects stored (saved by dedupe)",
+                stats["saved"])
+        m.gauge("shardsync_config_error", "1 if the last reload failed (old config running)",
+                1 if self.config_error else 0)
+        return Response(200, m.render(), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def _store_stats(self) -> dict[str, int]:
+        if self._stats is None:
+            self._stats = await trio.to_thread.run_sync(self._compute_stats)
+        return self._stats
+
+    def _compute_stats(self) -> dict[str, int]:
+        assert self.store
+        sizes = {o.digest: o.size for o in self.store.objects.walk()}
+        referenced = 0
+        unique: set[str] = set()
+        for v in self.store.versions.all():
+            for e in (v.manifest, *v.files):
+                referenced += e.size
+                unique.add(e.digest)
+        return {"objects": len(sizes), "bytes": sum(sizes.values()),
+                "saved": max(0, referenced - sum(sizes.get(d, 0) for d in unique))}
