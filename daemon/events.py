@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
 from shardsync.store.errors import LockedError, StorageError
 
 __all__ = ["DEFAULT_LIMIT", "DEFAULT_MAX_BYTES", "Event", "EventBatch", "EventLog"]

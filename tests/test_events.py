@@ -8,6 +8,7 @@ import math
 import pytest
 import trio
 import trio.testing
+
 from shardsync.daemon.events import Event, EventBatch, EventLog
 from shardsync.store.errors import LockedError
 

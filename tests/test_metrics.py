@@ -6,6 +6,7 @@ import math
 import re
 
 import pytest
+
 from shardsync.daemon.metrics import CONTENT_TYPE, Exposition, format_value
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"

@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+
 from shardsync.daemon.notify import Notifier
 
 
