@@ -21,6 +21,8 @@ import socket
 import time
 from collections.abc import Mapping
 
+import trio
+
 __all__ = ["Notifier"]
 
 log = logging.getLogger(__name__)
@@ -108,6 +110,20 @@ class Notifier:
         if self._watchdog_usec is None:
             return None
         return self._watchdog_usec / 2 / 1_000_000
+
+    async def run_watchdog(self) -> None:
+        """Ping the watchdog every :meth:`watchdog_interval` seconds until cancelled.
+
+        Returns at once if systemd asked for no watchdog. Run it in the service's
+        main nursery: it pings only while the trio loop is responsive, which is what
+        the watchdog is there to check.
+        """
+        interval = self.watchdog_interval()
+        if interval is None or not self.enabled:
+            return
+        while True:
+            self.watchdog()
+            await trio.sleep(interval)
 
     def send(self, *assignments: str) -> bool:
         """Send ``KEY=VALUE`` lines as one datagram. True if sent (False if disabled or failed).

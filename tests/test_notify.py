@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+import trio
 
 from shardsync.daemon.notify import Notifier
 
@@ -132,3 +133,27 @@ def test_watchdog_interval_is_half_the_period_for_our_pid():
 )
 def test_watchdog_interval_absent(env):
     assert Notifier.from_env(env).watchdog_interval() is None
+
+
+async def test_run_watchdog_pings_every_half_period(path_receiver, autojump_clock):
+    path, sock = path_receiver
+    sock.setblocking(False)
+    n = Notifier.from_env({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
+    with trio.move_on_after(22):  # pings at 0, 5, 10, 15 and 20 s
+        await n.run_watchdog()
+    pings = []
+    while True:
+        try:
+            pings.append(sock.recv(4096))
+        except BlockingIOError:
+            break
+    assert pings == [b"WATCHDOG=1"] * 5
+    n.close()
+
+
+async def test_run_watchdog_returns_without_a_watchdog(path_receiver, autojump_clock):
+    path, _ = path_receiver
+    start = trio.current_time()
+    await Notifier.from_env({"NOTIFY_SOCKET": path}).run_watchdog()
+    await Notifier.from_env({"WATCHDOG_USEC": "10000000"}).run_watchdog()
+    assert trio.current_time() == start
