@@ -357,6 +357,10 @@ def activation_socket(environ: MutableMapping[str, str] | None = None) -> socket
         sock.detach()
         raise ShardsyncError(f"the socket systemd passed (fd {SD_LISTEN_FDS_START}) is not a Unix "
                              "stream socket; use ListenStream=/path in the .socket unit")
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise ShardsyncError(f"the socket systemd passed (fd {SD_LISTEN_FDS_START}) is not "
+                             "listening; the .socket unit must use Accept=no")
     os.set_inheritable(SD_LISTEN_FDS_START, False)
     if environ is None:
         for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
@@ -478,6 +482,10 @@ async def serve_control(
     On cancellation every connection is closed (a handler in progress is
     cancelled), and a socket file this call created is removed.
     """
+    if max_body < 0:
+        raise ValueError(f"max_body must be >= 0, got {max_body}")
+    if not idle_timeout > 0:
+        raise ValueError(f"idle_timeout must be > 0, got {idle_timeout}")
     with contextlib.ExitStack() as cleanup:
         if isinstance(path_or_sock, socket.socket):
             sock = path_or_sock

@@ -541,6 +541,27 @@ def test_socket_activation_uses_fd_3_instead_of_binding(sockdir):
     assert os.path.exists(real)  # systemd's socket file is systemd's to remove
 
 
+def test_activation_refuses_a_connected_socket(sockdir):
+    # Accept=yes units pass a connection, not a listener: fd 3 is such a socket here.
+    path = os.path.join(sockdir, "l.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(path)
+    code = ("import os, sys\n"
+            "os.dup2(int(sys.argv[1]), 3)\n"
+            "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+            "from shardsync.daemon.control import activation_socket\n"
+            "from shardsync.store.errors import ShardsyncError\n"
+            "try:\n    activation_socket()\nexcept ShardsyncError as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(conn.fileno())],
+                          pass_fds=(conn.fileno(),), capture_output=True, text=True, check=True)
+    assert "Accept=no" in proc.stdout
+    conn.close()
+    listener.close()
+
+
 def test_activation_socket_needs_our_pid():
     other = str(os.getpid() + 1)
     assert activation_socket({"LISTEN_PID": other, "LISTEN_FDS": "1"}) is None
