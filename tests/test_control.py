@@ -31,6 +31,7 @@ from shardsync.daemon.control import (
     activation_socket,
     serve_control,
 )
+from shardsync.daemon.events import EventLog
 from shardsync.daemon.metrics import CONTENT_TYPE
 from shardsync.store.errors import LockedError, NotFoundError, ShardsyncError
 
@@ -227,6 +228,42 @@ async def test_handler_returning_a_non_response_is_a_500(nursery, sockdir):
                                                           task_status=task_status))
     code, body, _ = await curl(path, "http://localhost/x")
     assert code == 500 and "not a Response" in json.loads(body)["error"]
+
+
+async def test_events_long_poll_over_the_socket_wakes_on_append(nursery, sockdir, tmp_path):
+    # The pieces as the service will wire them: an EventLog behind GET /v1/events.
+    log = EventLog.open(tmp_path / "events.jsonl")
+    log.append("started")
+    parked = trio.Event()
+    router = Router()
+
+    @router.route("GET", "/v1/events")
+    async def events(request: Request) -> Response:
+        since = request.query_int("since", 0, minimum=0)
+        timeout = request.query_float("timeout", 25.0, minimum=0, maximum=600)
+        if since >= log.last_id:
+            parked.set()
+        return Response(200, (await log.wait_since(since, timeout)).to_json())
+
+    path = os.path.join(sockdir, "c.sock")
+    await nursery.start(lambda task_status: serve_control(path, router, environ={},
+                                                          task_status=task_status))
+    code, body, _ = await curl(path, "http://localhost/v1/events?since=0")
+    assert code == 200 and [e["type"] for e in json.loads(body)["events"]] == ["started"]
+    results = []
+
+    async def poll():
+        results.append(await curl(path, "http://localhost/v1/events?since=1&timeout=600"))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(poll)
+        await parked.wait()
+        log.append("published", model="m", version="3f2a")
+    code, body, _ = results[0]
+    answer = json.loads(body)
+    assert code == 200 and answer["next"] == 2 and answer["truncated"] is False
+    assert answer["events"][0]["type"] == "published" and answer["events"][0]["model"] == "m"
+    log.close()
 
 
 # ---------------------------------------------------------------- raw HTTP/1.1 behaviour
