@@ -244,6 +244,10 @@ class Syncer:
         try:
             answer = await self._fetch(model, group, url, progress)
             flight.entry = answer.entry
+            # Known from now on, not only once this model's version is recorded: another
+            # model that asks for this URL after the flight has landed (while this model
+            # still syncs, or if it fails later) asks conditionally and gets a 304.
+            self._index()[url] = answer.entry
             return answer
         except ShardsyncError as exc:
             flight.error = exc
