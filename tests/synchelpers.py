@@ -1,0 +1,275 @@
+"""Shared helpers for the fetch and sync tests: TF.js models on a real origin, a config
+file on disk, ``shardsync`` as a real subprocess, and checks of what got published.
+
+Models are :class:`storehelpers.ModelFiles` (manifest bytes + shards by path), so the
+store's helpers (``write_model``, ``assert_store_ok``, ``tree_snapshot``) apply to them.
+:func:`tfjs_model` builds any of the three formats TF.js has (graph-model, layers-model,
+bare weights manifest) with plain or quantized weights; :func:`big_model` cuts random
+bytes into 4 MiB ``groupN-shardKofM.bin`` shards as the TF.js converter does;
+:func:`sample_models` are the real models shipped in ``shardsync.daemon``'s package data.
+
+What is published is checked from the raw files in site_dir (:func:`assert_published`),
+never through ``shardsync.store``, so a bug in the store cannot hide itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from storehelpers import ModelFiles, sha256, write_model
+
+import shardsync.daemon
+from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
+from shardsync.daemon.origin import Origin
+from shardsync.daemon.sync import Syncer
+from shardsync.store import Store
+
+__all__ = [
+    "FAST",
+    "SHARD",
+    "SyncEnv",
+    "assert_published",
+    "big_model",
+    "cli_command",
+    "files_outside",
+    "open_syncer",
+    "publish_on",
+    "published_files",
+    "run_cli",
+    "sample_files",
+    "sample_models",
+    "tfjs_model",
+    "write_config",
+]
+
+#: The TF.js converter's default shard size (``--weight_shard_size_bytes``).
+SHARD = 4 * 1024 * 1024
+
+#: A FetchPolicy for tests: the same behaviour as the default, in milliseconds instead
+#: of seconds (a retry waits at most 20 ms; a dead origin is noticed in 5 s). min_rate is
+#: the default's (8 KiB/s) but over a short window; tests of slow origins set their own.
+FAST = FetchPolicy(attempts=3, backoff_base=0.005, backoff_cap=0.02, retry_after_cap=5.0,
+                   connect_timeout=5.0, read_timeout=5.0, rate_window=1.0)
+
+# Bytes per element of each dtype a test model may use (as TF.js counts them).
+_ELEMENT = {"float32": 4, "int32": 4, "bool": 1, "uint8": 1, "uint16": 2, "float16": 2}
+
+# Real sample models in the package data: (directory, manifest) -> format, for the record.
+_SAMPLES = {
+    "blazeface": ("human", "blazeface.json"),                  # graph-model, float32/int32
+    "antispoof": ("human", "antispoof.json"),                  # graph-model, float16-quantized
+    "tiny-face": ("face-api", "tiny_face_detector_model-weights_manifest.json"),  # bare, uint8
+}
+
+
+# -- models ----------------------------------------------------------------------------
+
+
+def tfjs_model(
+    kind: str,
+    groups: Sequence[Mapping[str, bytes]],
+    *,
+    quantization: str | None = None,
+    manifest_name: str = "model.json",
+    tag: Any = None,
+) -> ModelFiles:
+    """A manifest of ``kind`` ("graph-model", "layers-model", "weights-manifest") whose
+    weight groups are ``groups`` (each: shard path -> bytes, in order).
+
+    Each group holds one float32 weight filling its bytes, stored as ``quantization``
+    ("uint8", "uint16", "float16") when given, so its element size is the quantized one.
+    ``tag`` goes into the topology, so two models with equal shards have different
+    manifests.
+    """
+    size = _ELEMENT[quantization or "float32"]
+    raw_groups = []
+    for i, shards in enumerate(groups):
+        total = sum(len(b) for b in shards.values())
+        assert total % size == 0, f"group {i + 1}: {total} bytes are not whole elements"
+        weight: dict[str, Any] = {"name": f"layer{i}/kernel", "shape": [total // size],
+                                  "dtype": "float32"}
+        if quantization == "float16":
+            weight["quantization"] = {"dtype": "float16"}
+        elif quantization is not None:
+            weight["quantization"] = {"dtype": quantization, "scale": 0.004, "min": -0.5}
+        raw_groups.append({"paths": list(shards), "weights": [weight]})
+    doc: Any
+    if kind == "weights-manifest":
+        doc = raw_groups
+    elif kind == "graph-model":
+        doc = {"format": "graph-model", "generatedBy": "synchelpers", "convertedBy": None,
+               "modelTopology": {"node": [{"name": "x", "op": "Placeholder"}], "tag": tag},
+               "weightsManifest": raw_groups}
+    elif kind == "layers-model":
+        layers = [{"class_name": "Dense", "config": {"name": f"layer{i}", "units": 1}}
+                  for i in range(len(groups))]
+        doc = {"format": "layers-model", "generatedBy": "synchelpers",
+               "modelTopology": {"class_name": "Sequential",
+                                 "config": {"name": str(tag), "layers": layers}},
+               "weightsManifest": raw_groups}
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    shards = {p: b for g in groups for p, b in g.items()}
+    return ModelFiles(manifest_name, json.dumps(doc, indent=1).encode(), shards)
+
+
+def big_model(
+    total: int, *, seed: int = 0, shard: int = SHARD, groups: int = 2, tag: Any = None,
+    kind: str = "graph-model",
+) -> ModelFiles:
+    """``total`` random bytes (a multiple of 4) in ``groups`` weight groups, each cut into
+    ``shard``-byte ``groupN-shardKofM.bin`` files as the TF.js converter names them."""
+    assert total % (4 * groups) == 0
+    rng = random.Random(seed)
+    per_group = total // groups
+    out = []
+    for g in range(groups):
+        data = rng.randbytes(per_group)
+        pieces = [data[i:i + shard] for i in range(0, len(data), shard)]
+        out.append({f"group{g + 1}-shard{k + 1}of{len(pieces)}.bin": p
+                    for k, p in enumerate(pieces)})
+    return tfjs_model(kind, out, tag=tag if tag is not None else seed)
+
+
+def sample_models() -> dict[str, tuple[Path, str]]:
+    """The real sample models of the package data: name -> (directory, manifest name)."""
+    root = Path(shardsync.daemon.__file__).parent / "samples"
+    return {name: (root / d, m) for name, (d, m) in _SAMPLES.items()}
+
+
+def sample_files(directory: Path, manifest: str) -> ModelFiles:
+    """A sample model read from disk as ModelFiles (its shards from its own manifest)."""
+    data = (directory / manifest).read_bytes()
+    doc = json.loads(data)
+    groups = doc if isinstance(doc, list) else doc["weightsManifest"]
+    shards = {p: (directory / p).read_bytes() for g in groups for p in g["paths"]}
+    return ModelFiles(manifest, data, shards)
+
+
+def publish_on(origin: Origin, prefix: str, model: ModelFiles) -> str:
+    """Write ``model`` under the origin's root at ``prefix/``; return its manifest URL."""
+    assert origin.root is not None
+    write_model(origin.root / prefix, model)
+    return origin.url_for(f"{prefix}/{model.manifest_name}")
+
+
+# -- what got published -------------------------------------------------------------------
+
+
+def published_files(site: Path, name: str) -> tuple[str, dict[str, bytes], bytes]:
+    """Read ``site/name`` as a web server would serve it: (version, shard path -> bytes,
+    the version's manifest), following the entry point's paths.
+
+    Asserts that every path of the entry point points into one ``versions/<v>/``.
+    """
+    entry_path = site / name
+    entries = [p for p in entry_path.iterdir() if p.is_file()]
+    assert len(entries) == 1, f"{name}: expected one entry point, found {entries}"
+    doc = json.loads(entries[0].read_bytes())
+    groups = doc if isinstance(doc, list) else doc["weightsManifest"]
+    versions = set()
+    files: dict[str, bytes] = {}
+    for g in groups:
+        for p in g["paths"]:
+            head, v, rel = p.split("/", 2)
+            assert head == "versions", f"{name}: entry point path {p!r} is not under versions/"
+            versions.add(v)
+            files[rel] = (entry_path / p).read_bytes()
+    assert len(versions) == 1, f"{name}: entry point names several versions {versions}"
+    (version,) = versions
+    manifest = (entry_path / "versions" / version / entries[0].name).read_bytes()
+    return version, files, manifest
+
+
+def assert_published(site: Path, name: str, model: ModelFiles) -> str:
+    """Assert that ``site/name`` serves exactly ``model`` (bytes of every file, the origin's
+    manifest byte for byte in the version directory); return the version."""
+    version, files, manifest = published_files(site, name)
+    assert (site / name / model.manifest_name).is_file()
+    assert manifest == model.manifest, f"{name}: version {version} has another manifest"
+    assert set(files) == set(model.shards), f"{name}: {sorted(files)} != {sorted(model.shards)}"
+    for rel, data in model.shards.items():
+        assert sha256(files[rel]) == sha256(data), f"{name}: {rel} differs from the origin's"
+    return version
+
+
+def files_outside(root: Path, *inside: Path) -> set[str]:
+    """Every path below ``root`` except those below the directories ``inside``."""
+    skip = {str(p) for p in inside}
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
+        out.update(os.path.join(dirpath, n) for n in dirnames + filenames)
+    return out
+
+
+# -- running a sync in-process --------------------------------------------------------------
+
+
+@dataclass
+class SyncEnv:
+    """A store under ``state`` / ``site`` and a Syncer over one client (see open_syncer)."""
+
+    state: Path
+    site: Path
+    store: Store
+    syncer: Syncer
+
+
+@asynccontextmanager
+async def open_syncer(
+    root: Path, *, policy: FetchPolicy = FAST, keep_versions: int = 2,
+    concurrency: int = 4, max_model_bytes: int | None = None,
+) -> AsyncIterator[SyncEnv]:
+    """A Store in ``root/state`` publishing into ``root/site`` (no grace period, so
+    ``keep_versions`` alone decides what is kept) and a Syncer with ``policy``."""
+    state, site = root / "state", root / "site"
+    with Store(state, site, keep_versions=keep_versions, grace=0) as store:
+        async with make_client(policy) as client:
+            syncer = Syncer(store, Fetcher(client, policy), concurrency=concurrency,
+                            max_model_bytes=max_model_bytes)
+            yield SyncEnv(state, site, store, syncer)
+
+
+# -- the CLI as a subprocess -------------------------------------------------------------------
+
+
+def write_config(
+    directory: Path, models: Mapping[str, str], **keys: Any
+) -> Path:
+    """Write ``directory/shardsync.toml`` naming ``models`` (name -> URL); return its path.
+
+    state_dir, site_dir and socket are ``state``, ``site`` and ``ctl.sock`` in
+    ``directory`` unless ``keys`` says otherwise; other ``keys`` go in as they are.
+    """
+    values: dict[str, Any] = {"state_dir": "state", "site_dir": "site", "socket": "ctl.sock",
+                              **keys}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    for name, url in models.items():
+        lines += ["", "[[model]]", f"name = {json.dumps(name)}", f"url = {json.dumps(url)}"]
+    path = directory / "shardsync.toml"
+    directory.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli_command(*args: str | os.PathLike[str]) -> list[str]:
+    """The argv of ``shardsync ARGS`` with this venv's interpreter."""
+    return [sys.executable, "-m", "shardsync.daemon.cli", *map(str, args)]
+
+
+def run_cli(
+    *args: str | os.PathLike[str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``shardsync ARGS`` to the end; return it (stdout and stderr captured as text)."""
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)

@@ -1,0 +1,541 @@
+"""The sync of one model (shardsync.daemon.sync), against a real origin on 127.0.0.1.
+
+Every claim is checked on the wire (what the origin saw and sent) and on disk (the
+bytes a web server would serve from site_dir), never on the syncer's own word:
+
+* every format (graph-model, layers-model, bare weights manifest), plain and quantized
+  weights, real sample models and a multi-shard model in 4 MiB converter shards;
+* dedupe: shards shared by URL move once, also when two models sync together; equal
+  bytes under two URLs are one object;
+* a warm re-sync with nothing changed moves no body byte; a shard changed under an
+  unchanged manifest is found and published, and old versions are kept as configured;
+* a dropped connection resumes with Range + If-Range;
+* every fault the origin can play: either the sync recovers and publishes the right
+  bytes, or the previous version stays published and the error names model, file
+  and reason;
+* a manifest with unsafe paths writes nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import trio
+from storehelpers import assert_store_ok, object_files, sha256, tree_snapshot, write_model
+from synchelpers import (
+    FAST,
+    SHARD,
+    SyncEnv,
+    assert_published,
+    big_model,
+    files_outside,
+    open_syncer,
+    publish_on,
+    published_files,
+    sample_files,
+    sample_models,
+    tfjs_model,
+)
+
+from shardsync.daemon.config import ModelConfig
+from shardsync.daemon.errors import (
+    ConnectError,
+    FetchTimeoutError,
+    IntegrityError,
+    ManifestError,
+    UnsafePathError,
+    UpstreamError,
+)
+from shardsync.daemon.fetch import FetchPolicy
+from shardsync.daemon.origin import Origin
+from shardsync.daemon.sync import Progress, SyncResult
+
+#: Size of the multi-shard model: two weight groups of 13 MiB, each cut into 4 MiB
+#: shards (4+4+4+1), as the converter does: big enough for several shards per group
+#: and a short last one, small enough to keep the suite quick.
+BIG_TOTAL = 26 * 1024 * 1024
+
+
+@functools.cache
+def big():
+    return big_model(BIG_TOTAL, seed=1)
+
+
+def model_config(name: str, url: str) -> ModelConfig:
+    return ModelConfig(name=name, url=url, interval=1800.0)
+
+
+def small_model(tag: object = 0, *, kind: str = "graph-model", seed: int = 0, **kw):
+    """Two groups, three shards of a few KiB each: the shape of a real small model."""
+    rng = __import__("random").Random(seed)
+    return tfjs_model(kind, [
+        {"group1-shard1of2.bin": rng.randbytes(8192), "group1-shard2of2.bin": rng.randbytes(4096)},
+        {"group2-shard1of1.bin": rng.randbytes(2048)},
+    ], tag=tag, **kw)
+
+
+async def sync(env: SyncEnv, name: str, url: str, progress: Progress | None = None) -> SyncResult:
+    return await env.syncer.sync(model_config(name, url), progress)
+
+
+def versions_on_disk(env: SyncEnv, name: str) -> list[str]:
+    vdir = env.site / name / "versions"
+    return sorted(p.name for p in vdir.iterdir()) if vdir.exists() else []
+
+
+# -- every format ------------------------------------------------------------------------
+
+FORMATS = {
+    "graph-model": lambda: small_model(kind="graph-model"),
+    "layers-model": lambda: small_model(kind="layers-model"),
+    "weights-manifest": lambda: tfjs_model(
+        "weights-manifest",
+        [{"tiny-shard1": b"\x01" * 4000, "tiny-shard2": b"\x02" * 96}],
+        manifest_name="tiny-weights_manifest.json"),
+    "float16": lambda: small_model(quantization="float16"),
+    "uint8": lambda: small_model(quantization="uint8", kind="weights-manifest"),
+    "subdirectory-shards": lambda: tfjs_model(
+        "graph-model", [{"weights/group1-shard1of1.bin": b"\x07" * 1024}]),
+    "multi-shard-4MiB": big,
+}
+
+
+@pytest.mark.parametrize("case", FORMATS)
+async def test_every_format_is_published_byte_for_byte(
+    origin: Origin, tmp_path: Path, case: str
+) -> None:
+    model = FORMATS[case]()
+    url = publish_on(origin, "m", model)
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok, result.error
+        assert result.changed and result.files_fetched == len(model.shards)
+        version = assert_published(env.site, "m1", model)
+        assert result.version == version
+        assert_store_ok(env.state, env.site)
+    # Every file crossed the wire exactly once, raw (no content coding).
+    assert origin.bytes_sent() == model.size
+    assert {e.headers.get("accept-encoding") for e in origin.requests()} == {"identity"}
+    if case == "multi-shard-4MiB":
+        sizes = sorted({len(b) for b in model.shards.values()})
+        assert sizes == [1024 * 1024, SHARD] and len(model.shards) == 8
+
+
+@pytest.mark.parametrize("sample", ["blazeface", "antispoof", "tiny-face"])
+async def test_real_sample_models(origin: Origin, tmp_path: Path, sample: str) -> None:
+    directory, manifest = sample_models()[sample]
+    model = sample_files(directory, manifest)
+    url = publish_on(origin, sample, model)
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, sample, url)
+        assert result.ok, result.error
+        assert_published(env.site, sample, model)
+
+
+async def test_shard_urls_carry_the_manifest_query(origin: Origin, tmp_path: Path) -> None:
+    model = small_model()
+    url = publish_on(origin, "hub/m", model) + "?tfjs-format=file"
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "hub", url)
+        assert result.ok, result.error
+        assert_published(env.site, "hub", model)  # names keep no query
+    targets = {e.target for e in origin.requests()}
+    assert targets == {f"/hub/m/{p}?tfjs-format=file" for p in [*model.shards, "model.json"]}
+
+
+async def test_redirects_are_followed_but_the_canonical_url_is_the_identity(
+    origin: Origin, tmp_path: Path
+) -> None:
+    model = small_model()
+    url = publish_on(origin, "m", model)
+    shard = "group1-shard1of2.bin"
+    write_model(origin.root / "cdn", model)  # type: ignore[operator]
+    origin.redirect(f"m/{shard}", origin.url_for(f"cdn/{shard}?sig=first"))
+    async with open_syncer(tmp_path) as env:
+        assert (await sync(env, "m1", url)).ok
+        record = json.loads(next((env.state / "snapshots" / "m1").iterdir()).read_bytes())
+        metas = {f["path"]: f["meta"] for f in record["files"]}
+        assert metas[shard]["url"] == origin.url_for(f"m/{shard}")
+    # The signed target changes; the file is still known by its canonical URL: a 304.
+    origin.redirect(f"m/{shard}", origin.url_for(f"cdn/{shard}?sig=second"))
+    origin.reset_counters()
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok and not result.changed
+    assert origin.bytes_sent() == 0
+    assert [e.status for e in origin.requests(f"cdn/{shard}")] == [304]
+
+
+# -- dedupe --------------------------------------------------------------------------------
+
+
+def two_models_sharing_shards(origin: Origin) -> tuple[str, str, dict[str, bytes]]:
+    """Manifests a.json and b.json in one directory, naming the same shards."""
+    a = small_model(tag="a", seed=3)
+    b = tfjs_model("layers-model", [dict(list(a.shards.items())[:2]),
+                                    {"group2-shard1of1.bin": a.shards["group2-shard1of1.bin"]}],
+                   tag="b", manifest_name="b.json")
+    a = type(a)("a.json", a.manifest, a.shards)
+    return publish_on(origin, "shared", a), publish_on(origin, "shared", b), a.shards
+
+
+async def test_a_second_model_sharing_shards_moves_no_shard_bytes(
+    origin: Origin, tmp_path: Path
+) -> None:
+    url_a, url_b, shards = two_models_sharing_shards(origin)
+    async with open_syncer(tmp_path) as env:
+        assert (await sync(env, "a", url_a)).ok
+    origin.reset_counters()
+    async with open_syncer(tmp_path) as env:  # a new run: what is held comes from the store
+        result = await sync(env, "b", url_b)
+        assert result.ok, result.error
+        assert result.files_fetched == 0 and result.files_reused == 3
+        _, files, _ = published_files(env.site, "b")
+        assert files == shards
+    assert origin.bytes_sent("shared/*.bin") == 0
+    assert origin.bytes_sent("shared/b.json") > 0
+
+
+async def test_models_sharing_shards_synced_together_fetch_each_once(
+    origin: Origin, tmp_path: Path
+) -> None:
+    url_a, url_b, shards = two_models_sharing_shards(origin)
+    async with open_syncer(tmp_path) as env:
+        results = {}
+
+        async def run(name: str, url: str) -> None:
+            results[name] = await sync(env, name, url)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "a", url_a)
+            nursery.start_soon(run, "b", url_b)
+        assert results["a"].ok and results["b"].ok
+        assert published_files(env.site, "a")[1] == published_files(env.site, "b")[1] == shards
+    assert origin.bytes_sent("shared/*.bin") == sum(len(b) for b in shards.values())
+
+
+async def test_a_shard_fetched_by_a_model_still_syncing_is_not_fetched_again(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # Model a holds the shared shards and one more that never finishes; model b starts
+    # only once a has both shared shards, while a is still running.
+    shared = {"s1.bin": b"\x11" * 65536, "s2.bin": b"\x22" * 65536}
+    a = tfjs_model("graph-model", [shared, {"slow.bin": b"\x33" * 65536}],
+                   manifest_name="a.json")
+    b = tfjs_model("graph-model", [shared], manifest_name="b.json", tag="b")
+    url_a, url_b = publish_on(origin, "shared", a), publish_on(origin, "shared", b)
+    origin.fault_drip("shared/slow.bin", chunk=1, interval=1.0)
+    policy = FetchPolicy(attempts=1, min_rate=0, read_timeout=30)
+    async with open_syncer(tmp_path, policy=policy) as env:
+        progress_a = Progress()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync, env, "a", url_a, progress_a)
+            with trio.fail_after(30):
+                while progress_a.files_done < 2:
+                    await trio.sleep(0.01)
+            result = await sync(env, "b", url_b)
+            nursery.cancel_scope.cancel()
+        assert result.ok, result.error
+        assert published_files(env.site, "b")[1] == shared
+    assert origin.bytes_sent("shared/s[12].bin") == sum(len(x) for x in shared.values())
+
+
+async def test_equal_bytes_under_two_urls_are_one_object(origin: Origin, tmp_path: Path) -> None:
+    one = small_model(tag="one", seed=5)
+    two = small_model(tag="two", seed=5)  # same shards, another manifest, another directory
+    url1, url2 = publish_on(origin, "one", one), publish_on(origin, "two", two)
+    async with open_syncer(tmp_path) as env:
+        assert (await sync(env, "one", url1)).ok
+        assert (await sync(env, "two", url2)).ok
+        assert published_files(env.site, "two")[1] == two.shards
+        digests = {p.name for p in object_files(env.state)}
+    assert digests == {sha256(x) for x in [one.manifest, two.manifest, *one.shards.values()]}
+    assert len(object_files(env.state)) == 2 + len(one.shards)
+
+
+# -- warm re-sync and changes ----------------------------------------------------------------
+
+
+async def test_warm_resync_with_nothing_changed_moves_no_body_bytes(
+    origin: Origin, tmp_path: Path
+) -> None:
+    model = big()
+    url = publish_on(origin, "m", model)
+    async with open_syncer(tmp_path) as env:
+        first = await sync(env, "m1", url)
+        assert first.ok
+    origin.reset_counters()
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok and not result.changed
+        assert result.version == first.version and result.received == 0
+        assert result.files_reused == len(model.shards)
+        assert versions_on_disk(env, "m1") == [first.version]
+        assert len(list((env.state / "snapshots" / "m1").iterdir())) == 1
+    requests = origin.requests()
+    assert len(requests) == 1 + len(model.shards)
+    assert {e.status for e in requests} == {304}
+    assert all("if-none-match" in e.headers for e in requests)
+    assert origin.bytes_sent() == 0
+
+
+async def test_a_shard_changed_under_an_unchanged_manifest_is_published(
+    origin: Origin, tmp_path: Path
+) -> None:
+    model = small_model()
+    url = publish_on(origin, "m", model)
+    shard = "group1-shard2of2.bin"
+    seen = []
+    async with open_syncer(tmp_path, keep_versions=2) as env:
+        seen.append((await sync(env, "m1", url)).version)
+        for i in (1, 2):
+            new = bytes([i]) * len(model.shards[shard])
+            origin.set_file(f"m/{shard}", new)
+            model = type(model)(model.manifest_name, model.manifest, {**model.shards, shard: new})
+            origin.reset_counters()
+            result = await sync(env, "m1", url)
+            assert result.ok and result.changed, result.error
+            assert result.files_fetched == 1
+            seen.append(assert_published(env.site, "m1", model))
+            statuses = {e.path: e.status for e in origin.requests()}
+            assert statuses == {"m/model.json": 304, f"m/{shard}": 200,
+                                "m/group1-shard1of2.bin": 304, "m/group2-shard1of1.bin": 304}
+            assert origin.bytes_sent() == len(new)
+            # The previous version stays (keep_versions = 2); older ones go.
+            assert versions_on_disk(env, "m1") == sorted(seen[-2:])
+        assert_store_ok(env.state, env.site)
+    assert len(set(seen)) == 3
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+
+async def test_resume_after_a_dropped_connection_mid_shard(origin: Origin, tmp_path: Path) -> None:
+    model = big()
+    url = publish_on(origin, "m", model)
+    origin.fault_drop("m/group1-shard2of4.bin", after=1_500_000, times=1)
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok, result.error
+        assert_published(env.site, "m1", model)
+    first, retry = origin.requests("m/group1-shard2of4.bin")
+    assert "range" not in first.headers and first.body_bytes == 1_500_000
+    start = int(retry.headers["range"].removeprefix("bytes=").removesuffix("-"))
+    assert 0 < start <= 1_500_000
+    assert retry.headers["if-range"].startswith('"')  # the ETag the first bytes came with
+    assert retry.status == 206
+    assert origin.bytes_sent() <= 1.05 * model.size
+
+
+# -- faults: recovered -------------------------------------------------------------------------
+
+SHARD_A = "group1-shard1of2.bin"
+
+
+@pytest.fixture
+async def v1(origin: Origin, tmp_path: Path):
+    """Model m1 published at version 1; the origin then holds version 2 (new shard bytes)."""
+    url = publish_on(origin, "m", small_model(tag="v1", seed=1))
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok
+    v2 = small_model(tag="v2", seed=2)
+    publish_on(origin, "m", v2)
+    origin.reset_counters()
+    return url, v2, result.version, tree_snapshot(tmp_path / "site")
+
+
+async def test_dropped_connection_is_resumed(origin: Origin, tmp_path: Path, v1) -> None:
+    url, v2, _, _ = v1
+    origin.fault_drop(f"m/{SHARD_A}", after=3000, times=1)
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok and result.changed, result.error
+        assert_published(env.site, "m1", v2)
+    assert [e.status for e in origin.requests(f"m/{SHARD_A}")] == [200, 206]
+    assert origin.bytes_sent(f"m/{SHARD_A}") == len(v2.shards[SHARD_A])
+
+
+async def test_a_server_ignoring_range_is_read_from_zero(
+    origin: Origin, tmp_path: Path, v1
+) -> None:
+    url, v2, _, _ = v1
+    origin.fault_drop(f"m/{SHARD_A}", after=3000, times=1)
+    origin.fault_ignore_range(f"m/{SHARD_A}")
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok, result.error
+        assert_published(env.site, "m1", v2)
+    first, retry = origin.requests(f"m/{SHARD_A}")
+    assert "range" in retry.headers and retry.status == 200
+    assert retry.body_bytes == len(v2.shards[SHARD_A])
+
+
+async def test_a_short_read_is_resumed(origin: Origin, tmp_path: Path, v1) -> None:
+    url, v2, _, _ = v1
+    origin.fault_truncate(f"m/{SHARD_A}", missing=100, times=1)
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok, result.error
+        assert_published(env.site, "m1", v2)
+    first, retry = origin.requests(f"m/{SHARD_A}")
+    size = len(v2.shards[SHARD_A])
+    assert retry.headers["range"] == f"bytes={size - 100}-" and retry.status == 206
+    assert origin.bytes_sent(f"m/{SHARD_A}") == size
+
+
+async def test_a_wrong_content_range_start_restarts_from_zero(
+    origin: Origin, tmp_path: Path, v1
+) -> None:
+    url, v2, _, _ = v1
+    origin.fault_drop(f"m/{SHARD_A}", after=3000, times=1)
+    origin.fault_bad_content_range(f"m/{SHARD_A}", shift=-1000, times=1)
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok, result.error
+        assert_published(env.site, "m1", v2)
+    log = origin.requests(f"m/{SHARD_A}")
+    assert [e.status for e in log] == [200, 206, 200]
+    assert "range" not in log[2].headers
+
+
+async def test_a_file_changed_between_requests_is_read_whole_again(
+    origin: Origin, tmp_path: Path, v1
+) -> None:
+    url, v2, _, _ = v1
+    origin.fault_drop(f"m/{SHARD_A}", after=3000, times=1)
+    async with open_syncer(tmp_path, policy=FetchPolicy(attempts=1)) as env:
+        assert not (await sync(env, "m1", url)).ok  # leaves 3000 bytes of the old file
+    new = b"\x5a" * len(v2.shards[SHARD_A])
+    origin.set_file(f"m/{SHARD_A}", new)
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+        assert result.ok, result.error
+        _, files, _ = published_files(env.site, "m1")
+        assert files[SHARD_A] == new
+    retry = origin.requests(f"m/{SHARD_A}")[-1]
+    assert "if-range" in retry.headers and retry.status == 200 and retry.body_bytes == len(new)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_is_honoured(origin: Origin, tmp_path: Path, v1, status: int) -> None:
+    url, v2, _, _ = v1
+    origin.fault_status(f"m/{SHARD_A}", status, retry_after=1, times=1)
+    sent: list[tuple[str, float]] = []
+    async with open_syncer(tmp_path) as env:
+        async def stamp(request) -> None:
+            sent.append((request.url.path, trio.current_time()))
+
+        env.syncer.fetcher.client.event_hooks["request"].append(stamp)
+        result = await sync(env, "m1", url)
+        assert result.ok, result.error
+        assert_published(env.site, "m1", v2)
+    times = [t for p, t in sent if p.endswith(SHARD_A)]
+    assert [e.status for e in origin.requests(f"m/{SHARD_A}")] == [status, 200]
+    # FAST backs off for at most 20 ms: only Retry-After can make the gap a second.
+    assert times[1] - times[0] >= 1.0
+
+
+# -- faults: the previous version stays --------------------------------------------------------
+
+
+def _html_fallback(origin: Origin) -> None:
+    origin.remove_file(f"m/{SHARD_A}")
+    origin.fault_html_fallback("m/*")
+
+
+FAILURES = {
+    # name: (set the fault up, policy, error class, words the message must hold)
+    "drop-every-time": (lambda o: o.fault_drop(f"m/{SHARD_A}", after=1000),
+                        FAST, ConnectError, ["connection"]),
+    "truncated-every-time": (lambda o: o.fault_truncate(f"m/{SHARD_A}", missing=10),
+                             FAST, ConnectError, ["connection"]),
+    "html-for-a-missing-file": (_html_fallback, FAST, UpstreamError, ["HTML"]),
+    "slow-drip": (lambda o: o.fault_drip(f"m/{SHARD_A}", chunk=512, interval=0.05),
+                  FetchPolicy(attempts=2, backoff_base=0.005, min_rate=64 * 1024,
+                              rate_window=0.3), FetchTimeoutError, ["slower than"]),
+    "endless-body": (lambda o: o.fault_endless(f"m/{SHARD_A}"), FAST, IntegrityError,
+                     ["longer than"]),
+    "length-over-the-group": (lambda o: o.fault_endless(f"m/{SHARD_A}",
+                                                        content_length=1 << 30),
+                              FAST, IntegrityError, ["larger than its weight group"]),
+    "503-every-time": (lambda o: o.fault_status(f"m/{SHARD_A}", 503, retry_after=None,
+                                                times=None), FAST, UpstreamError, ["503"]),
+    "404-shard": (lambda o: o.remove_file(f"m/{SHARD_A}"), FAST, UpstreamError, ["404"]),
+    "manifest-not-json": (lambda o: o.set_file("m/model.json", b"<html>oops</html>"), FAST,
+                          ManifestError, ["not valid JSON"]),
+    "short-shard": (lambda o: o.set_file(f"m/{SHARD_A}", b"\0" * 8188), FAST, IntegrityError,
+                    ["weight group 1"]),
+}
+
+
+@pytest.mark.parametrize("case", FAILURES)
+async def test_on_failure_the_previous_version_stays_and_the_error_says_why(
+    origin: Origin, tmp_path: Path, v1, case: str
+) -> None:
+    url, _, version1, site_before = v1
+    setup, policy, error_class, words = FAILURES[case]
+    setup(origin)
+    async with open_syncer(tmp_path, policy=policy) as env:
+        with trio.fail_after(30):
+            result = await sync(env, "m1", url)
+        assert result.version == version1 and not result.changed
+        assert env.store.versions.current("m1") == version1
+    assert tree_snapshot(tmp_path / "site") == site_before
+    err = result.error
+    assert isinstance(err, error_class), repr(err)
+    assert err.model == "m1"
+    file = "model.json" if case == "manifest-not-json" else SHARD_A
+    message = str(err)
+    assert "m1" in message and file in message, message
+    for word in words:
+        assert word in message, message
+    if case == "404-shard":
+        assert len(origin.requests(f"m/{SHARD_A}")) == 1  # a 404 is not retried
+    if case == "503-every-time":
+        assert len(origin.requests(f"m/{SHARD_A}")) == FAST.attempts
+
+
+async def test_failed_transfers_leave_their_partial_for_the_next_try(
+    origin: Origin, tmp_path: Path, v1
+) -> None:
+    url, v2, _, _ = v1
+    origin.fault_drop(f"m/{SHARD_A}", after=5000)
+    async with open_syncer(tmp_path, policy=FetchPolicy(attempts=1)) as env:
+        assert not (await sync(env, "m1", url)).ok
+        partials = env.store.ingests()
+        assert [(p.url, p.durable) for p in partials] == [(origin.url_for(f"m/{SHARD_A}"), 5000)]
+    origin.clear_faults()
+    origin.reset_counters()
+    async with open_syncer(tmp_path) as env:
+        assert (await sync(env, "m1", url)).ok
+        assert_published(env.site, "m1", v2)
+        assert env.store.ingests() == []
+    assert origin.bytes_sent(f"m/{SHARD_A}") == len(v2.shards[SHARD_A]) - 5000
+
+
+# -- unsafe manifests ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["../evil.bin", "../../../evil.bin", "sub/../../evil.bin",
+                                  "/tmp/evil.bin", "..\\evil.bin", "http://evil.example/x.bin"])
+async def test_unsafe_paths_are_refused_and_nothing_is_written_outside(
+    origin: Origin, tmp_path: Path, path: str
+) -> None:
+    bad = tfjs_model("graph-model", [{"ok.bin": b"\0" * 64, path: b"\1" * 64}])
+    origin.set_file("m/model.json", bad.manifest)
+    origin.set_file("m/ok.bin", b"\0" * 64)
+    state, site = tmp_path / "state", tmp_path / "site"
+    async with open_syncer(tmp_path) as env:
+        before = files_outside(tmp_path, state, site)
+        result = await sync(env, "m1", origin.url_for("m/model.json"))
+        after = files_outside(tmp_path, state, site)
+    assert after == before
+    assert isinstance(result.error, UnsafePathError | ManifestError), repr(result.error)
+    assert result.error.model == "m1" and repr(path)[1:-1] in str(result.error)
+    assert [e.path for e in origin.requests()] == ["m/model.json"]  # no shard was asked for
+    assert not (site / "m1").exists()
+    assert list((state / "partial").iterdir()) == []
