@@ -142,8 +142,10 @@ class Origin:
 
     Faults (``fault_*``) apply to paths matching a glob (``fnmatch``: ``*`` also matches
     ``/``), fire on the next ``times`` requests where they apply (``None``: until
-    :meth:`clear_faults`), and the newest one of a kind wins. Use as a context manager,
-    or :meth:`start` / :meth:`stop`. All methods are thread-safe.
+    :meth:`clear_faults`), and the newest one of a kind wins. Redirects come first, then
+    a status fault; body faults of different kinds combine (a drip that drops after N
+    bytes). Use as a context manager, or :meth:`start` / :meth:`stop`. All methods are
+    thread-safe.
     """
 
     def __init__(self, root: Path | str | None = None, *, host: str = "127.0.0.1",
