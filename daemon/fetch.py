@@ -68,6 +68,12 @@ T = TypeVar("T")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
+#: Starts from zero allowed per file after the origin refused a resume (416, a 206 at the
+#: wrong offset). A restart sends no Range, so it cannot be refused again unless a later
+#: failure made a new partial; more than two means the origin is broken. Counted apart
+#: from ``attempts``, which budgets failures: a restart is the protocol, not a failure.
+_MAX_RESTARTS = 2
+
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -314,7 +320,7 @@ class Fetcher:
     async def _retrying(self, url: str, once: Callable[[], Awaitable[T]]) -> T:
         """Run ``once`` with retries; translate httpx errors (the one place that does)."""
         policy = self.policy
-        attempt = 0
+        attempt = restarts = 0
         while True:
             try:
                 try:
@@ -330,8 +336,8 @@ class Fetcher:
                 except httpx.InvalidURL as exc:
                     raise UpstreamError(f"invalid URL: {exc}", file=url) from exc
             except _Restart:
-                attempt += 1
-                if attempt >= policy.attempts:
+                restarts += 1
+                if restarts > _MAX_RESTARTS:
                     raise UpstreamError("the server kept refusing to resume", file=url) from None
                 continue
             except ShardsyncError as exc:
