@@ -39,6 +39,7 @@ __all__ = [
     "run_script",
     "sha256",
     "store_problems",
+    "tmp_leftovers",
     "tree_snapshot",
     "versioned_model",
     "write_model",
@@ -205,12 +206,13 @@ def _groups(doc: Any) -> list[Any]:
 def store_problems(state_dir: Path, site_dir: Path) -> list[str]:
     """Everything wrong with a store, read from the raw files (empty list: all good).
 
-    Checks: every object hashes to its name and is read-only; no object tmp file
-    other than ``tmp/.tmp-*``; every model with a ref has an entry point that parses
-    as a TF.js manifest naming only ``versions/<ref>/...`` paths, each a regular
-    file with the size and digest that version's record gives, plus the manifest
-    byte for byte in the version directory; every partial sidecar claims at most
-    the bytes its data file holds.
+    Checks: every object hashes to its name and is read-only; every model with a ref
+    has an entry point that parses as a TF.js manifest naming only
+    ``versions/<ref>/...`` paths, each a regular file with the size and digest that
+    version's record gives, plus the manifest byte for byte in the version directory;
+    ``site/<name>/`` holds nothing but that entry point and ``versions/`` (temporaries
+    aside: :func:`tmp_leftovers` finds those); every
+    partial sidecar claims at most the bytes its data file holds.
     """
     problems: list[str] = []
     for p in object_files(state_dir):
@@ -255,6 +257,10 @@ def _entry_problems(name: str, vid: str, record: dict[str, Any], model_dir: Path
         groups = _groups(entry)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return [f"{name}: entry point {entry_path} unusable: {exc}"]
+    others = sorted(e for e in os.listdir(model_dir)
+                    if e not in (man["path"], "versions") and not e.startswith(".tmp-"))
+    if others:
+        problems.append(f"{name}: {model_dir} holds {others} besides the entry point")
     by_path = {f["path"]: f for f in record["files"]}
     vdir = model_dir / "versions" / vid
     named = set()
@@ -288,6 +294,11 @@ def _file_problems(name: str, path: Path, want: Mapping[str, Any]) -> list[str]:
         return [f"{name}: {path} has {len(data)} bytes {sha256(data)}, "
                 f"record says {want['size']} {want['digest']}"]
     return []
+
+
+def tmp_leftovers(*roots: Path) -> list[str]:
+    """Every ``.tmp-*`` name below ``roots`` (what a killed writer leaves behind)."""
+    return sorted(str(p) for root in roots for p in root.rglob(".tmp-*"))
 
 
 def assert_store_ok(state_dir: Path, site_dir: Path) -> None:

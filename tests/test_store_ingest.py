@@ -312,3 +312,51 @@ def test_damaged_sidecar_starts_over(store: Store, dirs) -> None:
     with store.open_ingest(URL) as ing:
         assert ing.offset == 0
         assert data_file(dirs[0]).stat().st_size == 0
+
+
+_KILLED_IN_COMMIT = """
+import os, signal, sys
+from shardsync.store import Store
+state, site, url, victim = sys.argv[1:5]
+real_unlink = os.unlink
+
+def unlink(name, *args, **kwargs):
+    if str(name).endswith(victim):  # the kill lands right before this removal
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_unlink(name, *args, **kwargs)
+
+with Store(state, site) as s:
+    data = bytes(range(256)) * 400
+    ing = s.open_ingest(url)
+    ing.start(etag='"c"', last_modified=None, expected_size=len(data))
+    ing.write(data)
+    os.unlink = unlink
+    ing.commit(len(data), None)
+"""
+
+
+@pytest.mark.parametrize("victim", [".json", ".data"])
+def test_kill_inside_commit_leaves_the_object_intact(dirs, victim: str) -> None:
+    """SIGKILL after commit linked the partial into objects/, before the partial's
+    removal (before the sidecar's, or between it and the data file's): the partial's
+    data file is then a second name of the object. Resuming or restarting that URL
+    must never write into the object."""
+    data = bytes(range(256)) * 400
+    digest = sha256(data)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_IN_COMMIT, str(dirs[0]), str(dirs[1]), URL, victim],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    obj = object_path(dirs[0], digest)
+    assert obj.read_bytes() == data  # the commit itself got through
+    assert data_file(dirs[0]).exists()  # and the partial was not yet removed
+    with Store(*dirs) as store:
+        ing = store.open_ingest(URL)
+        assert obj.read_bytes() == data
+        ing.start(etag='"new"', last_modified=None, expected_size=None, offset=0)  # a 200
+        ing.write(b"a different body")
+        assert obj.read_bytes() == data
+        ing.commit(None, None)
+        assert store.objects.verify(digest) == digest
+        assert store.verify() == []
