@@ -1,0 +1,173 @@
+"""Sync against a real nginx as the origin: real servers differ from test servers.
+
+nginx serves the origin directory with its own validators (``ETag: "<mtime>-<size>"``,
+Last-Modified), its own Range / If-Range rules and sendfile. Its access log (a
+``log_format`` with ``$body_bytes_sent``) is the account of what crossed the wire:
+
+* a cold sync publishes the origin's bytes, every file sent once;
+* a warm re-sync is answered with 304s only and moves no body byte;
+* a partial download on disk (interrupted, then cut shorter, as a lost tail after a
+  crash leaves it) is resumed with Range + If-Range, and nginx sends only the rest.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+from e2e.webserver import NginxServer, run_nginx
+from storehelpers import ModelFiles, write_model
+from synchelpers import assert_published, big_model, open_syncer, sample_files, sample_models
+
+from shardsync.daemon.config import ModelConfig
+
+#: The multi-shard model: 3 groups of 4 MiB shards (4+2 MiB each), 18 MiB in all.
+TOTAL = 18 * 1024 * 1024
+
+# One access-log line, tab-separated, unescaped (ETags hold quotes): status, body bytes,
+# URI, and the request's Range / If-Range / If-None-Match ("" when absent).
+_LOG_FORMAT = ("$status\t$body_bytes_sent\t$request_uri\t$http_range\t$http_if_range\t"
+               "$http_if_none_match")
+_LOG_LINE = re.compile(r"(\d{3})\t(\d+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t([^\t]*)")
+
+_SERVER = """\
+log_format shardsync_sync escape=none '{fmt}';
+server {{
+    listen {listen};
+    root {root};
+    access_log {log} shardsync_sync;
+    types {{ application/json json; }}
+    default_type application/octet-stream;
+    location / {{ }}
+}}
+"""
+
+
+@dataclass
+class Hit:
+    """One request as nginx logged it."""
+
+    status: int
+    body_bytes: int
+    uri: str
+    range: str
+    if_range: str
+    if_none_match: str
+
+
+@dataclass
+class Nginx:
+    """nginx serving ``root``; ``hits()`` reads its access log."""
+
+    server: NginxServer
+    root: Path
+    log: Path
+
+    def url_for(self, path: str) -> str:
+        """The URL of ``path`` (relative to root)."""
+        return f"{self.server.url}/{path}"
+
+    def hits(self) -> list[Hit]:
+        """Every request logged since the last clear(), oldest first."""
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text().splitlines():
+            m = _LOG_LINE.fullmatch(line)
+            assert m, f"unexpected access log line {line!r}"
+            out.append(Hit(int(m[1]), int(m[2]), m[3], m[4], m[5], m[6]))
+        return out
+
+    def clear(self) -> None:
+        """Empty the log (nginx keeps appending to the same file, O_APPEND)."""
+        if self.log.exists():
+            self.log.write_text("")
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Nginx]:
+    root = tmp_path / "origin"
+    root.mkdir()
+    log = tmp_path / "nginx-sync.log"
+    with run_nginx(tmp_path / "nginx", lambda listen: _SERVER.format(
+            fmt=_LOG_FORMAT, listen=listen, root=root, log=log)) as server:
+        yield Nginx(server, root, log)
+
+
+def put(nginx: Nginx, prefix: str, model: ModelFiles) -> str:
+    """Write ``model`` under nginx's root at ``prefix/``; return its manifest URL."""
+    write_model(nginx.root / prefix, model)
+    return nginx.url_for(f"{prefix}/{model.manifest_name}")
+
+
+def models(nginx: Nginx) -> dict[str, tuple[str, ModelFiles]]:
+    """A multi-shard model and a real bare weights manifest on nginx: name -> (URL, files)."""
+    big = big_model(TOTAL, seed=11, groups=3)
+    tiny = sample_files(*sample_models()["tiny-face"])  # shards without an extension
+    return {"big": (put(nginx, "big", big), big), "tiny": (put(nginx, "face", tiny), tiny)}
+
+
+async def test_cold_sync_then_warm_resync_with_only_304s(nginx: Nginx, tmp_path: Path) -> None:
+    served = models(nginx)
+    async with open_syncer(tmp_path) as env:
+        for name, (url, model) in served.items():
+            result = await env.syncer.sync(ModelConfig(name, url, 1800.0))
+            assert result.ok and result.changed, result.error
+            assert assert_published(env.site, name, model) == result.version
+    cold = nginx.hits()
+    assert {h.status for h in cold} == {200}
+    assert sum(h.body_bytes for h in cold) == sum(m.size for _, m in served.values())
+    assert len(cold) == sum(1 + len(m.shards) for _, m in served.values())
+
+    nginx.clear()
+    async with open_syncer(tmp_path) as env:  # a new run: validators come from the store
+        for name, (url, _) in served.items():
+            result = await env.syncer.sync(ModelConfig(name, url, 1800.0))
+            assert result.ok and not result.changed and result.received == 0, result.error
+    warm = nginx.hits()
+    assert len(warm) == len(cold)
+    assert {h.status for h in warm} == {304}
+    assert sum(h.body_bytes for h in warm) == 0
+    assert all(h.if_none_match.startswith('"') for h in warm)  # nginx's own ETags
+
+
+async def test_a_truncated_partial_on_disk_is_resumed(nginx: Nginx, tmp_path: Path) -> None:
+    big = big_model(TOTAL, seed=12, groups=3)
+    url = put(nginx, "big", big)
+    shard = "group2-shard1of2.bin"
+    shard_url = nginx.url_for(f"big/{shard}")
+    async with open_syncer(tmp_path) as env:
+        # A download interrupted after at least 1 MiB ...
+        with trio.CancelScope() as scope:
+            got = 0
+
+            def progress(n: int) -> None:
+                nonlocal got
+                got += n
+                if got >= 1 << 20:
+                    scope.cancel()
+
+            await env.syncer.fetcher.file(shard_url, env.store, progress=progress)
+        assert scope.cancelled_caught
+        (partial,) = env.store.ingests()
+        assert partial.url == shard_url and partial.etag  # nginx's ETag, for If-Range
+        # ... whose tail is then lost, as a crash can leave it.
+        data = env.state / "partial" / f"{partial.ref}.data"
+        keep = 1_000_003
+        assert data.stat().st_size > keep
+        with open(data, "r+b") as f:
+            f.truncate(keep)
+        nginx.clear()
+
+        result = await env.syncer.sync(ModelConfig("big", url, 1800.0))
+        assert result.ok, result.error
+        assert_published(env.site, "big", big)
+        assert env.store.ingests() == []
+    (hit,) = [h for h in nginx.hits() if h.uri.endswith(shard)]
+    assert (hit.status, hit.range, hit.if_range) == (206, f"bytes={keep}-", partial.etag)
+    assert hit.body_bytes == len(big.shards[shard]) - keep
+    assert sum(h.body_bytes for h in nginx.hits()) == big.size - keep
