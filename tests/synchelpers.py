@@ -3,10 +3,9 @@ file on disk, ``shardsync`` as a real subprocess, and checks of what got publish
 
 Models are :class:`storehelpers.ModelFiles` (manifest bytes + shards by path), so the
 store's helpers (``write_model``, ``assert_store_ok``, ``tree_snapshot``) apply to them.
-:func:`tfjs_model` builds any of the three formats TF.js has (graph-model, layers-model,
-bare weights manifest) with plain or quantized weights; :func:`big_model` cuts random
-bytes into 4 MiB ``groupN-shardKofM.bin`` shards as the TF.js converter does;
-:func:`sample_models` are the real models shipped in ``shardsync.daemon``'s package data.
+The real and big models come from :mod:`shardsync.daemon.samples` (written to disk,
+read back with :func:`model_files`); :func:`tfjs_model` builds small models of any of
+the three TF.js formats around given shard bytes, for tests that change or break them.
 
 What is published is checked from the raw files in site_dir (:func:`assert_published`),
 never through ``shardsync.store``, so a bug in the store cannot hide itself.
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -27,32 +25,29 @@ from typing import Any
 
 from storehelpers import ModelFiles, sha256, write_model
 
-import shardsync.daemon
 from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
 from shardsync.daemon.origin import Origin
+from shardsync.daemon.samples import make_big_model, write_samples
 from shardsync.daemon.sync import Syncer
 from shardsync.store import Store
+from shardsync.store.entry import manifest_groups, shard_relpath
 
 __all__ = [
     "FAST",
-    "SHARD",
     "SyncEnv",
     "assert_published",
     "big_model",
     "cli_command",
     "files_outside",
+    "model_files",
     "open_syncer",
     "publish_on",
     "published_files",
     "run_cli",
-    "sample_files",
     "sample_models",
     "tfjs_model",
     "write_config",
 ]
-
-#: The TF.js converter's default shard size (``--weight_shard_size_bytes``).
-SHARD = 4 * 1024 * 1024
 
 #: A FetchPolicy for tests: the same behaviour as the default, in milliseconds instead
 #: of seconds (a retry waits at most 20 ms; a dead origin is noticed in 5 s). min_rate is
@@ -63,12 +58,6 @@ FAST = FetchPolicy(attempts=3, backoff_base=0.005, backoff_cap=0.02, retry_after
 # Bytes per element of each dtype a test model may use (as TF.js counts them).
 _ELEMENT = {"float32": 4, "int32": 4, "bool": 1, "uint8": 1, "uint16": 2, "float16": 2}
 
-# Real sample models in the package data: (directory, manifest) -> format, for the record.
-_SAMPLES = {
-    "blazeface": ("human", "blazeface.json"),                  # graph-model, float32/int32
-    "antispoof": ("human", "antispoof.json"),                  # graph-model, float16-quantized
-    "tiny-face": ("face-api", "tiny_face_detector_model-weights_manifest.json"),  # bare, uint8
-}
 
 
 # -- models ----------------------------------------------------------------------------
@@ -122,37 +111,30 @@ def tfjs_model(
     return ModelFiles(manifest_name, json.dumps(doc, indent=1).encode(), shards)
 
 
-def big_model(
-    total: int, *, seed: int = 0, shard: int = SHARD, groups: int = 2, tag: Any = None,
-    kind: str = "graph-model",
-) -> ModelFiles:
-    """``total`` random bytes (a multiple of 4) in ``groups`` weight groups, each cut into
-    ``shard``-byte ``groupN-shardKofM.bin`` files as the TF.js converter names them."""
-    assert total % (4 * groups) == 0
-    rng = random.Random(seed)
-    per_group = total // groups
-    out = []
-    for g in range(groups):
-        data = rng.randbytes(per_group)
-        pieces = [data[i:i + shard] for i in range(0, len(data), shard)]
-        out.append({f"group{g + 1}-shard{k + 1}of{len(pieces)}.bin": p
-                    for k, p in enumerate(pieces)})
-    return tfjs_model(kind, out, tag=tag if tag is not None else seed)
-
-
-def sample_models() -> dict[str, tuple[Path, str]]:
-    """The real sample models of the package data: name -> (directory, manifest name)."""
-    root = Path(shardsync.daemon.__file__).parent / "samples"
-    return {name: (root / d, m) for name, (d, m) in _SAMPLES.items()}
-
-
-def sample_files(directory: Path, manifest: str) -> ModelFiles:
-    """A sample model read from disk as ModelFiles (its shards from its own manifest)."""
+def model_files(directory: Path, manifest: str) -> ModelFiles:
+    """The model whose manifest is ``directory/manifest``, read from disk: its shards by
+    the file path each manifest path names (``./x.bin`` is ``x.bin``)."""
     data = (directory / manifest).read_bytes()
-    doc = json.loads(data)
-    groups = doc if isinstance(doc, list) else doc["weightsManifest"]
-    shards = {p: (directory / p).read_bytes() for g in groups for p in g["paths"]}
+    groups = manifest_groups(json.loads(data)) or []
+    paths = [shard_relpath(p) for g in groups for p in g["paths"]]
+    shards = {p: (directory / p).read_bytes() for p in paths}
     return ModelFiles(manifest, data, shards)
+
+
+def big_model(root: Path, total: int, *, seed: int = 0, name: str = "big") -> ModelFiles:
+    """A layers-model of about ``total`` bytes in 4 MiB ``group1-shardKofM.bin`` shards,
+    written to ``root/name/`` by :func:`shardsync.daemon.samples.make_big_model`."""
+    sample = make_big_model(root, total, seed=seed, name=name)
+    return model_files(root / name, Path(sample.manifest).name)
+
+
+def sample_models(root: Path) -> dict[str, ModelFiles]:
+    """Every sample model of :func:`shardsync.daemon.samples.write_samples`, written
+    under ``root`` (each in ``root/<name>/``): name -> its files."""
+    out = {}
+    for sample in write_samples(root):
+        out[sample.name] = model_files(root / sample.name, Path(sample.manifest).name)
+    return out
 
 
 def publish_on(origin: Origin, prefix: str, model: ModelFiles) -> str:

@@ -30,7 +30,7 @@ from synchelpers import (
 
 from shardsync.daemon.origin import Origin
 
-#: The model killed mid-download: six 4 MiB shards in two groups, enough to be
+#: The model killed mid-download: six 4 MiB shards (and a short seventh), enough to be
 #: caught mid-way while the origin drips.
 KILL_TOTAL = 24 * 1024 * 1024
 
@@ -192,8 +192,9 @@ def test_gc_dry_run_and_gc(origin: Origin, tmp_path: Path) -> None:
 def test_a_sync_killed_mid_download_resumes_without_fetching_twice(
     origin: Origin, tmp_path: Path
 ) -> None:
-    model = big_model(KILL_TOTAL, seed=7)
-    config = write_config(tmp_path / "conf", {"big": publish_on(origin, "m", model)})
+    assert origin.root is not None
+    model = big_model(origin.root, KILL_TOTAL, seed=7, name="m")
+    config = write_config(tmp_path / "conf", {"big": origin.url_for("m/model.json")})
     partial = tmp_path / "conf" / "state" / "partial"
     # Slow enough (64 KiB per 20 ms per connection) to be caught mid-download.
     origin.fault_drip("m/*.bin", chunk=64 * 1024, interval=0.02)

@@ -18,8 +18,8 @@ bytes a web server would serve from site_dir), never on the syncer's own word:
 
 from __future__ import annotations
 
-import functools
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,6 @@ import trio
 from storehelpers import assert_store_ok, object_files, sha256, tree_snapshot, write_model
 from synchelpers import (
     FAST,
-    SHARD,
     SyncEnv,
     assert_published,
     big_model,
@@ -35,7 +34,6 @@ from synchelpers import (
     open_syncer,
     publish_on,
     published_files,
-    sample_files,
     sample_models,
     tfjs_model,
 )
@@ -51,17 +49,12 @@ from shardsync.daemon.errors import (
 )
 from shardsync.daemon.fetch import FetchPolicy
 from shardsync.daemon.origin import Origin
+from shardsync.daemon.samples import CONVERTER_SHARD_SIZE
 from shardsync.daemon.sync import Progress, SyncResult
 
-#: Size of the multi-shard model: two weight groups of 13 MiB, each cut into 4 MiB
-#: shards (4+4+4+1), as the converter does: big enough for several shards per group
-#: and a short last one, small enough to keep the suite quick.
-BIG_TOTAL = 26 * 1024 * 1024
-
-
-@functools.cache
-def big():
-    return big_model(BIG_TOTAL, seed=1)
+#: Size of the multi-shard model: six 4 MiB converter shards and a short seventh,
+#: enough for several shards in flight at once, small enough to keep the suite quick.
+BIG_TOTAL = 24 * 1024 * 1024
 
 
 def model_config(name: str, url: str) -> ModelConfig:
@@ -70,7 +63,7 @@ def model_config(name: str, url: str) -> ModelConfig:
 
 def small_model(tag: object = 0, *, kind: str = "graph-model", seed: int = 0, **kw):
     """Two groups, three shards of a few KiB each: the shape of a real small model."""
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     return tfjs_model(kind, [
         {"group1-shard1of2.bin": rng.randbytes(8192), "group1-shard2of2.bin": rng.randbytes(4096)},
         {"group2-shard1of1.bin": rng.randbytes(2048)},
@@ -88,51 +81,71 @@ def versions_on_disk(env: SyncEnv, name: str) -> list[str]:
 
 # -- every format ------------------------------------------------------------------------
 
-FORMATS = {
-    "graph-model": lambda: small_model(kind="graph-model"),
-    "layers-model": lambda: small_model(kind="layers-model"),
-    "weights-manifest": lambda: tfjs_model(
-        "weights-manifest",
-        [{"tiny-shard1": b"\x01" * 4000, "tiny-shard2": b"\x02" * 96}],
-        manifest_name="tiny-weights_manifest.json"),
-    "float16": lambda: small_model(quantization="float16"),
-    "uint8": lambda: small_model(quantization="uint8", kind="weights-manifest"),
-    "subdirectory-shards": lambda: tfjs_model(
-        "graph-model", [{"weights/group1-shard1of1.bin": b"\x07" * 1024}]),
-    "multi-shard-4MiB": big,
+#: The sample models (shardsync.daemon.samples.write_samples): what each one covers.
+SAMPLES = {
+    "tiny-face-detector": "bare weights manifest, uint8-quantized, shards without extension",
+    "face-landmark-68-tiny": "bare weights manifest, uint8-quantized",
+    "blazeface": "graph-model, float32 and int32",
+    "antispoof": "graph-model, float16-quantized",
+    "blazeface-sharded": "graph-model recut into 9 converter-named shards",
+    "dense-layers": "layers-model as TF.js model.save() writes it",
+    "string-table": "graph-model with a string weight (its group is walked)",
 }
 
 
-@pytest.mark.parametrize("case", FORMATS)
-async def test_every_format_is_published_byte_for_byte(
-    origin: Origin, tmp_path: Path, case: str
+async def test_every_sample_format_is_published_byte_for_byte(
+    origin: Origin, tmp_path: Path
 ) -> None:
-    model = FORMATS[case]()
+    assert origin.root is not None
+    models = sample_models(origin.root)
+    assert set(models) == set(SAMPLES)
+    async with open_syncer(tmp_path) as env:
+        for name, model in models.items():
+            url = origin.url_for(f"{name}/{model.manifest_name}")
+            result = await sync(env, name, url)
+            assert result.ok, (name, result.error)
+            assert result.changed and result.files_fetched == len(model.shards)
+            assert assert_published(env.site, name, model) == result.version
+        assert_store_ok(env.state, env.site)
+    # Every file crossed the wire exactly once, raw (no content coding).
+    assert origin.bytes_sent() == sum(m.size for m in models.values())
+    assert {e.headers.get("accept-encoding") for e in origin.requests()} == {"identity"}
+
+
+@pytest.mark.parametrize("kind", ["graph-model", "layers-model", "weights-manifest"])
+@pytest.mark.parametrize("quantization", [None, "float16", "uint8"])
+async def test_generated_formats_and_quantizations(
+    origin: Origin, tmp_path: Path, kind: str, quantization: str | None
+) -> None:
+    model = small_model(kind=kind, quantization=quantization)
     url = publish_on(origin, "m", model)
     async with open_syncer(tmp_path) as env:
         result = await sync(env, "m1", url)
         assert result.ok, result.error
-        assert result.changed and result.files_fetched == len(model.shards)
-        version = assert_published(env.site, "m1", model)
-        assert result.version == version
-        assert_store_ok(env.state, env.site)
-    # Every file crossed the wire exactly once, raw (no content coding).
-    assert origin.bytes_sent() == model.size
-    assert {e.headers.get("accept-encoding") for e in origin.requests()} == {"identity"}
-    if case == "multi-shard-4MiB":
-        sizes = sorted({len(b) for b in model.shards.values()})
-        assert sizes == [1024 * 1024, SHARD] and len(model.shards) == 8
+        assert_published(env.site, "m1", model)
 
 
-@pytest.mark.parametrize("sample", ["blazeface", "antispoof", "tiny-face"])
-async def test_real_sample_models(origin: Origin, tmp_path: Path, sample: str) -> None:
-    directory, manifest = sample_models()[sample]
-    model = sample_files(directory, manifest)
-    url = publish_on(origin, sample, model)
+async def test_a_multi_shard_model_in_4mib_shards(origin: Origin, tmp_path: Path) -> None:
+    assert origin.root is not None
+    model = big_model(origin.root, BIG_TOTAL, seed=1)
+    sizes = [len(b) for b in model.shards.values()]
+    assert sizes[:-1] == [CONVERTER_SHARD_SIZE] * (len(sizes) - 1) and len(sizes) >= 6
     async with open_syncer(tmp_path) as env:
-        result = await sync(env, sample, url)
+        result = await sync(env, "big", origin.url_for("big/model.json"))
         assert result.ok, result.error
-        assert_published(env.site, sample, model)
+        assert result.files_fetched == len(sizes)
+        assert_published(env.site, "big", model)
+        assert_store_ok(env.state, env.site)
+    assert origin.bytes_sent() == model.size
+
+
+async def test_shards_in_a_subdirectory(origin: Origin, tmp_path: Path) -> None:
+    model = tfjs_model("graph-model", [{"weights/group1-shard1of1.bin": b"\x07" * 1024}])
+    url = publish_on(origin, "m", model)
+    async with open_syncer(tmp_path) as env:
+        assert (await sync(env, "m1", url)).ok
+        version = assert_published(env.site, "m1", model)
+        assert (env.site / "m1" / "versions" / version / "weights").is_dir()
 
 
 async def test_shard_urls_carry_the_manifest_query(origin: Origin, tmp_path: Path) -> None:
@@ -262,8 +275,9 @@ async def test_equal_bytes_under_two_urls_are_one_object(origin: Origin, tmp_pat
 async def test_warm_resync_with_nothing_changed_moves_no_body_bytes(
     origin: Origin, tmp_path: Path
 ) -> None:
-    model = big()
-    url = publish_on(origin, "m", model)
+    assert origin.root is not None
+    model = big_model(origin.root, BIG_TOTAL, seed=2, name="m")
+    url = origin.url_for("m/model.json")
     async with open_syncer(tmp_path) as env:
         first = await sync(env, "m1", url)
         assert first.ok
@@ -314,14 +328,15 @@ async def test_a_shard_changed_under_an_unchanged_manifest_is_published(
 
 
 async def test_resume_after_a_dropped_connection_mid_shard(origin: Origin, tmp_path: Path) -> None:
-    model = big()
-    url = publish_on(origin, "m", model)
-    origin.fault_drop("m/group1-shard2of4.bin", after=1_500_000, times=1)
+    assert origin.root is not None
+    model = big_model(origin.root, BIG_TOTAL, seed=3, name="m")
+    url = origin.url_for("m/model.json")
+    origin.fault_drop("m/group1-shard2of7.bin", after=1_500_000, times=1)
     async with open_syncer(tmp_path) as env:
         result = await sync(env, "m1", url)
         assert result.ok, result.error
         assert_published(env.site, "m1", model)
-    first, retry = origin.requests("m/group1-shard2of4.bin")
+    first, retry = origin.requests("m/group1-shard2of7.bin")
     assert "range" not in first.headers and first.body_bytes == 1_500_000
     start = int(retry.headers["range"].removeprefix("bytes=").removesuffix("-"))
     assert 0 < start <= 1_500_000

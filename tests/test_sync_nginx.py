@@ -21,12 +21,13 @@ import pytest
 import trio
 from e2e.webserver import NginxServer, run_nginx
 from storehelpers import ModelFiles, write_model
-from synchelpers import assert_published, big_model, open_syncer, sample_files, sample_models
+from synchelpers import assert_published, big_model, model_files, open_syncer
 
+import shardsync.daemon
 from shardsync.daemon.config import ModelConfig
 
-#: The multi-shard model: 3 groups of 4 MiB shards (4+2 MiB each), 18 MiB in all.
-TOTAL = 18 * 1024 * 1024
+#: The multi-shard model: four 4 MiB shards and a short fifth, ~16 MiB in all.
+TOTAL = 16 * 1024 * 1024
 
 # One access-log line, tab-separated, unescaped (ETags hold quotes): status, body bytes,
 # URI, and the request's Range / If-Range / If-None-Match ("" when absent).
@@ -106,9 +107,11 @@ def put(nginx: Nginx, prefix: str, model: ModelFiles) -> str:
 
 def models(nginx: Nginx) -> dict[str, tuple[str, ModelFiles]]:
     """A multi-shard model and a real bare weights manifest on nginx: name -> (URL, files)."""
-    big = big_model(TOTAL, seed=11, groups=3)
-    tiny = sample_files(*sample_models()["tiny-face"])  # shards without an extension
-    return {"big": (put(nginx, "big", big), big), "tiny": (put(nginx, "face", tiny), tiny)}
+    big = big_model(nginx.root, TOTAL, seed=11)
+    face = Path(shardsync.daemon.__file__).parent / "samples" / "face-api"
+    # A bare weights manifest whose shard has no extension's type: served as nginx's default.
+    tiny = model_files(face, "tiny_face_detector_model-weights_manifest.json")
+    return {"big": (nginx.url_for("big/model.json"), big), "tiny": (put(nginx, "face", tiny), tiny)}
 
 
 async def test_cold_sync_then_warm_resync_with_only_304s(nginx: Nginx, tmp_path: Path) -> None:
@@ -136,9 +139,9 @@ async def test_cold_sync_then_warm_resync_with_only_304s(nginx: Nginx, tmp_path:
 
 
 async def test_a_truncated_partial_on_disk_is_resumed(nginx: Nginx, tmp_path: Path) -> None:
-    big = big_model(TOTAL, seed=12, groups=3)
-    url = put(nginx, "big", big)
-    shard = "group2-shard1of2.bin"
+    big = big_model(nginx.root, TOTAL, seed=12)
+    url = nginx.url_for("big/model.json")
+    shard = "group1-shard2of5.bin"
     shard_url = nginx.url_for(f"big/{shard}")
     async with open_syncer(tmp_path) as env:
         # A download interrupted after at least 1 MiB ...
