@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from e2e.webserver import NginxServer, run_nginx
 from storehelpers import ModelFiles, sha256, write_model
 
 from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
@@ -33,6 +35,8 @@ from shardsync.store import Store
 from shardsync.store.entry import manifest_groups, shard_relpath
 
 __all__ = [
+    "Hit",
+    "NginxOrigin",
     "FAST",
     "SyncEnv",
     "assert_published",
@@ -45,6 +49,7 @@ __all__ = [
     "published_files",
     "run_cli",
     "sample_models",
+    "serve_directory",
     "tfjs_model",
     "write_config",
 ]
@@ -220,6 +225,83 @@ async def open_syncer(
             syncer = Syncer(store, Fetcher(client, policy), concurrency=concurrency,
                             max_model_bytes=max_model_bytes)
             yield SyncEnv(state, site, store, syncer)
+
+
+# -- nginx as the origin ------------------------------------------------------------------
+
+# One access-log line, tab-separated, unescaped (ETags hold quotes): status, body bytes,
+# URI, and the request's Range / If-Range / If-None-Match ("" when absent).
+_LOG_FORMAT = ("$status\t$body_bytes_sent\t$request_uri\t$http_range\t$http_if_range\t"
+               "$http_if_none_match")
+_LOG_LINE = re.compile(r"(\d{3})\t(\d+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t([^\t]*)")
+
+_NGINX_SERVER = """\
+log_format shardsync_sync escape=none '{fmt}';
+server {{
+    listen {listen};
+    root {root};
+    access_log {log} shardsync_sync;
+    types {{ application/json json; }}
+    default_type application/octet-stream;
+    location / {{ }}
+}}
+"""
+
+
+@dataclass
+class Hit:
+    """One request as nginx logged it."""
+
+    status: int
+    body_bytes: int
+    uri: str
+    range: str
+    if_range: str
+    if_none_match: str
+
+
+@dataclass
+class NginxOrigin:
+    """nginx serving ``root`` (see serve_directory); ``hits()`` reads its access log."""
+
+    server: NginxServer
+    root: Path
+    log: Path
+
+    def url_for(self, path: str) -> str:
+        """The URL of ``path`` (relative to root)."""
+        return f"{self.server.url}/{path}"
+
+    def hits(self) -> list[Hit]:
+        """Every request logged since the last clear(), oldest first."""
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text().splitlines():
+            m = _LOG_LINE.fullmatch(line)
+            assert m, f"unexpected access log line {line!r}"
+            out.append(Hit(int(m[1]), int(m[2]), m[3], m[4], m[5], m[6]))
+        return out
+
+    def clear(self) -> None:
+        """Empty the log (nginx keeps appending to the same file, O_APPEND)."""
+        if self.log.exists():
+            self.log.write_text("")
+
+
+@contextmanager
+def serve_directory(root: Path, workdir: Path) -> Iterator[NginxOrigin]:
+    """Run a throwaway nginx on 127.0.0.1 serving ``root`` as a plain origin: nginx's own
+    ETag / Last-Modified / Range / If-Range handling and sendfile, JSON typed as such,
+    everything else application/octet-stream, and an access log of every request's
+    status, body bytes, Range, If-Range and If-None-Match. ``workdir`` holds nginx's
+    config, pid, logs and temp files (tests/e2e/webserver.py runs it).
+    """
+    log = workdir / "origin-access.log"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with run_nginx(workdir, lambda listen: _NGINX_SERVER.format(
+            fmt=_LOG_FORMAT, listen=listen, root=root, log=log)) as server:
+        yield NginxOrigin(server, root, log)
 
 
 # -- the CLI as a subprocess -------------------------------------------------------------------

@@ -12,16 +12,20 @@ Last-Modified), its own Range / If-Range rules and sendfile. Its access log (a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
-from e2e.webserver import NginxServer, run_nginx
 from storehelpers import ModelFiles, write_model
-from synchelpers import assert_published, big_model, model_files, open_syncer
+from synchelpers import (
+    NginxOrigin,
+    assert_published,
+    big_model,
+    model_files,
+    open_syncer,
+    serve_directory,
+)
 
 import shardsync.daemon
 from shardsync.daemon.config import ModelConfig
@@ -29,83 +33,21 @@ from shardsync.daemon.config import ModelConfig
 #: The multi-shard model: four 4 MiB shards and a short fifth, ~16 MiB in all.
 TOTAL = 16 * 1024 * 1024
 
-# One access-log line, tab-separated, unescaped (ETags hold quotes): status, body bytes,
-# URI, and the request's Range / If-Range / If-None-Match ("" when absent).
-_LOG_FORMAT = ("$status\t$body_bytes_sent\t$request_uri\t$http_range\t$http_if_range\t"
-               "$http_if_none_match")
-_LOG_LINE = re.compile(r"(\d{3})\t(\d+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t([^\t]*)")
-
-_SERVER = """\
-log_format shardsync_sync escape=none '{fmt}';
-server {{
-    listen {listen};
-    root {root};
-    access_log {log} shardsync_sync;
-    types {{ application/json json; }}
-    default_type application/octet-stream;
-    location / {{ }}
-}}
-"""
-
-
-@dataclass
-class Hit:
-    """One request as nginx logged it."""
-
-    status: int
-    body_bytes: int
-    uri: str
-    range: str
-    if_range: str
-    if_none_match: str
-
-
-@dataclass
-class Nginx:
-    """nginx serving ``root``; ``hits()`` reads its access log."""
-
-    server: NginxServer
-    root: Path
-    log: Path
-
-    def url_for(self, path: str) -> str:
-        """The URL of ``path`` (relative to root)."""
-        return f"{self.server.url}/{path}"
-
-    def hits(self) -> list[Hit]:
-        """Every request logged since the last clear(), oldest first."""
-        if not self.log.exists():
-            return []
-        out = []
-        for line in self.log.read_text().splitlines():
-            m = _LOG_LINE.fullmatch(line)
-            assert m, f"unexpected access log line {line!r}"
-            out.append(Hit(int(m[1]), int(m[2]), m[3], m[4], m[5], m[6]))
-        return out
-
-    def clear(self) -> None:
-        """Empty the log (nginx keeps appending to the same file, O_APPEND)."""
-        if self.log.exists():
-            self.log.write_text("")
-
-
 @pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[Nginx]:
+def nginx(tmp_path: Path) -> Iterator[NginxOrigin]:
     root = tmp_path / "origin"
     root.mkdir()
-    log = tmp_path / "nginx-sync.log"
-    with run_nginx(tmp_path / "nginx", lambda listen: _SERVER.format(
-            fmt=_LOG_FORMAT, listen=listen, root=root, log=log)) as server:
-        yield Nginx(server, root, log)
+    with serve_directory(root, tmp_path / "nginx") as server:
+        yield server
 
 
-def put(nginx: Nginx, prefix: str, model: ModelFiles) -> str:
+def put(nginx: NginxOrigin, prefix: str, model: ModelFiles) -> str:
     """Write ``model`` under nginx's root at ``prefix/``; return its manifest URL."""
     write_model(nginx.root / prefix, model)
     return nginx.url_for(f"{prefix}/{model.manifest_name}")
 
 
-def models(nginx: Nginx) -> dict[str, tuple[str, ModelFiles]]:
+def models(nginx: NginxOrigin) -> dict[str, tuple[str, ModelFiles]]:
     """A multi-shard model and a real bare weights manifest on nginx: name -> (URL, files)."""
     big = big_model(nginx.root, TOTAL, seed=11)
     face = Path(shardsync.daemon.__file__).parent / "samples" / "face-api"
@@ -114,7 +56,9 @@ def models(nginx: Nginx) -> dict[str, tuple[str, ModelFiles]]:
     return {"big": (nginx.url_for("big/model.json"), big), "tiny": (put(nginx, "face", tiny), tiny)}
 
 
-async def test_cold_sync_then_warm_resync_with_only_304s(nginx: Nginx, tmp_path: Path) -> None:
+async def test_cold_sync_then_warm_resync_with_only_304s(
+    nginx: NginxOrigin, tmp_path: Path
+) -> None:
     served = models(nginx)
     async with open_syncer(tmp_path) as env:
         for name, (url, model) in served.items():
@@ -138,7 +82,7 @@ async def test_cold_sync_then_warm_resync_with_only_304s(nginx: Nginx, tmp_path:
     assert all(h.if_none_match.startswith('"') for h in warm)  # nginx's own ETags
 
 
-async def test_a_truncated_partial_on_disk_is_resumed(nginx: Nginx, tmp_path: Path) -> None:
+async def test_a_truncated_partial_on_disk_is_resumed(nginx: NginxOrigin, tmp_path: Path) -> None:
     big = big_model(nginx.root, TOTAL, seed=12)
     url = nginx.url_for("big/model.json")
     shard = "group1-shard2of5.bin"
