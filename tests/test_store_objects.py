@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from storehelpers import (
+    assert_store_ok,
     make_model,
     object_files,
     object_path,
@@ -188,25 +190,67 @@ def test_leftover_temporaries_are_removed_on_open(dirs) -> None:
 
 
 _PUT_SCRIPT = """
-import sys
+import random, sys
 from shardsync.store import Store
+blobs = [random.Random(i).randbytes(256 * 1024) for i in range(40)]
+random.Random(int(sys.argv[3])).shuffle(blobs)  # every process in its own order
 with Store(sys.argv[1], sys.argv[2]) as s:
-    data = bytes(range(256)) * 4096 * 4
-    for _ in range(20):
-        print(s.put_bytes(data))
+    for b in blobs:
+        print(s.put_bytes(b), flush=True)
 """
 
 
-def test_concurrent_puts_from_processes_leave_one_object(dirs) -> None:
+def test_concurrent_puts_from_processes_leave_one_object_each(dirs) -> None:
+    """Four processes put the same 40 objects at once: all succeed, one copy each."""
     procs = [
-        subprocess.Popen([sys.executable, "-c", _PUT_SCRIPT, str(dirs[0]), str(dirs[1])],
+        subprocess.Popen([sys.executable, "-c", _PUT_SCRIPT, str(dirs[0]), str(dirs[1]), str(n)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(4)
+        for n in range(4)
     ]
     outs = [p.communicate(timeout=60) for p in procs]
-    want = sha256(bytes(range(256)) * 4096 * 4)
+    want = {sha256(random.Random(i).randbytes(256 * 1024)) for i in range(40)}
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
-        assert out.split() == [want] * 20
-    assert [p.name for p in object_files(dirs[0])] == [want]
-    assert object_path(dirs[0], want).read_bytes() == bytes(range(256)) * 4096 * 4
+        assert set(out.split()) == want
+    assert sorted(p.name for p in object_files(dirs[0])) == sorted(want)
+    assert_store_ok(*dirs)
+
+
+_PAUSED_PUT = """
+import os, sys
+from shardsync.store import Store
+real_link = os.link
+
+def link(*args, **kwargs):  # pause between the temporary's write and its link
+    print("linking", flush=True)
+    sys.stdin.readline()
+    return real_link(*args, **kwargs)
+
+with Store(sys.argv[1], sys.argv[2]) as s:
+    os.link = link
+    print(s.put_bytes(b"written while another process opens the store"), flush=True)
+"""
+
+
+def test_opening_the_store_does_not_break_a_put_in_another_process(dirs) -> None:
+    """``shardsync verify`` or ``gc`` opening the store while the service is putting an
+    object: the service's put must still succeed."""
+    with Store(*dirs):
+        pass
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_PUT, str(dirs[0]), str(dirs[1])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        assert proc.stdout.readline() == "linking\n"
+        with Store(*dirs):  # another process opens the store meanwhile
+            pass
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.strip() == sha256(b"written while another process opens the store")
