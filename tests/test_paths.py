@@ -276,3 +276,20 @@ def test_published_store_has_no_path_outside_its_dirs(store: Store, dirs) -> Non
             assert not p.is_symlink()
             assert os.path.realpath(p).startswith(os.path.realpath(root))
     assert object_path(dirs[0], sha256(model.manifest)).exists()
+
+
+@pytest.mark.parametrize("manifest_name", ["versions", "sub/model.json"])
+def test_manifest_name_that_cannot_be_an_entry_point_is_refused_before_writing(
+    store: Store, dirs, manifest_name: str
+) -> None:
+    """The entry point is ``site/<name>/<manifest>``: the name must be one plain file
+    name other than ``versions``. record() accepts the version only if publish can."""
+    model = versioned_model(1, manifest_name=manifest_name)
+    for data in (model.manifest, *model.shards.values()):
+        store.put_bytes(data)
+    before = (tree_snapshot(dirs[0]), tree_snapshot(dirs[1]))
+    with pytest.raises(UnsafePathError):
+        store.record("m", *model.entries())
+    with pytest.raises(UnsafePathError):
+        store.publish(Version.build("m", *model.entries()))
+    assert (tree_snapshot(dirs[0]), tree_snapshot(dirs[1])) == before

@@ -157,4 +157,4 @@ def test_sigkill_at_random_points_leaves_a_consistent_store(tmp_path: Path) -> N
         f"{p}  (first after run {first}, seen after {n} runs)"
         for p, (first, n) in problems.items())
     # the kills landed while the child was making progress, not only at its start
-    assert len(seen_versions - ours) > RUNS // 2
+    assert len(seen_versions - ours) > RUNS // 4

@@ -199,8 +199,7 @@ with Store(state, site) as s:
         ing.start(etag='"e"', last_modified=None, expected_size=size)
     else:
         ing.start(etag=ing.etag, last_modified=None, expected_size=size, offset=ing.offset)
-    print(ing.offset, flush=True)
-    pos = ing.offset
+    start = pos = ing.offset
     n = 0
     while pos < size:
         blk = random.Random(pos // BLOCK).randbytes(BLOCK)[pos % BLOCK:]
@@ -208,6 +207,8 @@ with Store(state, site) as s:
         ing.write(blk)
         pos += len(blk)
         n += 1
+        if n == 1:
+            print(start, flush=True)  # resumed at `start`, and already writing
         if every and n % every == 0:
             ing.checkpoint()
     print("done", flush=True)
@@ -239,10 +240,10 @@ def test_killed_writer_resumes_at_full_size_in_same_boot(dirs) -> None:
     data = stream()
     proc, start = _start_writer(dirs, len(data), every=0)
     assert start == 0
-    time.sleep(random.uniform(0.02, 0.1))
+    time.sleep(random.uniform(0, 0.1))
     _kill(proc)
     on_disk = data_file(dirs[0]).stat().st_size
-    assert on_disk > 0
+    assert on_disk > 0  # the child had written its first block when it said so
     with Store(*dirs) as store:
         ing = store.open_ingest(URL)
         assert ing.offset == on_disk  # same boot: everything write(2) took is trusted
@@ -259,10 +260,10 @@ def test_sidecar_never_claims_more_than_the_file_holds(dirs) -> None:
     size = 24 * 1024 * 1024
     data = stream(size)
     rng = random.Random(7)
-    resumed = []
+    on_disk = 0
     for _ in range(12):
         proc, start = _start_writer(dirs, size, every=3)
-        resumed.append(start)
+        assert start == on_disk  # same boot: resumed at all the killed writer wrote
         time.sleep(rng.uniform(0, 0.03))
         _kill(proc)
         on_disk = data_file(dirs[0]).stat().st_size
@@ -271,7 +272,6 @@ def test_sidecar_never_claims_more_than_the_file_holds(dirs) -> None:
         assert meta["boot_id"] == boot_id()
         if on_disk == size:
             break
-    assert any(resumed[1:]), "no run resumed from a previous one"
     with Store(*dirs) as store:
         ing = store.open_ingest(URL)
         assert ing.digest == sha256(data[:ing.offset])
