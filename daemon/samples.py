@@ -34,6 +34,7 @@ from shardsync.store.entry import manifest_groups, shard_relpath
 __all__ = [
     "CONVERTER_SHARD_SIZE",
     "SampleModel",
+    "TFJS_VERSION",
     "encode_strings",
     "layers_model_json",
     "make_big_model",

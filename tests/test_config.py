@@ -225,3 +225,9 @@ def test_sizes(value, size):
 def test_bad_sizes(value):
     with pytest.raises(ValueError):
         parse_size(value)
+
+
+def test_public_surface():
+    import shardsync.daemon.config as config
+
+    assert all(hasattr(config, name) for name in config.__all__)

@@ -272,3 +272,9 @@ def test_big_model_follows_its_seed_and_handles_small_sizes(tmp_path):
     assert len(m.files) == -(-tiny.size // 300) and tiny.size <= 1000
     with pytest.raises(ValueError):
         make_big_model(tmp_path, 0)
+
+
+def test_public_surface():
+    import shardsync.daemon.samples as samples
+
+    assert all(hasattr(samples, name) for name in samples.__all__)

@@ -425,3 +425,12 @@ def test_entry_helpers():
     assert shard_relpath("././a/b.bin") == "a/b.bin"
     with pytest.raises(UnsafePathError):
         shard_relpath(3)  # type: ignore[arg-type]
+
+
+def test_public_surface():
+    import shardsync.daemon.tfjs as tfjs
+    import shardsync.store.entry as entry
+
+    for module in (tfjs, entry):
+        assert all(hasattr(module, name) for name in module.__all__), module.__name__
+    assert tfjs.rewrite_paths is entry.rewrite_paths  # one implementation, in the store
