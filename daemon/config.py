@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
                                                  # so shards can be hardlinked, not copied
     "socket": "/run/shardsync/control.sock",     # FHS: runtime files; systemd's RuntimeDirectory
     "interval": "30m",                           # models change rarely; a check costs only 304s
-    "concurrency": 4,                            # PERF.md: ~4 downloads saturate 2 cores
+    "concurrency": 4,                            # PERF.md: 4 in flight beat 1 and 8 on 2 cores
     "keep_versions": 2,                          # the current version and one to roll back to
     "max_model_bytes": DEFAULT_MAX_TOTAL,        # see tfjs.DEFAULT_MAX_TOTAL
 }

@@ -43,9 +43,9 @@ __all__ = [
     "shard_url",
 ]
 
-#: Cap on one model's total weight bytes: far above any model a browser can run
-#: (the largest public TF.js models are ~1-2 GiB), low enough that a hostile shape
-#: cannot make us fill a disk.
+#: Cap on one model's total weight bytes: above what a browser can load at all (TF.js
+#: notes Chrome's ~2 GB ArrayBuffer limit), low enough that a hostile shape cannot make
+#: us fill a disk.
 DEFAULT_MAX_TOTAL = 8 << 30
 
 #: Bytes per element of each plain dtype, as tfjs-core's DTYPE_VALUE_SIZE_MAP.
