@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NginxServer", "find_nginx", "free_port", "run_nginx"]
+__all__ = ["NginxServer", "find_nginx", "free_ports", "run_nginx"]
 
 #: How long nginx may take to listen; seconds, generous for a loaded 2-core machine.
 START_TIMEOUT = 30.0
@@ -60,24 +60,40 @@ def find_nginx() -> str:
     return found
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the caller retries if it is taken)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (kept bound together while choosing, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass
 class NginxServer:
     """A running nginx: ``url`` is ``http://127.0.0.1:PORT`` (no trailing slash)."""
 
-    port: int
+    ports: list[int]
     dir: Path
     proc: subprocess.Popen[bytes]
 
     @property
+    def port(self) -> int:
+        """The first port (the only one unless ``run_nginx(ports=N)``)."""
+        return self.ports[0]
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` of the first port."""
+        return self.urls[0]
+
+    @property
+    def urls(self) -> list[str]:
+        """``http://127.0.0.1:PORT`` for each port, in the order server_conf got them."""
+        return [f"http://127.0.0.1:{p}" for p in self.ports]
 
     def error_log(self) -> str:
         """nginx's error log so far (for failure messages)."""
@@ -87,25 +103,31 @@ class NginxServer:
             return ""
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    """True once something accepts on ``port``; False if nginx exited first."""
+def _wait_listening(ports: list[int], proc: subprocess.Popen[bytes]) -> bool:
+    """True once something accepts on every port; False if nginx exited first."""
     deadline = time.monotonic() + START_TIMEOUT
+    waiting = list(ports)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return True
+            if s.connect_ex(("127.0.0.1", waiting[0])) == 0:
+                waiting.pop(0)
+                if not waiting:
+                    return True
+                continue
         time.sleep(PROBE_INTERVAL)
-    raise AssertionError(f"nginx did not listen on 127.0.0.1:{port} within {START_TIMEOUT} s")
+    raise AssertionError(f"nginx did not listen on 127.0.0.1:{ports} within {START_TIMEOUT} s")
 
 
 @contextmanager
-def run_nginx(workdir: Path, server_conf: Callable[[str], str]) -> Iterator[NginxServer]:
-    """Run nginx with the server block(s) ``server_conf(listen)`` returns; stop it on exit.
+def run_nginx(
+    workdir: Path, server_conf: Callable[..., str], *, ports: int = 1
+) -> Iterator[NginxServer]:
+    """Run nginx with the server block(s) ``server_conf(*listens)`` returns; stop it on exit.
 
-    ``listen`` is ``"127.0.0.1:PORT"`` for a free port; if nginx fails to bind it
-    (another test took it), a new port is tried. ``workdir`` (created) holds
+    ``listens`` are ``ports`` strings ``"127.0.0.1:PORT"``, each a free port; if
+    nginx fails to bind one (another test took it), new ports are tried. ``workdir`` (created) holds
     nginx.conf, server.conf, the pid file, logs and temp paths. A config nginx
     rejects raises AssertionError with nginx's own message.
     """
@@ -118,8 +140,8 @@ def run_nginx(workdir: Path, server_conf: Callable[[str], str]) -> Iterator[Ngin
     (workdir / "nginx.conf").write_text(_NGINX_CONF.format(dir=workdir, user=user))
     failure = ""
     for _ in range(PORT_ATTEMPTS):
-        port = free_port()
-        (workdir / "server.conf").write_text(server_conf(f"127.0.0.1:{port}"))
+        chosen = free_ports(ports)
+        (workdir / "server.conf").write_text(server_conf(*(f"127.0.0.1:{p}" for p in chosen)))
         with open(workdir / "stderr.log", "wb") as err:
             proc = subprocess.Popen(
                 [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"),
@@ -127,8 +149,8 @@ def run_nginx(workdir: Path, server_conf: Callable[[str], str]) -> Iterator[Ngin
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
             )
         try:
-            if _wait_listening(port, proc):
-                server = NginxServer(port=port, dir=workdir, proc=proc)
+            if _wait_listening(chosen, proc):
+                server = NginxServer(ports=chosen, dir=workdir, proc=proc)
                 try:
                     yield server
                 finally:
