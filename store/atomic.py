@@ -36,8 +36,27 @@ WRITE_SLICE = 256 * 1024
 
 
 def tmp_name(hint: str = "") -> str:
-    """A fresh temporary name (``.tmp-<hint>-<random>``)."""
-    return f"{TMP_PREFIX}{hint}-{secrets.token_hex(6)}"
+    """A fresh temporary name, ``.tmp-<hint>-<pid>-<random>``: the pid tells
+    :func:`clean_tmp` whether its writer may still be at work."""
+    return f"{TMP_PREFIX}{hint}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that made temporary ``name`` still runs (pid reuse aside)."""
+    parts = name.split("-")
+    try:
+        pid = int(parts[-2])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -97,14 +116,15 @@ def rmtree_at(dir_fd: int, name: str) -> None:
 
 
 def clean_tmp(dir_fd: int) -> int:
-    """Remove every ``.tmp-*`` entry directly in ``dir_fd``; return how many.
+    """Remove the ``.tmp-*`` entries directly in ``dir_fd`` whose writer is gone.
 
-    Only a writer that crashed leaves these behind, so this runs when the store
-    opens (and the directory's own writers hold no temp names at that moment).
+    Only a writer that crashed leaves these behind. Another process may share the
+    store (a `shardsync sync` beside the service), so a temporary whose process still
+    runs is left alone. Returns how many were removed.
     """
     n = 0
     for entry in os.listdir(dir_fd):
-        if entry.startswith(TMP_PREFIX):
+        if entry.startswith(TMP_PREFIX) and not _writer_alive(entry):
             rmtree_at(dir_fd, entry)
             n += 1
     return n

@@ -19,6 +19,8 @@ The daemon adds its own (config, manifest, upstream HTTP, timeout) in
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "ShardsyncError",
     "StorageError",
     "UnsafePathError",
+    "translate_oserror",
 ]
 
 
@@ -97,3 +100,18 @@ class StorageError(ShardsyncError):
     @classmethod
     def from_oserror(cls, exc: OSError, what: str, **where: Any) -> StorageError:
         return cls(f"{what}: {exc.strerror or exc}", **where)
+
+
+@contextlib.contextmanager
+def translate_oserror(what: str, **where: Any) -> Iterator[None]:
+    """Turn an OSError raised inside into a StorageError saying ``what`` failed and where.
+
+    The store's public methods use it, so that a full disk or an I/O error reaches
+    the caller as a ShardsyncError naming the model or file, never as a bare OSError.
+    """
+    try:
+        yield
+    except ShardsyncError:
+        raise
+    except OSError as exc:
+        raise StorageError.from_oserror(exc, what, **where) from exc

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .atomic import write_all, write_atomic
-from .errors import IntegrityError, LockedError
+from .errors import IntegrityError, LockedError, translate_oserror
 from .objects import CHUNK
 
 if TYPE_CHECKING:
@@ -102,6 +102,10 @@ class Ingest:
         except BlockingIOError:
             os.close(self._fd)
             raise LockedError("download already in progress by another writer", file=url) from None
+        if os.fstat(self._fd).st_nlink > 1:
+            # A crash inside commit, after the link into objects/: this name is a second
+            # name of an object. Never write through it; drop the name and start afresh.
+            self._discard_committed()
         self.etag: str | None = None
         self.last_modified: str | None = None
         self.expected_size: int | None = None
@@ -110,9 +114,21 @@ class Ingest:
         self._hash = hashlib.sha256()
         self.offset = 0
         self._closed = False
+        self._broken = False  # a write failed: offset and hash no longer match the file
         self._resume()
 
     # -- state -------------------------------------------------------------------
+
+    def _discard_committed(self) -> None:
+        for name in (self._meta_name, self._data_name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._dir_fd)
+        os.fsync(self._dir_fd)
+        old = self._fd
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._fd = os.open(self._data_name, flags, 0o600, dir_fd=self._dir_fd)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(old)
 
     def _resume(self) -> None:
         meta = self._read_meta()
@@ -180,38 +196,49 @@ class Ingest:
         ``offset`` must be 0 (a full 200 answer: bytes held are dropped) or the
         current :attr:`offset` (a 206 that continues where we are).
         """
-        if offset not in (0, self.offset):
-            raise IntegrityError(
-                "resume offset does not match the partial file",
-                file=self.url, expected=self.offset, actual=offset,
-            )
-        if offset == 0 and self.offset:
-            os.ftruncate(self._fd, 0)
-            os.lseek(self._fd, 0, os.SEEK_SET)
-            self._hash = hashlib.sha256()
-            self.offset = 0
-            self._durable = 0
-        self.etag, self.last_modified, self.expected_size = etag, last_modified, expected_size
-        self._write_meta()
+        with translate_oserror("cannot write partial download", file=self.url):
+            if offset not in (0, self.offset):
+                raise IntegrityError(
+                    "resume offset does not match the partial file",
+                    file=self.url, expected=self.offset, actual=offset,
+                )
+            if offset == 0 and self.offset:
+                os.ftruncate(self._fd, 0)
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                self._hash = hashlib.sha256()
+                self.offset = 0
+                self._durable = 0
+            self.etag, self.last_modified, self.expected_size = etag, last_modified, expected_size
+            self._write_meta()
 
     def write(self, data: bytes | memoryview) -> None:
         """Append ``data``, hashing it on the way; checkpoints every CHECKPOINT_BYTES."""
-        self._hash.update(data)
-        write_all(self._fd, data)
-        n = len(data)
-        self.offset += n
-        self._since_checkpoint += n
-        if self._since_checkpoint >= CHECKPOINT_BYTES:
-            self.checkpoint()
+        with translate_oserror("cannot write partial download", file=self.url):
+            try:
+                write_all(self._fd, data)
+            except BaseException:
+                # Some bytes may be in the file, not counted: claim nothing more. The file
+                # is still a correct prefix of the stream; reopening re-reads its length.
+                self._broken = True
+                raise
+            self._hash.update(data)
+            n = len(data)
+            self.offset += n
+            self._since_checkpoint += n
+            if self._since_checkpoint >= CHECKPOINT_BYTES:
+                self.checkpoint()
 
     def checkpoint(self) -> None:
         """Make what is written durable, then let the sidecar claim it."""
-        if self._durable == self.offset and not self._since_checkpoint:
+        if self._broken:
             return
-        os.fdatasync(self._fd)
-        self._durable = self.offset
-        self._since_checkpoint = 0
-        self._write_meta()
+        with translate_oserror("cannot sync partial download", file=self.url):
+            if self._durable == self.offset and not self._since_checkpoint:
+                return
+            os.fdatasync(self._fd)
+            self._durable = self.offset
+            self._since_checkpoint = 0
+            self._write_meta()
 
     @property
     def closed(self) -> bool:
@@ -231,23 +258,24 @@ class Ingest:
         not what the caller expected. Either may be None when not known (a file's
         digest is usually known only after download).
         """
-        self._check_open()
-        digest = self.digest
-        try:
-            if expected_size is not None and self.offset != expected_size:
-                raise IntegrityError(
-                    "size differs", file=self.url, expected=expected_size, actual=self.offset
-                )
-            if expected_digest is not None and digest != expected_digest:
-                raise IntegrityError(
-                    "SHA-256 differs", file=self.url, expected=expected_digest, actual=digest
-                )
-            self._objects.commit_fd(self._fd, self._dir, self._data_name, digest, self.offset)
-        except IntegrityError:
-            self.abort()
-            raise
-        self._remove()
-        return digest
+        with translate_oserror("cannot store downloaded file", file=self.url):
+            self._check_open()
+            digest = self.digest
+            try:
+                if expected_size is not None and self.offset != expected_size:
+                    raise IntegrityError(
+                        "size differs", file=self.url, expected=expected_size, actual=self.offset
+                    )
+                if expected_digest is not None and digest != expected_digest:
+                    raise IntegrityError(
+                        "SHA-256 differs", file=self.url, expected=expected_digest, actual=digest
+                    )
+                self._objects.commit_fd(self._fd, self._dir, self._data_name, digest, self.offset)
+            except IntegrityError:
+                self.abort()
+                raise
+            self._remove()
+            return digest
 
     def close(self) -> None:
         """Checkpoint and release the lock, keeping the bytes for a later resume."""

@@ -36,7 +36,7 @@ _OBJECT_MODE = 0o444  # immutable: nobody, not even we, writes an object after c
 
 def check_digest(digest: str) -> str:
     """Return ``digest`` if it is 64 lowercase hex characters (it becomes a file name)."""
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
         raise IntegrityError(f"not a SHA-256 hex digest: {digest!r}")
     return digest
 
@@ -110,7 +110,7 @@ class Objects:
         for fan in sorted(os.listdir(self._fd)):
             fan_dir = os.path.join(self._root, fan)
             for name in os.listdir(fan_dir):
-                if _DIGEST_RE.match(name):
+                if _DIGEST_RE.fullmatch(name):
                     yield ObjectInfo(name, os.stat(os.path.join(fan_dir, name)).st_size)
 
     # -- write -------------------------------------------------------------------

@@ -38,7 +38,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise UnsafePathError."""
-    if not NAME_RE.match(name) or name in (".", ".."):
+    if not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise UnsafePathError(
             f"invalid model name {name!r}: use only a-z, 0-9, '.', '_' and '-'", model=name
         )

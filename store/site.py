@@ -136,6 +136,33 @@ class Site:
         finally:
             os.close(fd)
 
+    def entries(self, name: str) -> list[str]:
+        """The files directly in ``<name>/`` (entry points), temporaries aside."""
+        try:
+            fd = self.model_dir(name)
+        except FileNotFoundError:
+            return []
+        try:
+            return sorted(
+                e for e in os.listdir(fd)
+                if not e.startswith(TMP_PREFIX)
+                and stat.S_ISREG(os.stat(e, dir_fd=fd, follow_symlinks=False).st_mode)
+            )
+        finally:
+            os.close(fd)
+
+    def clean_temporaries(self) -> None:
+        """Remove temporaries of dead writers in site_dir, ``<name>/`` and ``<name>/versions``."""
+        clean_tmp(self._fd)
+        for name in self.models():
+            for rel in (name, f"{name}/{VERSIONS_DIR}"):
+                with contextlib.suppress(OSError, UnsafePathError):
+                    fd = open_dir_at(self._fd, rel)
+                    try:
+                        clean_tmp(fd)
+                    finally:
+                        os.close(fd)
+
     def remove_entry(self, name: str, manifest_name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             fd = self.model_dir(name)
@@ -160,18 +187,18 @@ class Site:
             os.close(fd)
 
     def remove_version(self, name: str, version_id: str) -> None:
+        """Remove a version directory: renamed away first (atomic), then deleted, so a
+        crash never leaves a half-removed directory under the version's name."""
         with contextlib.suppress(FileNotFoundError):
             fd = open_dir_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}")
             try:
-                rmtree_at(fd, version_id)
-                os.fsync(fd)
+                _remove_atomically(fd, version_id)
             finally:
                 os.close(fd)
 
     def remove_model(self, name: str) -> None:
-        """Remove ``<name>/`` entirely (its entry point first, so pages get 404, not garbage)."""
-        rmtree_at(self._fd, check_name(name))
-        os.fsync(self._fd)
+        """Remove ``<name>/`` entirely, by the same rename-then-delete."""
+        _remove_atomically(self._fd, check_name(name))
 
     def models(self) -> list[str]:
         return sorted(
@@ -185,3 +212,13 @@ class Site:
         """Path of a published file (for verify; never used to write)."""
         return os.path.join(self.path, name, VERSIONS_DIR, version_id, relpath)
 
+
+
+def _remove_atomically(dir_fd: int, name: str) -> None:
+    tmp = tmp_name("rm")
+    try:
+        os.rename(name, tmp, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    os.fsync(dir_fd)
+    rmtree_at(dir_fd, tmp)

@@ -27,9 +27,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .atomic import tmp_name
+from .atomic import clean_tmp, tmp_name
 from .entry import rewrite_paths
-from .errors import LockedError, NotFoundError, ShardsyncError, StorageError
+from .errors import LockedError, NotFoundError, ShardsyncError, translate_oserror
 from .ingest import Ingest, IngestStatus, read_status
 from .objects import CHUNK, Objects
 from .paths import check_name, open_dir, open_dir_at
@@ -78,17 +78,6 @@ class Problem:
         return f"{self.kind}: {where + ': ' if where else ''}{self.detail}{fixed}"
 
 
-@contextlib.contextmanager
-def _storage(what: str, **where: str | None) -> Iterator[None]:
-    """Translate OSError into StorageError, naming what we were doing and where."""
-    try:
-        yield
-    except ShardsyncError:
-        raise
-    except OSError as exc:
-        raise StorageError.from_oserror(exc, what, **where) from exc
-
-
 class Store:
     """A content-addressed store under ``state_dir`` publishing into ``site_dir``.
 
@@ -109,7 +98,7 @@ class Store:
         self.state_dir = os.path.abspath(state_dir)
         self.keep_versions = keep_versions
         self.grace = grace
-        with _storage("cannot open the store", file=self.state_dir):
+        with translate_oserror("cannot open the store", file=self.state_dir):
             self._fd = open_dir(self.state_dir, create=True)
             self._lock_fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
                                     dir_fd=self._fd)
@@ -136,11 +125,11 @@ class Store:
     # -- objects and ingests -----------------------------------------------------
 
     def put_bytes(self, data: bytes) -> str:
-        with _storage("cannot store object"):
+        with translate_oserror("cannot store object"):
             return self.objects.put_bytes(data)
 
     def put_file(self, path: str | os.PathLike[str]) -> str:
-        with _storage("cannot store file", file=os.fspath(path)):
+        with translate_oserror("cannot store file", file=os.fspath(path)):
             return self.objects.put_file(path)
 
     def open_ingest(self, url: str) -> Ingest:
@@ -149,7 +138,7 @@ class Store:
         A crash or cancel leaves the partial on disk for the next open; see
         :mod:`shardsync.store.ingest` for how much of it is trusted.
         """
-        with _storage("cannot open partial download", file=url):
+        with translate_oserror("cannot open partial download", file=url):
             return Ingest(self.objects, self._partial_fd, self._partial_dir, url)
 
     def ingests(self) -> list[IngestStatus]:
@@ -168,7 +157,7 @@ class Store:
         """Build and durably record a version (not yet published). Idempotent."""
         version = Version.build(name, manifest, files)
         self._require_objects(version)
-        with _storage("cannot record version", model=name):
+        with translate_oserror("cannot record version", model=name):
             self.versions.record(version)
         return version
 
@@ -204,11 +193,12 @@ class Store:
         """
         name = version.name
         self._require_objects(version)
-        with _storage("cannot publish", model=name):
+        with translate_oserror("cannot publish", model=name):
             previous = self.current(name)
             self.versions.record(version)
             entry = self.entry_bytes(version)
             self.site.build_version(version, self.objects)
+            self._fill(version)
             self.versions.set_current(name, version.id, now=now)
             self.site.write_entry(name, version.manifest.path, entry)
             if previous and previous.manifest.path != version.manifest.path:
@@ -219,7 +209,7 @@ class Store:
         """Remove versions of ``name`` that are no longer kept; return their ids."""
         keep = set(self.kept(name, now=now))
         gone = (set(self.site.version_ids(name)) | set(self.versions.ids(name))) - keep
-        with _storage("cannot remove old version", model=name):
+        with translate_oserror("cannot remove old version", model=name):
             for vid in sorted(gone):
                 self.site.remove_version(name, vid)  # directory first: gc then keeps objects
                 self.versions.drop(name, vid)
@@ -228,13 +218,15 @@ class Store:
     def remove_model(self, name: str) -> None:
         """Unpublish a model entirely: its site directory, ref, history and records."""
         check_name(name)
-        with _storage("cannot remove model", model=name):
+        with translate_oserror("cannot remove model", model=name):
             self.site.remove_model(name)
             self.versions.forget(name)
 
     def recover(self) -> None:
-        """Finish what a crash interrupted: every current version's directory and entry
-        point exist and match. Problems are left for verify to report, not raised."""
+        """Finish what a crash interrupted: temporaries of dead writers go, and every
+        current version's directory and entry point exist and match (an entry point of
+        an older manifest name goes). Problems are left for verify, not raised."""
+        self._clean_temporaries()
         for name in self.versions.names():
             try:
                 version = self.current(name)
@@ -244,8 +236,35 @@ class Store:
                 entry = self.entry_bytes(version)
                 if self.site.read_entry(name, version.manifest.path) != entry:
                     self.site.write_entry(name, version.manifest.path, entry)
+                for stale in self.site.entries(name):
+                    if stale != version.manifest.path:
+                        self.site.remove_entry(name, stale)
             except (ShardsyncError, OSError):
                 continue  # verify reports it; opening the store must not fail on one model
+
+    def _clean_temporaries(self) -> None:
+        """Remove ``.tmp-*`` names left by writers that died, in every directory we write."""
+        dirs = ["partial", "refs", "history", "snapshots"]
+        dirs += [f"snapshots/{n}" for n in self._listdirs(self._fd, "snapshots")]
+        for rel in dirs:
+            with contextlib.suppress(OSError, ShardsyncError):
+                fd = open_dir_at(self._fd, rel)
+                try:
+                    clean_tmp(fd)
+                finally:
+                    os.close(fd)
+        self.site.clean_temporaries()
+
+    @staticmethod
+    def _listdirs(dir_fd: int, rel: str) -> list[str]:
+        try:
+            fd = open_dir_at(dir_fd, rel)
+        except (OSError, ShardsyncError):
+            return []
+        try:
+            return [e for e in os.listdir(fd) if not e.startswith(".")]
+        finally:
+            os.close(fd)
 
     def _require_objects(self, version: Version) -> None:
         for entry in (version.manifest, *version.files):
@@ -279,7 +298,7 @@ class Store:
         sidecar are kept: they are the resume points of interrupted downloads.
         """
         report = GcReport()
-        with self._exclusive(), _storage("gc failed", file=self.state_dir):
+        with self._exclusive(), translate_oserror("gc failed", file=self.state_dir):
             referenced: set[str] = set()
             for version in self.versions.all():
                 referenced |= version.digests
@@ -310,7 +329,7 @@ class Store:
         """
         problems: list[Problem] = []
         bad: set[str] = set()
-        with _storage("verify failed", file=self.state_dir):
+        with translate_oserror("verify failed", file=self.state_dir):
             for info in list(self.objects.walk()):
                 actual = self.objects.verify(info.digest)
                 if actual != info.digest:
@@ -328,12 +347,25 @@ class Store:
     def _verify_version(self, version: Version, bad: set[str], repair: bool) -> list[Problem]:
         out: list[Problem] = []
         where = {"model": version.name, "version": version.id}
+        published = (version.id in self.site.version_ids(version.name)
+                     or self.versions.current(version.name) == version.id)
         for entry in (version.manifest, *version.files):
+            path = self.site.file_path(version.name, version.id, entry.path)
             if entry.digest in bad or not self.objects.has(entry.digest):
                 out.append(Problem("object-missing", f"needs object {entry.digest}",
                                    path=entry.path, **where))
+                why = self._check_published(path, entry, rehash=True) if published else None
+                if why is not None and "missing" not in why:
+                    # The bad object's bytes are served (a hardlink shares them): a 404
+                    # fails loudly in the page, rotten weights would not.
+                    if repair:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                    out.append(Problem("file-differs", f"published file: {why}",
+                                       path=entry.path, repaired=repair, **where))
                 continue
-            path = self.site.file_path(version.name, version.id, entry.path)
+            if not published:
+                continue  # recorded, never published: no files to check
             why = self._check_published(path, entry)
             if why is None:
                 continue
@@ -352,7 +384,12 @@ class Store:
                                    path=version.manifest.path, repaired=repair, **where))
         return out
 
-    def _check_published(self, path: str, entry: FileEntry) -> str | None:
+    def _check_published(self, path: str, entry: FileEntry, *, rehash: bool = False
+                         ) -> str | None:
+        """Why the published file at ``path`` is not ``entry``'s bytes, or None if it is.
+
+        A hardlink of the (just verified) object is not re-hashed unless ``rehash``.
+        """
         try:
             st = os.lstat(path)
         except FileNotFoundError:
@@ -361,9 +398,10 @@ class Store:
             return "published file is not a regular file"
         if st.st_size != entry.size:
             return f"size is {st.st_size}, expected {entry.size}"
-        obj = os.stat(self.objects.path(entry.digest))
-        if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
-            return None  # the object itself, hardlinked, and the object was just verified
+        if not rehash:
+            obj = os.stat(self.objects.path(entry.digest))
+            if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
+                return None  # the object itself, hardlinked, and the object was verified
         h = hashlib.sha256()
         with open(path, "rb") as f:
             while block := f.read(CHUNK):
@@ -371,6 +409,19 @@ class Store:
         if h.hexdigest() != entry.digest:
             return f"content hashes to {h.hexdigest()}, expected {entry.digest}"
         return None
+
+    def _fill(self, version: Version) -> None:
+        """Put back files missing from an existing version directory (verify --repair
+        removes files whose object was corrupt; publishing the version again restores
+        them once the object is good)."""
+        for entry in (version.manifest, *version.files):
+            path = self.site.file_path(version.name, version.id, entry.path)
+            try:
+                if os.lstat(path).st_size == entry.size:
+                    continue
+            except FileNotFoundError:
+                pass
+            self._replace_published(version, entry)
 
     def _replace_published(self, version: Version, entry: FileEntry) -> None:
         """Put one published file back from its object: placed under a temp name, renamed."""

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .atomic import exists_at, read_at, write_atomic
+from .atomic import exists_at, read_at, rmtree_at, write_atomic
 from .errors import IntegrityError, NotFoundError
 from .objects import check_digest
 from .paths import check_name, check_relpath, open_dir_at
@@ -244,17 +244,26 @@ class Versions:
             os.close(fd)
 
     def forget(self, name: str) -> None:
-        """Remove a model's ref, history and records (the model was removed for good)."""
+        """Remove a model's ref, history and records (the model was removed for good).
+
+        The ref goes first: a crash part-way leaves a model with no current version,
+        which nothing serves or keeps.
+        """
+        check_name(name)
         for sub, entry in (("refs", name), ("history", name + ".json")):
             fd = open_dir_at(self._state_fd, sub)
             try:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(check_name(entry.removesuffix(".json")) and entry, dir_fd=fd)
+                    os.unlink(entry, dir_fd=fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        for vid in self.ids(name):
-            self.drop(name, vid)
+        fd = open_dir_at(self._state_fd, "snapshots")
+        try:
+            rmtree_at(fd, name)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _check_id(version_id: str) -> str:
