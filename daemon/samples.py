@@ -2,7 +2,7 @@
 
 The demo (``shardsync demo``) and the tests need origins to mirror from. This module
 writes model trees that any static server can serve: real small models shipped as
-package data in ``samples/`` (face-api's bare weights manifests, Human's blazeface
+package data in ``sample_data/`` (face-api's bare weights manifests, Human's blazeface
 and antispoof graph models; MIT, see the README and LICENSE beside them), a
 generated layers-model in the exact shape TF.js 4.x's ``model.save()`` writes, a
 graph-model with string weights, and big synthetic models for multi-shard and
@@ -83,7 +83,7 @@ class SampleModel:
 
 
 _PACKAGED = [
-    # (name, folder in samples/, manifest, kind)
+    # (name, folder in sample_data/, manifest, kind)
     ("tiny-face-detector", "face-api", "tiny_face_detector_model-weights_manifest.json",
      "weights-manifest"),
     ("face-landmark-68-tiny", "face-api", "face_landmark_68_tiny_model-weights_manifest.json",
@@ -120,7 +120,7 @@ def write_samples(dest: str | os.PathLike[str]) -> list[SampleModel]:
 
 def _copy_packaged(model_dir: Path, folder: str, manifest: str, name: str,
                    kind: str) -> SampleModel:
-    source = files("shardsync.daemon").joinpath("samples", folder)
+    source = files("shardsync.daemon").joinpath("sample_data", folder)
     data = source.joinpath(manifest).read_bytes()
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / manifest).write_bytes(data)

@@ -21,9 +21,9 @@ from shardsync.daemon.samples import (
 )
 from shardsync.daemon.tfjs import Manifest, check_group_bytes, parse_manifest
 
-SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "samples"
+SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "sample_data"
 
-# SHA-256 of the files as the npm packages ship them (see daemon/samples/*/README.md).
+# SHA-256 of the files as the npm packages ship them (see daemon/sample_data/*/README.md).
 PACKAGED = {
     "face-api/face_landmark_68_tiny_model-weights_manifest.json":
         "9a1a5dd19fd814fd5095c3cb58f8e0d3193b8c5b9a6715b30a69d559aea31ad4",

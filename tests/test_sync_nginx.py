@@ -50,7 +50,7 @@ def put(nginx: NginxOrigin, prefix: str, model: ModelFiles) -> str:
 def models(nginx: NginxOrigin) -> dict[str, tuple[str, ModelFiles]]:
     """A multi-shard model and a real bare weights manifest on nginx: name -> (URL, files)."""
     big = big_model(nginx.root, TOTAL, seed=11)
-    face = Path(shardsync.daemon.__file__).parent / "samples" / "face-api"
+    face = Path(shardsync.daemon.__file__).parent / "sample_data" / "face-api"
     # A bare weights manifest whose shard has no extension's type: served as nginx's default.
     tiny = model_files(face, "tiny_face_detector_model-weights_manifest.json")
     return {"big": (nginx.url_for("big/model.json"), big), "tiny": (put(nginx, "face", tiny), tiny)}
