@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,9 +44,11 @@ __all__ = [
     "TFJS_VERSION",
     "Collector",
     "assert_same_load",
+    "assert_whole_versions",
     "chromium_path",
     "compare_loads",
     "load_models",
+    "read_during_updates",
     "run_chromium",
     "run_page",
     "tfjs_path",
@@ -269,17 +272,18 @@ class Collector:
 def run_chromium(url: str, workdir: Path) -> Iterator[Callable[[], str | None]]:
     """Run headless Chromium on ``url`` with a fresh profile in ``workdir``; kill it on exit.
 
-    Yields ``alive()``: None while Chromium runs, else its exit status and
-    stderr tail. Chromium runs in its own process group, which is killed whole.
+    Yields ``alive()``: None while Chromium runs, else its exit status. An
+    AssertionError raised inside gets Chromium's stderr tail appended. Chromium
+    runs in its own process group, which is killed whole.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     profile = workdir / f"chromium-profile-{secrets.token_hex(4)}"
     profile.mkdir()
     stderr_path = workdir / f"{profile.name}.stderr"
-    # Chromium puts its singleton socket in $TMPDIR and crash reports under
-    # $XDG_CONFIG_HOME: keep both in the test's tmp, not in /tmp and ~/.config.
-    tmpdir = workdir / f"{profile.name}.tmp"
-    tmpdir.mkdir()
+    # Chromium puts its singleton socket in $TMPDIR (a socket path must stay
+    # under 108 bytes, so a short directory of our own in /tmp, not the test's
+    # deep tmp_path) and crash reports under $XDG_CONFIG_HOME (not ~/.config).
+    tmpdir = Path(tempfile.mkdtemp(prefix="shardsync-chromium-"))
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
             [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
@@ -291,7 +295,7 @@ def run_chromium(url: str, workdir: Path) -> Iterator[Callable[[], str | None]]:
     def alive() -> str | None:
         if proc.poll() is None:
             return None
-        return f"chromium exited with status {proc.returncode}\n{_tail(stderr_path)}"
+        return f"chromium exited with status {proc.returncode}"
 
     try:
         yield alive
@@ -457,4 +461,83 @@ def assert_same_load(origin: dict[str, Any], mirror: dict[str, Any], *, model: s
         raise AssertionError(
             f"model {model}: the mirror's load differs from the origin's "
             f"({len(diffs)} differences):\n  " + "\n  ".join(diffs[:_MAX_DIFFS]) + more
+        )
+
+
+def read_during_updates(
+    collector: Collector,
+    model: dict[str, Any],
+    *,
+    workdir: Path,
+    loads: int,
+    gate: Callable[[dict[str, Any]], Any] | None = None,
+    pause_ms: int = 0,
+    references: dict[str, dict[str, Any]] | None = None,
+    service_worker: bool = False,
+    timeout: float = PAGE_TIMEOUT,
+) -> dict[str, Any]:
+    """Run readers.html: load ``model`` ``loads`` times, each paused between manifest and shards.
+
+    Before the first shard request of load ``i``, the page POSTs
+    ``{"i": i, "manifestVersions": [...]}`` to ``gate`` (called in the
+    collector's thread; the page waits for it, so a test can publish a new
+    version exactly there; its return value is kept as the load's ``gate``),
+    then waits ``pause_ms``. ``references`` maps a version to a model spec
+    (``{"kind", "url"}``, e.g. the origin's copy of that version) loaded once
+    after the loop. With ``service_worker`` the page runs under sw.js, which
+    caches shards by URL; the report's ``sw`` then holds its hits and misses.
+    Returns the report: ``loads`` (each: ``i``, ``ok``, ``error``,
+    ``manifestVersions``, ``shardUrls``, ``shardVersions``, ``statuses``,
+    ``weights`` name -> sha256, ``gate``), ``references`` (as load_models
+    gives them, ``id`` = version), ``sw``.
+    """
+    refs = [{**r, "id": v} for v, r in (references or {}).items()]
+    spec = {"model": model, "loads": loads, "pauseMs": pause_ms, "sw": service_worker,
+            "references": refs}
+    return run_page(collector, "readers.html", spec, workdir=workdir, timeout=timeout, gate=gate)
+
+
+def assert_whole_versions(report: dict[str, Any], *, model: str) -> None:
+    """AssertionError unless every load in a readers.html report is one version, whole.
+
+    A load is whole when its manifest names one version, every shard URL names
+    that same version and answered 200, and its weights equal, name for name
+    and byte for byte, the reference loaded for that version. The message names
+    the model, the load, the version and the weights that differ.
+    """
+    refs = {r["id"]: r for r in report.get("references", [])}
+    problems = []
+    for load in report["loads"]:
+        where = f"load {load['i']}"
+        if not load.get("ok"):
+            problems.append(f"{where} failed: {_first_line(load.get('error'))}")
+            continue
+        versions = load["manifestVersions"]
+        if len(versions) != 1 or versions[0] is None:
+            problems.append(f"{where}: its manifest names versions {versions}, not exactly one")
+            continue
+        version = versions[0]
+        where += f" (version {version})"
+        if load["shardVersions"] != [version]:
+            problems.append(f"{where}: shards came from versions {load['shardVersions']}: "
+                            f"{load['shardUrls']}")
+        if any(status != 200 for status in load["statuses"]):
+            problems.append(f"{where}: shard statuses {load['statuses']}")
+        ref = refs.get(version)
+        if ref is None or not ref.get("ok"):
+            problems.append(f"{where}: no reference load for this version "
+                            f"({ref and _first_line(ref.get('error'))})")
+            continue
+        want = {name: d["sha256"] for name, d in ref["weights"].items()}
+        got = load["weights"]
+        wrong = sorted(n for n in want.keys() | got.keys() if want.get(n) != got.get(n))
+        if wrong:
+            shown = ", ".join(repr(n) for n in wrong[:_MAX_DIFFS])
+            more = f" and {len(wrong) - _MAX_DIFFS} more" if len(wrong) > _MAX_DIFFS else ""
+            problems.append(f"{where}: weights {shown}{more} differ from that version's "
+                            f"reference ({ref.get('url')})")
+    if problems:
+        raise AssertionError(
+            f"model {model}: {len(problems)} problem(s) in {len(report['loads'])} loads "
+            f"during updates:\n  " + "\n  ".join(problems)
         )

@@ -49,6 +49,8 @@ function reportUncaught(spec) {
 }
 
 async function setupTf() {
+  // loadAndDigest reads what was fetched from resource timing: keep every entry.
+  performance.setResourceTimingBufferSize(100000);
   if (typeof tf === 'undefined') throw new Error('tf.min.js did not load (is TF.js installed? run tests/setup-deps.sh)');
   await tf.setBackend('cpu');
   await tf.ready();
@@ -184,4 +186,47 @@ async function predict(model, inputShapes) {
 function versionOf(url) {
   const m = /\/?versions\/([^/]+)\//.exec(url);
   return m ? m[1] : null;
+}
+
+// Load one model as a kiosk page would: tf.loadGraphModel / tf.loadLayersModel
+// on its URL, or fetch + tf.io.loadWeights for a bare weights manifest. Returns
+// {id, kind, url, ok, error?, weights, outputs, fetched: [URLs], ms}; never throws.
+async function loadAndDigest(m) {
+  const res = {id: m.id, kind: m.kind, url: m.url, ok: false};
+  const t0 = performance.now();
+  let model;
+  try {
+    if (m.kind === 'graph') {
+      model = await tf.loadGraphModel(m.url);
+    } else if (m.kind === 'layers') {
+      model = await tf.loadLayersModel(m.url);
+    } else if (m.kind === 'weights') {
+      const resp = await fetch(m.url);
+      if (!resp.ok) throw new Error(`GET ${m.url}: HTTP ${resp.status}`);
+      const manifest = await resp.json();
+      const prefix = m.url.slice(0, m.url.lastIndexOf('/') + 1);
+      model = await tf.io.loadWeights(manifest, prefix);
+    } else {
+      throw new Error(`unknown kind ${m.kind}`);
+    }
+    res.weights = await digestWeights(model);
+    res.outputs = m.kind !== 'weights' && m.predict !== false
+      ? await predict(model, m.inputShapes) : null;
+    res.ok = true;
+  } catch (e) {
+    res.error = describeError(e);
+  } finally {
+    if (model) {
+      if (typeof model.dispose === 'function') model.dispose();
+      else tf.dispose(Object.values(model));
+    }
+  }
+  // Resource timing entries appear a little after their response ends, so
+  // select by start time (not by count) and read them only now, after digesting.
+  const t1 = performance.now();
+  res.fetched = performance.getEntriesByType('resource')
+    .filter((e) => e.startTime >= t0 && e.startTime <= t1)
+    .map((e) => e.name).filter((u) => !u.startsWith(location.origin + '/'));  // not favicon, reports
+  res.ms = Math.round(t1 - t0);
+  return res;
 }
