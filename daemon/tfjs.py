@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from shardsync.store.entry import manifest_groups, rewrite_paths, shard_relpath
+from shardsync.store.paths import check_manifest_name
 
 from .errors import IntegrityError, ManifestError, UnsafePathError
 
@@ -67,9 +68,6 @@ _QUANTIZABLE = {"uint8": ("float32", "int32"), "uint16": ("float32", "int32"),
 
 _KINDS = ("graph-model", "layers-model")
 
-# Reserved by the site layout: site_dir/<name>/versions/ holds the published versions,
-# so an entry point of that name would collide with it.
-_RESERVED_MANIFEST_NAMES = ("versions",)
 
 
 @dataclass(frozen=True)
@@ -164,10 +162,8 @@ def manifest_filename(manifest_url: str) -> str:
     name = unquote(head[head.rfind("/") + 1:])
     if not name:
         raise ManifestError(f"manifest URL {manifest_url!r} names no file (it ends with '/')")
-    if "/" in name or name in _RESERVED_MANIFEST_NAMES:
-        raise ManifestError(f"manifest URL {manifest_url!r}: file name {name!r} is not usable")
     try:
-        shard_relpath(name)
+        check_manifest_name(shard_relpath(name))
     except UnsafePathError as exc:
         raise ManifestError(f"manifest URL {manifest_url!r}: {exc.reason}") from exc
     return name

@@ -16,12 +16,13 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from .atomic import clean_tmp, tmp_name, write_all
-from .errors import IntegrityError, NotFoundError
+from .errors import IntegrityError, NotFoundError, UnsafePathError
 from .paths import open_dir_at
 
 __all__ = ["CHUNK", "ObjectInfo", "Objects", "check_digest"]
@@ -68,25 +69,68 @@ class Objects:
     # -- read --------------------------------------------------------------------
 
     def path(self, digest: str) -> str:
-        """Absolute path of an object (it may not exist)."""
+        """Absolute path of an object, for messages and the commit's link source.
+
+        Never used to read or link a stored object: those go through directory fds.
+        """
         check_digest(digest)
         return os.path.join(self._root, digest[:2], digest)
 
-    def has(self, digest: str) -> bool:
-        return os.path.isfile(self.path(digest))
+    def _fan(self, digest: str, *, create: bool = False) -> int:
+        """The fanout directory of ``digest``, opened without following a symlink."""
+        return open_dir_at(self._fd, check_digest(digest)[:2], create=create)
 
-    def info(self, digest: str) -> ObjectInfo:
+    def stat(self, digest: str) -> os.stat_result:
+        """lstat of the object; NotFoundError if it is missing or not a regular file.
+
+        Every access goes through directory fds opened with O_NOFOLLOW: a symlink
+        planted in objects/ is refused (UnsafePathError), never followed.
+        """
         try:
-            return ObjectInfo(digest, os.stat(self.path(digest)).st_size)
+            fan = self._fan(digest)
         except FileNotFoundError:
             raise NotFoundError(f"no object {digest}") from None
+        try:
+            st = os.stat(digest, dir_fd=fan, follow_symlinks=False)
+        except FileNotFoundError:
+            raise NotFoundError(f"no object {digest}") from None
+        finally:
+            os.close(fan)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFoundError(f"object {digest} is not a regular file")
+        return st
+
+    def has(self, digest: str) -> bool:
+        try:
+            self.stat(digest)
+            return True
+        except NotFoundError:
+            return False
+
+    def info(self, digest: str) -> ObjectInfo:
+        return ObjectInfo(digest, self.stat(digest).st_size)
 
     def open(self, digest: str) -> BinaryIO:
         """Open an object for reading. Its bytes are trusted; see :meth:`verify` to check."""
         try:
-            return open(self.path(digest), "rb")
+            fan = self._fan(digest)
         except FileNotFoundError:
             raise NotFoundError(f"no object {digest}") from None
+        try:
+            fd = os.open(digest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fan)
+        except FileNotFoundError:
+            raise NotFoundError(f"no object {digest}") from None
+        finally:
+            os.close(fan)
+        return os.fdopen(fd, "rb")
+
+    def link_into(self, digest: str, dir_fd: int, name: str) -> None:
+        """Hardlink the object as ``name`` in ``dir_fd`` (OSError as link(2) gives it)."""
+        fan = self._fan(digest)
+        try:
+            os.link(digest, name, src_dir_fd=fan, dst_dir_fd=dir_fd, follow_symlinks=False)
+        finally:
+            os.close(fan)
 
     def read_verified(self, digest: str) -> bytes:
         """The whole object, after checking that it still hashes to its name."""
@@ -106,12 +150,20 @@ class Objects:
         return h.hexdigest()
 
     def walk(self) -> Iterator[ObjectInfo]:
-        """Every object, in no particular order."""
+        """Every object, in no particular order (a planted symlink is skipped, not followed)."""
         for fan in sorted(os.listdir(self._fd)):
-            fan_dir = os.path.join(self._root, fan)
-            for name in os.listdir(fan_dir):
-                if _DIGEST_RE.fullmatch(name):
-                    yield ObjectInfo(name, os.stat(os.path.join(fan_dir, name)).st_size)
+            try:
+                fan_fd = open_dir_at(self._fd, fan)
+            except (UnsafePathError, FileNotFoundError):
+                continue
+            try:
+                for name in os.listdir(fan_fd):
+                    if _DIGEST_RE.fullmatch(name):
+                        st = os.stat(name, dir_fd=fan_fd, follow_symlinks=False)
+                        if stat.S_ISREG(st.st_mode):
+                            yield ObjectInfo(name, st.st_size)
+            finally:
+                os.close(fan_fd)
 
     # -- write -------------------------------------------------------------------
 

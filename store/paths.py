@@ -19,6 +19,8 @@ from .errors import UnsafePathError
 
 __all__ = [
     "NAME_RE",
+    "VERSIONS_DIR",
+    "check_manifest_name",
     "check_name",
     "check_relpath",
     "dir_at",
@@ -29,6 +31,10 @@ __all__ = [
 
 #: Model names become directory names under site_dir (DESIGN.md).
 NAME_RE = re.compile(r"^[a-z0-9._-]+$")
+
+#: The per-model directory of site_dir holding the immutable version trees; no entry
+#: point may take its name.
+VERSIONS_DIR = "versions"
 
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -77,6 +83,19 @@ def check_relpath(path: str) -> str:
     if why:
         raise UnsafePathError(f"unsafe path {path!r}: {why}", file=repr(path))
     return path
+
+
+def check_manifest_name(name: str) -> str:
+    """Return ``name`` if it can be an entry point ``site_dir/<model>/<name>``.
+
+    A safe relative path (:func:`check_relpath`) of one segment that is not
+    :data:`VERSIONS_DIR`; UnsafePathError otherwise.
+    """
+    check_relpath(name)
+    if "/" in name or name == VERSIONS_DIR:
+        raise UnsafePathError(
+            f"manifest file name {name!r} is reserved or has a directory", file=name)
+    return name
 
 
 def open_dir(path: str | os.PathLike[str], *, create: bool = False) -> int:

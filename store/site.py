@@ -22,13 +22,10 @@ import stat
 from .atomic import TMP_PREFIX, clean_tmp, exists_at, read_at, rmtree_at, tmp_name, write_atomic
 from .errors import UnsafePathError
 from .objects import Objects
-from .paths import check_name, open_dir, open_dir_at
+from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
 from .versions import Version
 
 __all__ = ["VERSIONS_DIR", "Site"]
-
-#: Name of the per-model directory holding the immutable version trees.
-VERSIONS_DIR = "versions"
 
 # A hardlink fails with these where a copy would work: another filesystem (EXDEV),
 # a filesystem without links or one refusing them (EPERM, ENOTSUP), too many links (EMLINK).
@@ -57,11 +54,6 @@ class Site:
 
     def build_version(self, version: Version, objects: Objects) -> None:
         """Make ``<name>/versions/<id>/`` complete and durable (no-op if it exists)."""
-        if version.manifest.path == VERSIONS_DIR or "/" in version.manifest.path:
-            raise UnsafePathError(
-                f"manifest file name {version.manifest.path!r} is reserved or has a directory",
-                model=version.name, file=version.manifest.path,
-            )
         vfd = open_dir_at(self._fd, f"{version.name}/{VERSIONS_DIR}", create=True)
         try:
             if exists_at(vfd, version.id):
@@ -90,9 +82,8 @@ class Site:
 
     def place(self, objects: Objects, digest: str, dir_fd: int, name: str) -> None:
         """Put object ``digest`` at ``name`` in ``dir_fd``: a hardlink, else a durable copy."""
-        src = objects.path(digest)
         try:
-            os.link(src, name, dst_dir_fd=dir_fd, follow_symlinks=False)
+            objects.link_into(digest, dir_fd, name)
             return
         except OSError as exc:
             if exc.errno not in _LINK_FALLBACK:
@@ -101,7 +92,7 @@ class Site:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         out = os.open(name, flags, 0o644, dir_fd=dir_fd)
         try:
-            with open(src, "rb") as f:
+            with objects.open(digest) as f:
                 size = os.fstat(f.fileno()).st_size
                 offset = 0
                 while offset < size:

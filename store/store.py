@@ -32,8 +32,8 @@ from .entry import rewrite_paths
 from .errors import LockedError, NotFoundError, ShardsyncError, translate_oserror
 from .ingest import Ingest, IngestStatus, read_status
 from .objects import CHUNK, Objects
-from .paths import check_name, open_dir, open_dir_at
-from .site import VERSIONS_DIR, Site
+from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
+from .site import Site
 from .versions import FileEntry, Version, Versions
 
 __all__ = ["GRACE_SECONDS", "GcReport", "Problem", "Store"]
@@ -399,7 +399,7 @@ class Store:
         if st.st_size != entry.size:
             return f"size is {st.st_size}, expected {entry.size}"
         if not rehash:
-            obj = os.stat(self.objects.path(entry.digest))
+            obj = self.objects.stat(entry.digest)
             if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
                 return None  # the object itself, hardlinked, and the object was verified
         h = hashlib.sha256()

@@ -26,7 +26,7 @@ from typing import Any
 from .atomic import exists_at, read_at, rmtree_at, write_atomic
 from .errors import IntegrityError, NotFoundError
 from .objects import check_digest
-from .paths import check_name, check_relpath, open_dir_at
+from .paths import check_manifest_name, check_name, check_relpath, open_dir_at
 
 __all__ = ["FileEntry", "Version", "Versions", "tree_digest"]
 
@@ -84,7 +84,8 @@ class Version:
     def build(cls, name: str, manifest: FileEntry, files: Iterable[FileEntry]) -> Version:
         """A new version record (not yet written); checks names, paths and duplicates."""
         check_name(name)
-        check_relpath(manifest.path)
+        check_manifest_name(manifest.path)
+        check_digest(manifest.digest)
         files = tuple(files)
         seen = {manifest.path}
         for f in files:
