@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 
 from .config import ModelConfig
+from .errors import ShardsyncError
 from .sync import Progress, Syncer, SyncResult
 
-__all__ = ["BACKOFF_BASE", "JITTER", "Gate", "ModelState", "Scheduler"]
+__all__ = ["BACKOFF_BASE", "JITTER", "Gate", "ModelState", "Scheduler", "backoff", "jittered"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ JITTER = 0.10
 #: First retry after a failure; doubles per failure, capped at the model's interval.
 #: Short enough that a blip heals in seconds, long enough not to hammer a broken origin.
 BACKOFF_BASE = 10.0
+
+#: Doublings after which the backoff stops growing: 10 s * 2**40 is beyond any interval.
+_MAX_DOUBLINGS = 40
 
 
 @dataclass
@@ -53,44 +58,81 @@ class ModelState:
     bytes_total: int = 0       # body bytes downloaded, all syncs
     wake: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    last_activity: float = field(default_factory=time.monotonic)
+    # What Scheduler.stalled saw last (state, bytes, files, check) and since when (trio time).
+    progress_mark: tuple[object, ...] | None = field(default=None, repr=False)
+    progress_since: float = field(default=0.0, repr=False)
 
 
 class Gate:
-    """Many syncs at once, or gc alone (a readers-writer lock for trio, writer-preferring)."""
+    """Many syncs at once, or gc alone: a readers-writer lock for trio, writer-preferring.
+
+    Hold it with ``async with gate.syncing():`` around a sync and ``async with
+    gate.collecting():`` around gc (or anything else that must see no sync in
+    progress, such as unpublishing a model). A gc that waits for running syncs
+    already holds back new ones, so a busy scheduler cannot starve it. Leaving never
+    blocks, and a task cancelled at any point (waiting to enter, or inside) leaves
+    the gate as if it had never entered.
+    """
 
     def __init__(self) -> None:
         self._syncs = 0
         self._gc = False
-        self._changed = trio.Condition()
+        self._changed = trio.Event()
 
-    async def enter_sync(self) -> None:
-        async with self._changed:
-            while self._gc:
-                await self._changed.wait()
-            self._syncs += 1
+    @property
+    def syncs(self) -> int:
+        """Syncs inside the gate now."""
+        return self._syncs
 
-    async def leave_sync(self) -> None:
-        async with self._changed:
+    @property
+    def collecting_now(self) -> bool:
+        """True while a gc holds the gate or waits for the syncs inside to finish."""
+        return self._gc
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @asynccontextmanager
+    async def syncing(self) -> AsyncIterator[None]:
+        """Enter as a sync: waits while a gc holds or wants the gate."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self._gc:
+            await self._changed.wait()
+        self._syncs += 1
+        try:
+            yield
+        finally:
             self._syncs -= 1
-            self._changed.notify_all()
+            self._notify()
 
-    async def enter_gc(self) -> None:
-        async with self._changed:
-            while self._gc:
-                await self._changed.wait()
-            self._gc = True
+    @asynccontextmanager
+    async def collecting(self) -> AsyncIterator[None]:
+        """Enter as gc: waits for another gc, then for every sync inside to finish."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self._gc:
+            await self._changed.wait()
+        self._gc = True
+        try:
             while self._syncs:
                 await self._changed.wait()
-
-    async def leave_gc(self) -> None:
-        async with self._changed:
+            yield
+        finally:
             self._gc = False
-            self._changed.notify_all()
+            self._notify()
 
 
 def jittered(seconds: float) -> float:
+    """``seconds`` ±:data:`JITTER`, uniformly."""
     return seconds * random.uniform(1 - JITTER, 1 + JITTER)
+
+
+def backoff(failures: int, interval: float) -> float:
+    """The wait (before jitter) after ``failures`` consecutive failures: doubling from
+    :data:`BACKOFF_BASE`, never above ``interval``."""
+    # The exponent is bounded: 2 ** 1100 is an int too large for a float, and a model that
+    # fails for weeks reaches that many failures.
+    return min(interval, BACKOFF_BASE * 2.0 ** min(failures - 1, _MAX_DOUBLINGS))
 
 
 class Scheduler:
@@ -149,7 +191,27 @@ class Scheduler:
             self.models[n].wake.set()
         return names
 
+    def stalled(self, limit: float) -> list[str]:
+        """Names of models whose sync has not moved for more than ``limit`` seconds.
+
+        Moving means a change of state, of bytes received, of files done, or a new
+        check. Idle and failed models never count: waiting for the next check is not
+        a stall. Progress is sampled when this is called (the watchdog calls it every
+        few seconds), so a stall is seen at most one call late.
+        """
+        now = trio.current_time()
+        out = []
+        for name, st in self.models.items():
+            p = st.progress
+            mark = (p.state, p.received, p.files_done, st.last_check)
+            if mark != st.progress_mark:
+                st.progress_mark, st.progress_since = mark, now
+            elif p.state not in ("idle", "error") and now - st.progress_since > limit:
+                out.append(name)
+        return out
+
     async def _loop(self, state: ModelState) -> None:
+        name = state.config.name
         with state.scope:
             delay = 0.0  # a model the service just learned of is checked at once
             while True:
@@ -157,14 +219,18 @@ class Scheduler:
                 with trio.move_on_after(delay):
                     await state.wake.wait()
                 state.wake = trio.Event()
-                await self.gate.enter_sync()
                 try:
-                    state.last_check = time.time()
-                    result = await self.syncer.sync(state.config, state.progress)
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await self.gate.leave_sync()
-                state.last_activity = time.monotonic()
+                    async with self.gate.syncing():
+                        state.last_check = time.time()
+                        result = await self.syncer.sync(state.config, state.progress)
+                except Exception as exc:
+                    # A bug, not an origin's fault (Syncer.sync returns those in the result).
+                    # This model backs off like any failure; the service and the other
+                    # models carry on instead of dying with it.
+                    log.exception("model %s: the sync failed unexpectedly", name)
+                    state.progress.state = "error"
+                    result = SyncResult(name, error=ShardsyncError(
+                        f"internal error: {type(exc).__name__}: {exc}", model=name))
                 state.bytes_total += result.received
                 interval = state.config.interval
                 if result.ok:
@@ -176,5 +242,5 @@ class Scheduler:
                     state.failures += 1
                     state.errors_total += 1
                     state.last_error = str(result.error)
-                    delay = jittered(min(interval, BACKOFF_BASE * 2 ** (state.failures - 1)))
+                    delay = jittered(backoff(state.failures, interval))
                 self.on_result(state, result)
