@@ -1,19 +1,29 @@
-"""TF.js in headless Chromium loads the mirror exactly as it loads the origin.
+"""Proof with the real client: what shardsync publishes loads in TF.js as the origin's model.
 
-For now the mirror is published *by hand* in DESIGN.md's layout (the
-``_publish_by_hand`` helper below); once ``shardsync sync`` exists, it replaces
-that helper and these tests keep their shape. Everything else is real: nginx
-serves origin and mirror with the configuration ``shardsync nginx-config``
-prints, Chromium loads from a page on a third origin (so CORS is exercised), and
-the harness proves it can tell a corrupted shard from a good one.
+Everything is real. ``shardsync sync`` (the CLI, as a subprocess) mirrors the
+sample models from an origin on loopback (``shardsync.daemon.origin``); nginx
+serves site_dir with exactly what ``shardsync nginx-config`` prints, and the
+origin's files beside it; headless Chromium loads every model from both, on
+TF.js's CPU backend, from a page on a third origin (so CORS is exercised too),
+and the digests of every weight and of one prediction must be identical.
+
+While a page keeps reloading a model, pausing between its manifest and its
+shards, the test changes the origin and syncs a new version in that pause:
+every load must still be one version, whole. Also under a service worker that
+caches shards by URL.
+
+Two self-checks prove the harness can fail: a corrupted mirror shard, and a
+published version whose shard is rewritten in place, must each be reported with
+the model and the weight.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,80 +38,83 @@ from e2e.browser import (
 from e2e.webserver import run_nginx
 
 from shardsync.daemon.nginx import render_nginx_config
+from shardsync.daemon.origin import Origin
+from shardsync.daemon.samples import (
+    CONVERTER_SHARD_SIZE,
+    SampleModel,
+    make_big_model,
+    write_samples,
+)
 from shardsync.daemon.tfjs import parse_manifest
-from shardsync.store.entry import manifest_groups, rewrite_paths, shard_relpath
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
-if not FIXTURES.is_dir():  # a fresh clone has shared/ beside it
-    FIXTURES = Path("/work/shared/fixtures")
+# TF.js loader for each manifest kind (samples.SampleModel.kind).
+LOADERS = {"graph-model": "graph", "layers-model": "layers", "weights-manifest": "weights"}
 
+# A layers-model of three 4 MiB Dense kernels, cut by the converter's rule into
+# 4 MiB groupN-shardKofM.bin shards (4 of them: the biases spill into a 4th).
+BIG_BYTES = 12 << 20
 
-# name -> (kind, manifest file in the origin dir)
-MODELS = {
-    "blazeface": ("graph", "blazeface.json"),  # float32/int32 graph model
-    "antispoof": ("graph", "antispoof.json"),  # float16-quantized graph model
-    "tiny-face": ("weights", "tiny_face_detector_model-weights_manifest.json"),  # uint8, bare
-}
-# The model whose mirror copy gets one corrupted shard (published under this name).
+# The model whose mirror copy gets one corrupted shard (synced from blazeface's URL).
 CORRUPT = "blazeface-corrupt"
+
+# Models the readers tests publish new versions of (each starts as variant A).
+LIVE = ("live", "live-sw", "in-place")
+
 # Byte of blazeface.bin changed between its two origin states A and B (4-aligned).
 VARIANT_OFFSET = 200_000
+
 # Loads per readers run: A, B, A, B, so that a service worker meets each version twice.
 READER_LOADS = 4
 
+# Seconds one `shardsync sync` may take: about 1 s here, generous for a loaded machine.
+SYNC_TIMEOUT = 120
 
-def _make_origin(root: Path) -> Path:
-    """The origin's files: fixture models, face-api's shard renamed to have no extension."""
-    origin = root / "origin"
-    origin.mkdir()
-    for f in ("blazeface.json", "blazeface.bin", "antispoof.json", "antispoof.bin"):
-        shutil.copyfile(FIXTURES / "human" / f, origin / f)
-    manifest = json.loads(
-        (FIXTURES / "face-api" / "tiny_face_detector_model-weights_manifest.json").read_bytes()
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the shardsync CLI as a user would, in this interpreter's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "shardsync.daemon.cli", *args],
+        capture_output=True, text=True, timeout=SYNC_TIMEOUT, check=False,
     )
-    manifest[0]["paths"] = ["tiny_face_detector_model-shard1"]
-    (origin / MODELS["tiny-face"][1]).write_text(json.dumps(manifest))
-    shutil.copyfile(FIXTURES / "face-api" / "tiny_face_detector_model.bin",
-                    origin / "tiny_face_detector_model-shard1")
-    return origin
 
 
-def _tree_version(origin: Path, manifest: str) -> str:
-    """A version name for the model files in ``origin``: a tree digest, as DESIGN.md says."""
-    data = (origin / manifest).read_bytes()
-    tree = hashlib.sha256(hashlib.sha256(data).digest())
-    for f in _shard_files(data):
-        tree.update(f.encode() + b"\0" + hashlib.sha256((origin / f).read_bytes()).digest())
-    return tree.hexdigest()[:16]
+def _sync(config: Path, *names: str) -> dict[str, dict[str, Any]]:
+    """``shardsync sync -c config --json [names]``; every model must succeed."""
+    done = _cli("sync", "-c", str(config), "--json", *names)
+    assert done.returncode == 0, f"shardsync sync failed ({done.returncode}):\n{done.stderr}"
+    results = {m["name"]: m for m in json.loads(done.stdout)["models"]}
+    assert all(r["ok"] for r in results.values()), results
+    return results
 
 
-def _shard_files(manifest_data: bytes) -> list[str]:
-    groups = manifest_groups(json.loads(manifest_data))
-    return [shard_relpath(p) for g in groups for p in g["paths"]]
+def _make_variants(origin: Path) -> dict[str, Path]:
+    """Two states of blazeface, A (as shipped) and B (one weight retrained), under origin/.
 
-
-def _publish_by_hand(origin: Path, manifest: str, site: Path, name: str) -> str:
-    """Publish one model into ``site`` the way DESIGN.md lays it out; return its version.
-
-    Stand-in for ``shardsync sync`` until it exists: versions/<v>/ gets the
-    manifest byte for byte and the shards (copied), then the entry point with
-    its paths rewritten to versions/<v>/ replaces the old one by one rename.
+    B differs from A in the single weight that holds byte ``VARIANT_OFFSET`` of
+    the shard, by its lowest mantissa bit; model.json is byte-identical, as it
+    is for real retrained weights.
     """
-    data = (origin / manifest).read_bytes()
-    version = _tree_version(origin, manifest)
-    vdir = site / name / "versions" / version
-    if not vdir.exists():
-        tmp = site / name / "versions" / f".tmp-{version}"
-        tmp.mkdir(parents=True)
-        shutil.copyfile(origin / manifest, tmp / manifest)
-        for f in _shard_files(data):
-            (tmp / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(origin / f, tmp / f)
-        os.rename(tmp, vdir)
-    entry_tmp = site / name / f".tmp-{manifest}"
-    entry_tmp.write_bytes(rewrite_paths(data, f"versions/{version}/"))
-    os.replace(entry_tmp, site / name / manifest)
-    return version
+    dirs = {}
+    for variant in ("A", "B"):
+        d = origin / "variants" / variant
+        shipped = origin / "blazeface"  # as write_samples wrote it
+        d.mkdir(parents=True)
+        shutil.copyfile(shipped / "blazeface.json", d / "blazeface.json")
+        raw = bytearray((shipped / "blazeface.bin").read_bytes())
+        if variant == "B":
+            raw[VARIANT_OFFSET] ^= 0x01  # little-endian float32: lowest mantissa byte
+        (d / "blazeface.bin").write_bytes(raw)
+        dirs[variant] = d
+    return dirs
+
+
+def _put_variant(src: Path, dest: Path) -> None:
+    """Make the origin serve ``src``'s files at ``dest`` (each file replaced by a rename)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        tmp = dest / f".tmp-{f.name}"
+        shutil.copyfile(f, tmp)
+        os.replace(tmp, dest / f.name)
 
 
 def _weight_at(manifest: Path, offset: int) -> str:
@@ -116,95 +129,117 @@ def _weight_at(manifest: Path, offset: int) -> str:
     raise AssertionError(f"offset {offset} is past the weights of {manifest}")
 
 
-def _make_variants(origin: Path) -> dict[str, Path]:
-    """Two states of blazeface at the origin, A (as shipped) and B (one weight retrained).
-
-    Returns variant -> directory; B differs from A in the single weight that
-    holds byte ``VARIANT_OFFSET`` of the shard, by its lowest mantissa bit.
-    """
-    dirs = {}
-    for variant in ("A", "B"):
-        d = origin / "variants" / variant
-        d.mkdir(parents=True)
-        shutil.copyfile(FIXTURES / "human" / "blazeface.json", d / "blazeface.json")
-        raw = bytearray((FIXTURES / "human" / "blazeface.bin").read_bytes())
-        if variant == "B":
-            raw[VARIANT_OFFSET] ^= 0x01  # little-endian float32: lowest mantissa byte
-        (d / "blazeface.bin").write_bytes(raw)
-        dirs[variant] = d
-    return dirs
+def _write_config(root: Path, origin: Origin, models: dict[str, str]) -> Path:
+    config = root / "shardsync.toml"
+    lines = [f'state_dir = "{root / "state"}"', f'site_dir = "{root / "site"}"',
+             f'socket = "{root / "control.sock"}"']
+    for name, manifest in models.items():
+        lines += ["", "[[model]]", f'name = "{name}"', f'url = "{origin.url_for(manifest)}"']
+    config.write_text("\n".join(lines) + "\n")
+    return config
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Origin and site dirs behind one nginx (two ports, shardsync's config), and a collector."""
+    """Origin, a first `shardsync sync`, nginx with `shardsync nginx-config`, a collector."""
     root = tmp_path_factory.mktemp("e2e")
-    origin = _make_origin(root)
-    variants = _make_variants(origin)
-    site = root / "site"
-    site.mkdir()
+    origin_dir = root / "origin"
+    samples: list[SampleModel] = write_samples(origin_dir)
+    samples.append(make_big_model(origin_dir, BIG_BYTES, CONVERTER_SHARD_SIZE, name="big-sharded"))
+    variants = _make_variants(origin_dir)
+    for name in LIVE:
+        _put_variant(variants["A"], origin_dir / name)
+    models = {s.name: s.manifest for s in samples}
+    models[CORRUPT] = models["blazeface"]
+    models.update({name: f"{name}/blazeface.json" for name in LIVE})
 
-    def conf(mirror_listen: str, origin_listen: str) -> str:
-        return (render_nginx_config(site, listen=mirror_listen)
-                + render_nginx_config(origin, listen=origin_listen, location="/origin/"))
+    with Origin(origin_dir) as origin:
+        config = _write_config(root, origin, models)
+        synced = _sync(config)
+        site = root / "site"
 
-    with run_nginx(root / "nginx", conf, ports=2) as nginx, Collector() as collector:
-        mirror_url, origin_url = nginx.urls
-        yield {"root": root, "origin": origin, "variants": variants, "site": site,
-               "mirror_url": mirror_url, "origin_url": origin_url, "collector": collector}
+        def conf(mirror_listen: str, origin_listen: str) -> str:
+            printed = _cli("nginx-config", "-c", str(config), "--listen", mirror_listen)
+            assert printed.returncode == 0, printed.stderr
+            # The origin's own files, for the browser's straight-from-origin loads.
+            return printed.stdout + render_nginx_config(
+                origin_dir, listen=origin_listen, location="/origin/")
+
+        with run_nginx(root / "nginx", conf, ports=2) as nginx, Collector() as collector:
+            mirror_url, origin_url = nginx.urls
+            yield {"root": root, "origin_dir": origin_dir, "variants": variants, "site": site,
+                   "config": config, "samples": samples, "synced": synced,
+                   "mirror_url": mirror_url, "origin_url": origin_url, "collector": collector}
 
 
 @pytest.fixture(scope="module")
-def world(servers: Any) -> Any:
-    """Every model of MODELS published by hand and loaded from origin and mirror, one visit."""
-    origin, site = servers["origin"], servers["site"]
-    mirror_url, origin_url = servers["mirror_url"], servers["origin_url"]
-    versions = {n: _publish_by_hand(origin, m, site, n) for n, (_, m) in MODELS.items()}
-    # The self-check: the same model, one mirror shard corrupted after publishing.
-    versions[CORRUPT] = _publish_by_hand(origin, "blazeface.json", site, CORRUPT)
-    shard = site / CORRUPT / "versions" / versions[CORRUPT] / "blazeface.bin"
-    offset = shard.stat().st_size // 2
+def loads(servers: Any) -> dict[str, dict[str, Any]]:
+    """Every sample model loaded from the origin and from the mirror, in one page visit."""
+    site, synced = servers["site"], servers["synced"]
+    # The self-check: one shard of one mirrored copy corrupted after publishing
+    # (replaced, not written in place: it is a hardlink to the store's object).
+    shard = site / CORRUPT / "versions" / synced[CORRUPT]["version"] / "blazeface.bin"
     raw = bytearray(shard.read_bytes())
+    offset = len(raw) // 2
     raw[offset:offset + 4] = bytes(b ^ 0x5A for b in raw[offset:offset + 4])
-    shard.write_bytes(raw)
+    tmp = shard.with_name(".tmp-corrupt")
+    tmp.write_bytes(raw)
+    os.replace(tmp, shard)
+    servers["corrupt_offset"] = offset
 
     specs = []
-    for name, (kind, manifest) in MODELS.items():
-        specs.append({"id": f"origin/{name}", "kind": kind,
-                      "url": f"{origin_url}/origin/{manifest}"})
-        specs.append({"id": f"mirror/{name}", "kind": kind,
-                      "url": f"{mirror_url}/models/{name}/{manifest}"})
+    for s in servers["samples"]:
+        kind = LOADERS[s.kind]
+        specs.append({"id": f"origin/{s.name}", "kind": kind,
+                      "url": f"{servers['origin_url']}/origin/{s.manifest}"})
+        specs.append({"id": f"mirror/{s.name}", "kind": kind,
+                      "url": _mirror_url(servers, s.name, s.manifest)})
     specs.append({"id": f"mirror/{CORRUPT}", "kind": "graph",
-                  "url": f"{mirror_url}/models/{CORRUPT}/blazeface.json"})
-    loads = load_models(servers["collector"], specs, workdir=servers["root"] / "chromium")
-    return {**servers, "versions": versions, "loads": loads, "corrupt_offset": offset}
+                  "url": _mirror_url(servers, CORRUPT, "blazeface/blazeface.json")})
+    return load_models(servers["collector"], specs, workdir=servers["root"] / "chromium")
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_mirror_loads_what_the_origin_serves(world: Any, name: str) -> None:
-    kind, manifest = MODELS[name]
-    origin, mirror = world["loads"][f"origin/{name}"], world["loads"][f"mirror/{name}"]
+def _mirror_url(servers: Any, name: str, manifest: str) -> str:
+    """The kiosk's URL of a model: /models/<name>/<manifest file name>."""
+    return f"{servers['mirror_url']}/models/{name}/{Path(manifest).name}"
+
+
+def _sample_names() -> list[str]:
+    # The models write_samples writes, plus the 4 MiB-sharded one (see `servers`).
+    return ["tiny-face-detector", "face-landmark-68-tiny", "blazeface", "antispoof",
+            "blazeface-sharded", "dense-layers", "string-table", "big-sharded"]
+
+
+def test_every_sample_is_covered(servers: Any) -> None:
+    assert sorted(s.name for s in servers["samples"]) == sorted(_sample_names())
+    kinds = {s.kind for s in servers["samples"]}
+    assert kinds == set(LOADERS), kinds
+
+
+@pytest.mark.parametrize("name", _sample_names())
+def test_mirror_loads_what_the_origin_serves(servers: Any, loads: Any, name: str) -> None:
+    sample = next(s for s in servers["samples"] if s.name == name)
+    origin, mirror = loads[f"origin/{name}"], loads[f"mirror/{name}"]
     assert_same_load(origin, mirror, model=name)
     # Not vacuous: every weight of the manifest was loaded and digested.
-    parsed = parse_manifest((world["origin"] / manifest).read_bytes(),
-                            manifest_url=f"http://o/{manifest}")
-    names = {w.name for g in parsed.groups for w in g.weights}
-    assert set(mirror["weights"]) == names
-    if kind == "graph":
+    parsed = parse_manifest((servers["origin_dir"] / sample.manifest).read_bytes(),
+                            manifest_url=f"http://o/{sample.manifest}")
+    assert set(mirror["weights"]) == {w.name for g in parsed.groups for w in g.weights}
+    if sample.kind != "weights-manifest":
         assert mirror["outputs"], f"{name}: no prediction output"
-    # The mirror's shards came from the mirror, from the version its entry point names.
-    prefix = f"{world['mirror_url']}/models/{name}/"
-    shard_urls = [u for u in mirror["fetched"] if not u.endswith(".json")]
-    assert shard_urls and all(
-        u.startswith(f"{prefix}versions/{world['versions'][name]}/") for u in shard_urls
-    ), mirror["fetched"]
-    assert all(u.startswith(prefix) for u in mirror["fetched"]), mirror["fetched"]
+    # Every byte came from the mirror, the shards from the version its entry point names.
+    prefix = f"{servers['mirror_url']}/models/{name}/"
+    version = servers["synced"][name]["version"]
+    shard_urls = [u for u in mirror["fetched"] if u != _mirror_url(servers, name, sample.manifest)]
+    assert len(shard_urls) == len(parsed.files), mirror["fetched"]
+    assert all(u.startswith(f"{prefix}versions/{version}/") for u in shard_urls), shard_urls
 
 
-def test_a_corrupted_shard_is_reported_with_model_and_weight(world: Any) -> None:
-    origin, corrupt = world["loads"]["origin/blazeface"], world["loads"][f"mirror/{CORRUPT}"]
+def test_a_corrupted_shard_is_reported_with_model_and_weight(servers: Any, loads: Any) -> None:
+    origin, corrupt = loads["origin/blazeface"], loads[f"mirror/{CORRUPT}"]
     assert corrupt["ok"], corrupt.get("error")  # TF.js itself loads it without complaint
-    weight = _weight_at(world["origin"] / "blazeface.json", world["corrupt_offset"])
+    weight = _weight_at(servers["origin_dir"] / "blazeface" / "blazeface.json",
+                        servers["corrupt_offset"])
     with pytest.raises(AssertionError) as info:
         assert_same_load(origin, corrupt, model=CORRUPT)
     message = str(info.value)
@@ -217,44 +252,48 @@ def test_a_corrupted_shard_is_reported_with_model_and_weight(world: Any) -> None
 
 def _live_model(servers: Any, name: str) -> dict[str, str]:
     return {"id": name, "kind": "graph",
-            "url": f"{servers['mirror_url']}/models/{name}/blazeface.json"}
+            "url": _mirror_url(servers, name, "blazeface.json")}
 
 
-def _reference(servers: Any, variant: str) -> dict[str, str]:
-    return {"kind": "graph",
-            "url": f"{servers['origin_url']}/origin/variants/{variant}/blazeface.json"}
+def _references(servers: Any) -> dict[str, dict[str, str]]:
+    """variant -> the origin's copy of that state of the model, for the page to load."""
+    return {variant: {"kind": "graph",
+                      "url": f"{servers['origin_url']}/origin/variants/{variant}/blazeface.json"}
+            for variant in servers["variants"]}
 
 
-@pytest.mark.parametrize("service_worker", [False, True], ids=["plain", "service-worker"])
-def test_every_load_during_updates_is_one_version_whole(servers: Any, service_worker: bool) -> None:
-    name = "live-sw" if service_worker else "live"
-    site, variants = servers["site"], servers["variants"]
-    version = {v: _tree_version(d, "blazeface.json") for v, d in variants.items()}
-    assert version["A"] != version["B"]
-    _publish_by_hand(variants["A"], "blazeface.json", site, name)
+def _key_by_version(report: dict[str, Any], versions: dict[str, str]) -> None:
+    """Name each reference load by the version shardsync published for its variant."""
+    for ref in report["references"]:
+        ref["id"] = versions.get(ref["id"], f"(variant {ref['id']}: never published)")
+
+
+@pytest.mark.parametrize("name", ["live", "live-sw"])
+def test_every_load_during_updates_is_one_version_whole(servers: Any, name: str) -> None:
+    config, variants, origin_dir = servers["config"], servers["variants"], servers["origin_dir"]
+    versions = {"A": servers["synced"][name]["version"]}
 
     def gate(body: dict[str, Any]) -> dict[str, str]:
-        # The page holds its manifest and waits for us: switch to the other version.
+        # The page holds its manifest and waits: the origin changes, shardsync syncs.
         nxt = "B" if body["i"] % 2 == 0 else "A"
-        return {"published": _publish_by_hand(variants[nxt], "blazeface.json", site, name)}
+        _put_variant(variants[nxt], origin_dir / name)
+        version = _sync(config, name)[name]["version"]
+        versions.setdefault(nxt, version)
+        return {"published": version}
 
     report = read_during_updates(
-        servers["collector"],
-        _live_model(servers, name),
-        workdir=servers["root"] / f"chromium-{name}",
-        loads=READER_LOADS,
-        gate=gate,
-        references={version[v]: _reference(servers, v) for v in variants},
-        service_worker=service_worker,
+        servers["collector"], _live_model(servers, name),
+        workdir=servers["root"] / f"chromium-{name}", loads=READER_LOADS, gate=gate,
+        references=_references(servers), service_worker=name.endswith("-sw"),
     )
+    assert versions["A"] != versions["B"]
+    _key_by_version(report, versions)
     assert_whole_versions(report, model=name)
-    loads = report["loads"]
+    ld = report["loads"]
     # The race really happened: every load's manifest was replaced before its shards came.
-    assert [ld["manifestVersions"] for ld in loads] == [
-        [version["A"]], [version["B"]], [version["A"]], [version["B"]]
-    ]
-    assert all(ld["gate"]["published"] != ld["manifestVersions"][0] for ld in loads)
-    if service_worker:
+    assert [x["manifestVersions"] for x in ld] == [[versions[v]] for v in "ABAB"], ld
+    assert all(x["gate"]["published"] != x["manifestVersions"][0] for x in ld)
+    if name.endswith("-sw"):
         assert report["controlled"], "the page was not controlled by sw.js"
         # Loads 2 and 3 got their shards from the worker's cache, by URL.
         assert (report["sw"]["misses"], report["sw"]["hits"]) == (2, 2), report["sw"]
@@ -264,10 +303,10 @@ def test_a_version_changed_in_place_is_caught(servers: Any) -> None:
     """Harness self-check: shards that change under a published version are flagged."""
     name = "in-place"
     site, variants = servers["site"], servers["variants"]
-    version_a = _publish_by_hand(variants["A"], "blazeface.json", site, name)
+    version_a = servers["synced"][name]["version"]
 
     def gate(body: dict[str, Any]) -> dict[str, str]:
-        # What shardsync must never do: rewrite a published version's shard.
+        # What shardsync must never do: change a published version's shard.
         shard = site / name / "versions" / version_a / "blazeface.bin"
         tmp = shard.with_name(".tmp-blazeface.bin")
         shutil.copyfile(variants["B"] / "blazeface.bin", tmp)
@@ -275,13 +314,11 @@ def test_a_version_changed_in_place_is_caught(servers: Any) -> None:
         return {}
 
     report = read_during_updates(
-        servers["collector"],
-        _live_model(servers, name),
-        workdir=servers["root"] / f"chromium-{name}",
-        loads=1,
-        gate=gate,
-        references={version_a: _reference(servers, "A")},
+        servers["collector"], _live_model(servers, name),
+        workdir=servers["root"] / f"chromium-{name}", loads=1, gate=gate,
+        references=_references(servers),
     )
+    _key_by_version(report, {"A": version_a})
     weight = _weight_at(variants["A"] / "blazeface.json", VARIANT_OFFSET)
     with pytest.raises(AssertionError) as info:
         assert_whole_versions(report, model=name)

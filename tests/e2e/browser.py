@@ -482,10 +482,13 @@ def read_during_updates(
     ``{"i": i, "manifestVersions": [...]}`` to ``gate`` (called in the
     collector's thread; the page waits for it, so a test can publish a new
     version exactly there; its return value is kept as the load's ``gate``),
-    then waits ``pause_ms``. ``references`` maps a version to a model spec
-    (``{"kind", "url"}``, e.g. the origin's copy of that version) loaded once
-    after the loop. With ``service_worker`` the page runs under sw.js, which
-    caches shards by URL; the report's ``sw`` then holds its hits and misses.
+    then waits ``pause_ms``. ``references`` maps an id to a model spec
+    (``{"kind", "url"}``, e.g. the origin's copy of one state of the model),
+    loaded once each after the loop; :func:`assert_whole_versions` compares a
+    load of version V with the reference whose ``id`` is V (a caller that
+    learns the versions only during the run renames the ids afterwards). With
+    ``service_worker`` the page runs under sw.js, which caches shards by URL;
+    the report's ``sw`` then holds its hits and misses.
     Returns the report: ``loads`` (each: ``i``, ``ok``, ``error``,
     ``manifestVersions``, ``shardUrls``, ``shardVersions``, ``statuses``,
     ``weights`` name -> sha256, ``gate``), ``references`` (as load_models
