@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -111,18 +111,24 @@ class Notifier:
             return None
         return self._watchdog_usec / 2 / 1_000_000
 
-    async def run_watchdog(self) -> None:
+    async def run_watchdog(self, healthy: Callable[[], bool] | None = None) -> None:
         """Ping the watchdog every :meth:`watchdog_interval` seconds until cancelled.
 
-        Returns at once if systemd asked for no watchdog. Run it in the service's
-        main nursery: it pings only while the trio loop is responsive, which is what
-        the watchdog is there to check.
+        Each ping is sent only if ``healthy()`` (when given) returns True at that
+        moment; the service passes "the scheduler makes progress", and logs what is
+        stuck when it says no. Skipped pings are what make systemd restart the
+        service once ``WatchdogSec`` passes; a later True resumes them.
+
+        Returns at once, without calling ``healthy``, if systemd asked for no
+        watchdog. Run it in the service's main nursery: it also pings only while the
+        trio loop is responsive, which is the other half of what the watchdog checks.
         """
         interval = self.watchdog_interval()
         if interval is None or not self.enabled:
             return
         while True:
-            self.watchdog()
+            if healthy is None or healthy():
+                self.watchdog()
             await trio.sleep(interval)
 
     def send(self, *assignments: str) -> bool:

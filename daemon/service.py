@@ -19,6 +19,19 @@ Decisions beyond DESIGN.md:
   configured. Re-adding it within the grace period keeps it. gc then frees its
   objects.
 * gc runs in the service, a minute after a publish, never during a sync.
+* The watchdog (``WatchdogSec``) is petted only while no sync has been stuck for
+  :data:`STALL_LIMIT` (see :meth:`Scheduler.stalled`), and only while the event loop
+  runs at all.
+* Failing to write an event (disk full) is logged and does not stop the service:
+  the event log reports, the store is the record.
+
+Environment:
+
+``SHARDSYNC_GRACE_SECONDS``
+    The grace period in seconds (default :data:`~shardsync.store.GRACE_SECONDS`,
+    300): how long a version that stopped being current, and a model removed from
+    the config, stay published. A knob for tests, and for an operator who needs
+    disk space back sooner; 0 removes at once.
 """
 
 from __future__ import annotations
@@ -27,13 +40,14 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from shardsync.store import Store
+from shardsync.store import GRACE_SECONDS, Store
 
 from . import __version__
 from .config import Config, load_config
@@ -47,7 +61,7 @@ from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
 from .watch import watch_file
 
-__all__ = ["Service", "run_service"]
+__all__ = ["GRACE_ENV", "STALL_LIMIT", "Service", "grace_from_env", "run_service"]
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +77,41 @@ STALL_LIMIT = 15 * 60.0
 #: Longest long-poll a client may ask of /v1/events.
 MAX_POLL = 300.0
 
+#: The environment variable that overrides the grace period (see the module docstring).
+GRACE_ENV = "SHARDSYNC_GRACE_SECONDS"
+
+
+def grace_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """The grace period from ``$SHARDSYNC_GRACE_SECONDS``, or the store's default.
+
+    Raises :class:`ConfigError` naming the variable if it is not a number >= 0.
+    """
+    raw = (os.environ if environ is None else environ).get(GRACE_ENV, "").strip()
+    if not raw:
+        return GRACE_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{GRACE_ENV} must be a number of seconds >= 0, not {raw!r}")
+    return value
+
 
 def run_service(config_path: Path) -> int:
     """Load the config (ConfigError propagates: exit 2) and run until SIGTERM; exit status."""
     config = load_config(config_path)
-    return trio.run(Service(config).run)
+    return trio.run(Service(config, grace=grace_from_env()).run)
 
 
 class Service:
     """The running service; build it with a loaded config, then ``await run()``."""
 
-    def __init__(self, config: Config, *, notifier: Notifier | None = None) -> None:
+    def __init__(self, config: Config, *, notifier: Notifier | None = None,
+                 grace: float = GRACE_SECONDS) -> None:
         self.config = config
         self.notifier = notifier or Notifier.from_env()
+        self.grace = grace
         self.started = time.time()
         self.config_error: str | None = None
         self.store: Store | None = None
@@ -97,7 +133,8 @@ class Service:
         config = self.config
         tune_for_downloads()
         self.store = await trio.to_thread.run_sync(
-            lambda: Store(config.state_dir, config.site_dir, keep_versions=config.keep_versions))
+            lambda: Store(config.state_dir, config.site_dir, keep_versions=config.keep_versions,
+                          grace=self.grace))
         self.events = EventLog.open(Path(config.state_dir) / "events.jsonl")
         try:
             async with make_client(max_connections=max(8, config.concurrency * 2)) as client:
@@ -123,10 +160,10 @@ class Service:
             for name in set(self.store.versions.names()) - {m.name for m in config.models}:
                 self._schedule_removal(name)
             await nursery.start(self._watch_config)
-            nursery.start_soon(self._watchdog)
+            nursery.start_soon(self.notifier.run_watchdog, self._making_progress)
             nursery.start_soon(self._gc_loop)
-            self.events.append("service-started", version=__version__, pid=os.getpid(),
-                               models=[m.name for m in config.models])
+            self._event("service-started", version=__version__, pid=os.getpid(),
+                        models=[m.name for m in config.models])
             self.notifier.ready()
             self._update_status()
             log.info("shardsync %s running: %d model(s), control socket %s", __version__,
@@ -135,11 +172,20 @@ class Service:
             await self._stop.wait()
             log.info("stopping")
             self.notifier.stopping()
-            self.events.append("service-stopping")
+            self._event("service-stopping")
             nursery.cancel_scope.cancel()
 
     def stop(self) -> None:
+        """Begin shutdown (what SIGTERM does): ``run`` returns soon after."""
         self._stop.set()
+
+    def _event(self, type: str, /, **fields: Any) -> None:
+        """Append to the event log; a failure is logged, never raised into the service."""
+        assert self.events
+        try:
+            self.events.append(type, **fields)
+        except ShardsyncError as exc:
+            log.error("cannot record event %s: %s", type, exc)
 
     async def _signals(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                        ) -> None:
@@ -173,7 +219,7 @@ class Service:
                 except ConfigError as exc:
                     self.config_error = str(exc)
                     log.error("reload (%s) failed, keeping the running config: %s", why, exc)
-                    self.events.append("config-error", error=str(exc))
+                    self._event("config-error", error=str(exc))
                     return str(exc)
                 fixed = [k for k in ("state_dir", "site_dir", "socket")
                          if getattr(new, k) != getattr(self.config, k)]
@@ -196,9 +242,8 @@ class Service:
                     self._schedule_removal(name)
                 log.info("reloaded (%s): added %s, removed %s, changed %s", why,
                          added or "none", removed or "none", changed or "none")
-                self.events.append("config-reloaded", reason=why, added=added,
-                                   removed=removed, changed=changed,
-                                   needs_restart=fixed)
+                self._event("config-reloaded", reason=why, added=added, removed=removed,
+                            changed=changed, needs_restart=fixed)
                 return None
             finally:
                 self.notifier.ready()
@@ -214,16 +259,20 @@ class Service:
         assert self.store and self.events
         with scope:
             await trio.sleep(self.store.grace)
-            await self.gate.enter_gc()
             try:
-                await trio.to_thread.run_sync(self.store.remove_model, name)
+                async with self.gate.collecting():
+                    await trio.to_thread.run_sync(self.store.remove_model, name)
+            except ShardsyncError as exc:
+                log.error("model %s: cannot unpublish it: %s", name, exc)
+                self._event("unpublish-failed", model=name, error=str(exc))
+                return
             finally:
-                await self.gate.leave_gc()
-            self._removals.pop(name, None)
+                if self._removals.get(name) is scope:
+                    del self._removals[name]
             self._stats = None
             self._published.set()  # its objects are now garbage
             log.info("model %s: removed from the config, unpublished", name)
-            self.events.append("model-unpublished", model=name)
+            self._event("model-unpublished", model=name)
 
     # -- results, gc, watchdog -----------------------------------------------------
 
@@ -231,15 +280,15 @@ class Service:
         assert self.events
         name = state.config.name
         if result.error is not None:
-            self.events.append("sync-failed", model=name, error=str(result.error),
-                               file=result.error.file)
+            self._event("sync-failed", model=name, error=str(result.error),
+                        file=result.error.file)
         elif result.changed:
-            self.events.append("published", model=name, version=result.version,
-                               received=result.received)
+            self._event("published", model=name, version=result.version,
+                        received=result.received)
             self._stats = None
             self._published.set()
         else:
-            self.events.append("checked", model=name, version=result.version)
+            self._event("checked", model=name, version=result.version)
         self._update_status()
 
     async def _gc_loop(self) -> None:
@@ -248,43 +297,29 @@ class Service:
             await self._published.wait()
             self._published = trio.Event()
             await trio.sleep(GC_DELAY)
-            await self.gate.enter_gc()
             try:
-                report = await trio.to_thread.run_sync(self.store.gc)
+                async with self.gate.collecting():
+                    report = await trio.to_thread.run_sync(self.store.gc)
             except LockedError as exc:
                 log.warning("gc skipped: %s", exc)
                 continue
-            finally:
-                await self.gate.leave_gc()
+            except ShardsyncError as exc:
+                log.error("gc failed, will try after the next publish: %s", exc)
+                continue
             self._stats = None
             if report.objects_removed:
                 log.info("gc: freed %d bytes in %d object(s)", report.bytes_freed,
                          report.objects_removed)
-                self.events.append("gc", bytes_freed=report.bytes_freed,
-                                   objects_removed=report.objects_removed)
+                self._event("gc", bytes_freed=report.bytes_freed,
+                            objects_removed=report.objects_removed)
 
-    async def _watchdog(self) -> None:
-        interval = self.notifier.watchdog_interval()
-        if not interval:
-            return
-        seen: dict[str, tuple[Any, float]] = {}
-        while True:
-            now = time.monotonic()
-            stalled = []
-            for name, st in (self.scheduler.models.items() if self.scheduler else ()):
-                p = st.progress
-                mark = (p.state, p.received, p.files_done, st.last_check)
-                prev = seen.get(name)
-                if prev is None or prev[0] != mark:
-                    seen[name] = (mark, now)
-                elif p.state not in ("idle", "error") and now - prev[1] > STALL_LIMIT:
-                    stalled.append(name)
-            if stalled:
-                log.error("sync of %s made no progress for %d s; not petting the watchdog",
-                          ", ".join(stalled), STALL_LIMIT)
-            else:
-                self.notifier.watchdog()
-            await trio.sleep(interval)
+    def _making_progress(self) -> bool:
+        """The watchdog's health check: no sync stuck for STALL_LIMIT (logged if one is)."""
+        stalled = self.scheduler.stalled(STALL_LIMIT) if self.scheduler else []
+        if stalled:
+            log.error("sync of %s made no progress for %d s; not petting the watchdog",
+                      ", ".join(stalled), STALL_LIMIT)
+        return not stalled
 
     def _update_status(self) -> None:
         models = self.scheduler.models.values() if self.scheduler else ()
@@ -407,9 +442,11 @@ class Service:
             if st.last_success is not None:
                 m.gauge("shardsync_model_last_success_timestamp_seconds",
                         "Unix time of the model's last successful check", st.last_success, labels)
+            in_flight = st.progress.received if st.progress.state not in ("idle", "error") \
+                else 0  # a sync in progress: its bytes count already, not only at its end
             m.counter("shardsync_model_downloaded_bytes_total",
                       "Body bytes downloaded for the model since the service started",
-                      st.bytes_total, labels)
+                      st.bytes_total + in_flight, labels)
             m.counter("shardsync_model_errors_total",
                       "Failed checks of the model since the service started",
                       st.errors_total, labels)
