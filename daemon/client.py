@@ -154,7 +154,8 @@ def format_status_table(status: Mapping[str, Any], *, now: float | None = None) 
     """Render ``GET /v1/status`` as a header line and an aligned table, newline-terminated.
 
     Times are shown relative to ``now`` (default: the current time): ``5m ago``,
-    ``in 25m``. Missing or null fields show as ``-``, so an older or newer service
+    ``in 25m``. A failed reload (``service.config_error``) gets a line of its own
+    under the header, in full: the operator must fix the file it names. Missing or null fields show as ``-``, so an older or newer service
     still renders.
     """
     now = time.time() if now is None else now
@@ -167,6 +168,9 @@ def format_status_table(status: Mapping[str, Any], *, now: float | None = None) 
     if service.get("config"):
         head.append(f"config {service['config']}")
     lines = [", ".join(head)]
+    if service.get("config_error"):
+        error = " ".join(str(service["config_error"]).split())
+        lines.append(f"config error, still running the previous config: {error}")
     models = status.get("models") or []
     if not models:
         lines.append("no models configured")

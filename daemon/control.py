@@ -35,7 +35,8 @@ The status document (``GET /v1/status``), shared with ``shardsync status``
 
     {
       "service": {"version": "0.1.0", "uptime_s": 5025.3, "config": "/etc/shardsync.toml",
-                  "pid": 4242},
+                  "pid": 4242,
+                  "config_error": null | "...: TOML syntax error ..."},  # last reload failed
       "models": [
         {"name": "bodypix",
          "state": "idle" | "checking" | "downloading" | "publishing" | "error",
