@@ -5,7 +5,8 @@ site_dir (DESIGN.md) relies on caches keying shards by URL. So the web server in
 front of site_dir is part of correctness, not a detail left to the operator:
 
 - a missing file is a real 404 (no SPA fallback, no index page, no listing), so
-  a broken URL fails loudly instead of loading HTML as weights;
+  a broken URL fails loudly instead of loading HTML as weights; so is anything
+  the store is still writing (its ``.tmp-`` names) and any symlink;
 - ``*.json`` is ``application/json``; everything else, including shards without
   an extension (face-api's), is ``application/octet-stream``;
 - the entry-point manifest ``<location><name>/<manifest>`` is ``no-cache`` and
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import os
 import re
+
+from shardsync.store.atomic import TMP_PREFIX
 
 from .errors import ConfigError
 
@@ -154,6 +157,13 @@ def render_nginx_location(
         "}",
         "charset off;",
         *other,
+        "",
+        # The store's temporary names (a version being built, an entry point
+        # about to be renamed into place) are never served, even half-written.
+        f"location ~ /{re.escape(TMP_PREFIX)} {{",
+        *("    " + line for line in _headers("no-cache")),
+        "    return 404;",
+        "}",
         "",
         f"location ~ ^{rx}[^/]+/versions/[^/]+/. {{",
         *("    " + line for line in versioned),

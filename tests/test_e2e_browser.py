@@ -69,6 +69,9 @@ READER_LOADS = 4
 # Seconds one `shardsync sync` may take: about 1 s here, generous for a loaded machine.
 SYNC_TIMEOUT = 120
 
+# Seconds a readers page may take: its loads wait for a sync each (about 5 s in all here).
+READERS_TIMEOUT = 180
+
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the shardsync CLI as a user would, in this interpreter's environment."""
@@ -285,6 +288,7 @@ def test_every_load_during_updates_is_one_version_whole(servers: Any, name: str)
         servers["collector"], _live_model(servers, name),
         workdir=servers["root"] / f"chromium-{name}", loads=READER_LOADS, gate=gate,
         references=_references(servers), service_worker=name.endswith("-sw"),
+        timeout=READERS_TIMEOUT,
     )
     assert versions["A"] != versions["B"]
     _key_by_version(report, versions)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from e2e.webserver import run_nginx
+
 from shardsync.daemon.errors import ConfigError
 from shardsync.daemon.nginx import render_nginx_config, render_nginx_location
 
@@ -35,6 +36,11 @@ def _make_site(root: Path) -> Path:
     # An index page anywhere must never be served in place of a missing file.
     (site / "index.html").write_text("<html>index</html>")
     (site / "face" / "index.html").write_text("<html>index</html>")
+    # Files the store is still writing are never served.
+    (site / "face" / ".tmp-model.json-1-ab").write_text('{"weightsManifest": []}')
+    (site / "face" / "versions" / f".tmp-{V1}").mkdir()
+    (site / "face" / "versions" / f".tmp-{V1}" / "model.json").write_text("{}")
+    (vdir / ".tmp-group1-shard1of1.bin-1-ab").write_bytes(SHARD)
     # Symlinks planted inside site_dir must not be followed.
     secret = root / "secret.txt"
     secret.write_text("outside site_dir")
@@ -124,6 +130,9 @@ def test_versioned_files_are_immutable(base, path: str, ctype: str) -> None:
         "/",
         f"/models/face/versions/{V1}/link-out.bin",  # symlink to a file outside site_dir
         "/models/linked-model/model.json",  # through a symlinked directory
+        "/models/face/.tmp-model.json-1-ab",  # the store's temporary names
+        f"/models/face/versions/.tmp-{V1}/model.json",
+        f"/models/face/versions/{V1}/.tmp-group1-shard1of1.bin-1-ab",
         "/models/face/../../secret.txt",
         "/models/face/%2e%2e/%2e%2e/secret.txt",
     ],

@@ -492,7 +492,7 @@ def read_during_updates(
     Returns the report: ``loads`` (each: ``i``, ``ok``, ``error``,
     ``manifestVersions``, ``shardUrls``, ``shardVersions``, ``statuses``,
     ``weights`` name -> sha256, ``gate``), ``references`` (as load_models
-    gives them, ``id`` = version), ``sw``.
+    gives them, with the ids given), ``sw``.
     """
     refs = [{**r, "id": v} for v, r in (references or {}).items()]
     spec = {"model": model, "loads": loads, "pauseMs": pause_ms, "sw": service_worker,
