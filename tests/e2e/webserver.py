@@ -95,13 +95,6 @@ class NginxServer:
         """``http://127.0.0.1:PORT`` for each port, in the order server_conf got them."""
         return [f"http://127.0.0.1:{p}" for p in self.ports]
 
-    def error_log(self) -> str:
-        """nginx's error log so far (for failure messages)."""
-        try:
-            return (self.dir / "error.log").read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
 
 def _wait_listening(ports: list[int], proc: subprocess.Popen[bytes]) -> bool:
     """True once something accepts on every port; False if nginx exited first."""
@@ -126,10 +119,11 @@ def run_nginx(
 ) -> Iterator[NginxServer]:
     """Run nginx with the server block(s) ``server_conf(*listens)`` returns; stop it on exit.
 
-    ``listens`` are ``ports`` strings ``"127.0.0.1:PORT"``, each a free port; if
-    nginx fails to bind one (another test took it), new ports are tried. ``workdir`` (created) holds
-    nginx.conf, server.conf, the pid file, logs and temp paths. A config nginx
-    rejects raises AssertionError with nginx's own message.
+    ``listens`` are ``ports`` strings ``"127.0.0.1:PORT"``, each a free port;
+    if nginx fails to bind one (another test took it), new ports are tried.
+    ``workdir`` (created) holds nginx.conf, server.conf, the pid file, logs and
+    temp paths. A config nginx rejects raises AssertionError with nginx's own
+    message.
     """
     nginx = find_nginx()
     workdir.mkdir(parents=True, exist_ok=True)
