@@ -190,6 +190,7 @@ class Fetcher:
             headers = _conditional(validators)
             async with self.client.stream("GET", url, headers=headers) as r:
                 if r.status_code == 304 and validators:
+                    await r.aread()  # the (empty) body's end: else the connection is closed
                     return ManifestFetch(None, validators)
                 _check_status(r, url)
                 _refuse_html(r, url)
@@ -254,6 +255,9 @@ class Fetcher:
             headers = _conditional(validators)
         async with self.client.stream("GET", url, headers=headers) as r:
             if r.status_code == 304 and validators and not resume_from:
+                # Read the (empty) body to its end, or httpcore closes the connection
+                # instead of reusing it: a warm check would cost a TCP connect per file.
+                await r.aread()
                 ingest.abort()
                 return Fetched(None, 0, validators, 0)
             if r.status_code == 416 and resume_from:
