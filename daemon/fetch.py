@@ -174,6 +174,25 @@ class _Restart(Exception):
     """The partial was dropped (416, bad Content-Range): ask again at once, from zero."""
 
 
+class _LazyIngest:
+    """The partial download of one URL, opened (and locked) only when first needed."""
+
+    def __init__(self, store: Store, url: str, *, opened: bool) -> None:
+        self.store = store
+        self.url = url
+        self.ingest: Ingest | None = store.open_ingest(url) if opened else None
+
+    def open(self) -> Ingest:
+        if self.ingest is None or self.ingest.closed:
+            self.ingest = self.store.open_ingest(self.url)
+        return self.ingest
+
+
+def _has_partial(store: Store, url: str) -> bool:
+    """Whether a partial download of ``url`` may be on disk (a sidecar names it)."""
+    return any(status.url == url for status in store.ingests())
+
+
 class Fetcher:
     """Downloads through one client (the caller owns it and closes it)."""
 
@@ -222,7 +241,11 @@ class Fetcher:
         weight group's size): a longer body or Content-Length is an IntegrityError
         and the partial is dropped. A cancel or error keeps the partial for resume.
         """
-        ingest = store.open_ingest(url)
+        # Most checks of a file we hold end in a 304: ask without touching the partial
+        # directory (creating, locking and removing an empty partial, and the directory
+        # fsync of that removal, cost more than the request). The partial is opened as
+        # soon as there is a body to keep, or at once if one may be on disk to resume.
+        lazy = _LazyIngest(store, url, opened=not validators or _has_partial(store, url))
         received = 0
 
         def count(n: int) -> None:
@@ -233,24 +256,26 @@ class Fetcher:
 
         try:
             async def once() -> Fetched:
-                return await self._file_once(url, ingest, validators, max_size, count)
+                return await self._file_once(url, lazy, validators, max_size, count)
 
             result = await self._retrying(url, once)
         finally:
-            if not ingest.closed:
+            if lazy.ingest is not None and not lazy.ingest.closed:
                 with trio.CancelScope(shield=True):
-                    ingest.close()  # checkpoint: the next try resumes from here
+                    lazy.ingest.close()  # checkpoint: the next try resumes from here
         return Fetched(result.digest, result.size, result.validators, received)
 
     async def _file_once(
-        self, url: str, ingest: Ingest, validators: Validators | None,
+        self, url: str, lazy: _LazyIngest, validators: Validators | None,
         max_size: int | None, count: Callable[[int], None],
     ) -> Fetched:
-        resume_from = ingest.offset if (ingest.offset and (ingest.etag or ingest.last_modified)) \
+        held = lazy.ingest
+        resume_from = held.offset if (held and held.offset and (held.etag or held.last_modified)) \
             else 0
         if resume_from:
+            assert held is not None
             headers = {"Range": f"bytes={resume_from}-",
-                       "If-Range": ingest.etag or ingest.last_modified or ""}
+                       "If-Range": held.etag or held.last_modified or ""}
         else:
             headers = _conditional(validators)
         async with self.client.stream("GET", url, headers=headers) as r:
@@ -258,14 +283,17 @@ class Fetcher:
                 # Read the (empty) body to its end, or httpcore closes the connection
                 # instead of reusing it: a warm check would cost a TCP connect per file.
                 await r.aread()
-                ingest.abort()
+                if held is not None:
+                    held.abort()
                 return Fetched(None, 0, validators, 0)
             if r.status_code == 416 and resume_from:
-                ingest.start(etag=None, last_modified=None, expected_size=None, offset=0)
+                assert held is not None
+                held.start(etag=None, last_modified=None, expected_size=None, offset=0)
                 raise _Restart
             _check_status(r, url)
             _refuse_html(r, url)
             got = Validators.of(r)
+            ingest = lazy.open()
             if r.status_code == 206 and resume_from:
                 start, total = _content_range(r, url)
                 if start != resume_from:
