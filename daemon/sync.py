@@ -168,7 +168,11 @@ class Syncer:
         previous = store.current(model.name)
         index = self._index()
         known = index.get(model.url)
-        mf = await self.fetcher.manifest(model.url, _validators(known, store))
+        # Under the download limit too: a pass over many models would otherwise queue
+        # every manifest request in httpcore's pool at once, whose bookkeeping grows with
+        # the queue (each answer rescans every waiting request against every connection).
+        async with self.limiter:
+            mf = await self.fetcher.manifest(model.url, _validators(known, store))
         if mf.data is None:
             assert known is not None
             data = await trio.to_thread.run_sync(store.objects.read_verified, known.digest)
