@@ -230,10 +230,11 @@ async def open_syncer(
 # -- nginx as the origin ------------------------------------------------------------------
 
 # One access-log line, tab-separated, unescaped (ETags hold quotes): status, body bytes,
-# URI, and the request's Range / If-Range / If-None-Match ("" when absent).
+# URI, the request's Range / If-Range / If-None-Match ("" when absent), and the serial
+# number of the TCP connection it came on.
 _LOG_FORMAT = ("$status\t$body_bytes_sent\t$request_uri\t$http_range\t$http_if_range\t"
-               "$http_if_none_match")
-_LOG_LINE = re.compile(r"(\d{3})\t(\d+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t([^\t]*)")
+               "$http_if_none_match\t$connection")
+_LOG_LINE = re.compile(r"(\d{3})\t(\d+)\t([^\t]+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(\d+)")
 
 _NGINX_SERVER = """\
 log_format shardsync_sync escape=none '{fmt}';
@@ -258,6 +259,7 @@ class Hit:
     range: str
     if_range: str
     if_none_match: str
+    connection: int
 
 
 @dataclass
@@ -280,7 +282,7 @@ class NginxOrigin:
         for line in self.log.read_text().splitlines():
             m = _LOG_LINE.fullmatch(line)
             assert m, f"unexpected access log line {line!r}"
-            out.append(Hit(int(m[1]), int(m[2]), m[3], m[4], m[5], m[6]))
+            out.append(Hit(int(m[1]), int(m[2]), m[3], m[4], m[5], m[6], int(m[7])))
         return out
 
     def clear(self) -> None:
@@ -294,7 +296,7 @@ def serve_directory(root: Path, workdir: Path) -> Iterator[NginxOrigin]:
     """Run a throwaway nginx on 127.0.0.1 serving ``root`` as a plain origin: nginx's own
     ETag / Last-Modified / Range / If-Range handling and sendfile, JSON typed as such,
     everything else application/octet-stream, and an access log of every request's
-    status, body bytes, Range, If-Range and If-None-Match. ``workdir`` holds nginx's
+    status, body bytes, Range, If-Range, If-None-Match and connection. ``workdir`` holds nginx's
     config, pid, logs and temp files (tests/e2e/webserver.py runs it).
     """
     log = workdir / "origin-access.log"

@@ -71,11 +71,17 @@ async def test_cold_sync_then_warm_resync_with_only_304s(
     assert len(cold) == sum(1 + len(m.shards) for _, m in served.values())
 
     nginx.clear()
-    async with open_syncer(tmp_path) as env:  # a new run: validators come from the store
+    partial = tmp_path / "state" / "partial"
+    before = partial.stat().st_mtime_ns
+    async with open_syncer(tmp_path, concurrency=2) as env:  # validators from the store
         for name, (url, _) in served.items():
             result = await env.syncer.sync(ModelConfig(name, url, 1800.0))
             assert result.ok and not result.changed and result.received == 0, result.error
+    # A check answered 304 touches no partial download (no file made and removed) ...
+    assert partial.stat().st_mtime_ns == before
     warm = nginx.hits()
+    # ... and leaves its connection open for the next: never more than the limit.
+    assert len({h.connection for h in warm}) <= 2, [h.connection for h in warm]
     assert len(warm) == len(cold)
     assert {h.status for h in warm} == {304}
     assert sum(h.body_bytes for h in warm) == 0
