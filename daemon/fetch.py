@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import email.utils
+import functools
 import random
 import re
 import time
@@ -174,17 +175,28 @@ class _Restart(Exception):
     """The partial was dropped (416, bad Content-Range): ask again at once, from zero."""
 
 
+async def _blocking(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Run ``fn`` (file work that may fsync or re-hash a partial) in a worker thread.
+
+    The event loop streams every download at once: an fsync on it (the ingest's
+    sidecar is written with two) stalls them all for milliseconds, hundreds of times
+    in a cold sync. One thread hop per call (~100 µs, PERF.md) costs far less. Not
+    abandoned on cancel: the call finishes, so the partial stays consistent.
+    """
+    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
 class _LazyIngest:
     """The partial download of one URL, opened (and locked) only when first needed."""
 
-    def __init__(self, store: Store, url: str, *, opened: bool) -> None:
+    def __init__(self, store: Store, url: str) -> None:
         self.store = store
         self.url = url
-        self.ingest: Ingest | None = store.open_ingest(url) if opened else None
+        self.ingest: Ingest | None = None
 
-    def open(self) -> Ingest:
+    async def open(self) -> Ingest:
         if self.ingest is None or self.ingest.closed:
-            self.ingest = self.store.open_ingest(self.url)
+            self.ingest = await _blocking(self.store.open_ingest, self.url)
         return self.ingest
 
 
@@ -245,7 +257,9 @@ class Fetcher:
         # directory (creating, locking and removing an empty partial, and the directory
         # fsync of that removal, cost more than the request). The partial is opened as
         # soon as there is a body to keep, or at once if one may be on disk to resume.
-        lazy = _LazyIngest(store, url, opened=not validators or _has_partial(store, url))
+        lazy = _LazyIngest(store, url)
+        if not validators or _has_partial(store, url):
+            await lazy.open()
         received = 0
 
         def count(n: int) -> None:
@@ -262,7 +276,7 @@ class Fetcher:
         finally:
             if lazy.ingest is not None and not lazy.ingest.closed:
                 with trio.CancelScope(shield=True):
-                    lazy.ingest.close()  # checkpoint: the next try resumes from here
+                    await _blocking(lazy.ingest.close)  # checkpoint: the next try resumes
         return Fetched(result.digest, result.size, result.validators, received)
 
     async def _file_once(
@@ -284,33 +298,35 @@ class Fetcher:
                 # instead of reusing it: a warm check would cost a TCP connect per file.
                 await r.aread()
                 if held is not None:
-                    held.abort()
+                    await _blocking(held.abort)
                 return Fetched(None, 0, validators, 0)
             if r.status_code == 416 and resume_from:
                 assert held is not None
-                held.start(etag=None, last_modified=None, expected_size=None, offset=0)
+                await _blocking(held.start, etag=None, last_modified=None, expected_size=None,
+                                offset=0)
                 raise _Restart
             _check_status(r, url)
             _refuse_html(r, url)
             got = Validators.of(r)
-            ingest = lazy.open()
+            ingest = await lazy.open()
             if r.status_code == 206 and resume_from:
                 start, total = _content_range(r, url)
                 if start != resume_from:
-                    ingest.start(etag=None, last_modified=None, expected_size=None, offset=0)
+                    await _blocking(ingest.start, etag=None, last_modified=None,
+                                    expected_size=None, offset=0)
                     raise _Restart
-                ingest.start(etag=got.etag or ingest.etag,
-                             last_modified=got.last_modified or ingest.last_modified,
-                             expected_size=total, offset=resume_from)
+                await _blocking(ingest.start, etag=got.etag or ingest.etag,
+                                last_modified=got.last_modified or ingest.last_modified,
+                                expected_size=total, offset=resume_from)
             elif r.status_code == 200:
                 total = _content_length(r)
-                ingest.start(etag=got.etag, last_modified=got.last_modified,
-                             expected_size=total, offset=0)
+                await _blocking(ingest.start, etag=got.etag, last_modified=got.last_modified,
+                                expected_size=total, offset=0)
             else:
                 raise UpstreamError(f"unexpected HTTP status {r.status_code}",
                                     status=r.status_code, file=url)
             if total is not None and max_size is not None and total > max_size:
-                ingest.abort()
+                await _blocking(ingest.abort)
                 raise IntegrityError("file is larger than its weight group",
                                      file=url, expected=f"at most {max_size}", actual=total)
             cap = total if total is not None else max_size
@@ -334,7 +350,7 @@ class Fetcher:
             n = len(chunk)
             count(n)
             if cap is not None and ingest.offset > cap:
-                ingest.abort()
+                await _blocking(ingest.abort)
                 raise IntegrityError("body is longer than the file can be (endless body?)",
                                      file=url, expected=f"at most {cap}",
                                      actual=f"more than {cap}")
