@@ -1,0 +1,282 @@
+"""Benchmarks of `shardsync sync` against nginx on loopback, each beside its reference.
+
+What issue 3 asks to measure, in one run on one machine (PERF.md: the machine is
+shared and noisy, so only figures taken in the same run are compared):
+
+* cold sync of a model set (default 1 GiB in 4 MiB shards) by ``shardsync sync`` vs
+  one ``curl`` process fetching the same files over one reused connection, plus
+  ``sha256sum`` of them (what shardsync does: download and verify). Goal: >= 0.8x.
+* warm re-sync with nothing changed, 100 models x 10 shards: wall time of the whole
+  ``shardsync sync`` process (goal < 1 s) and the body bytes nginx logged (goal 0).
+* peak RSS of ``shardsync sync`` (goal < 60 MB whatever the model size), read from
+  ``wait4(2)`` of that one child.
+
+``shardsync`` runs as a subprocess with this interpreter, as an operator runs it.
+Everything lives in a temporary directory (``--workdir`` chooses its parent), removed
+at the end. Run ``python bench/sync_bench.py --help`` for the knobs; the defaults are
+the issue's sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nginx import NginxOrigin, serve_directory  # bench/nginx.py: makes tests/ importable
+from storehelpers import write_model
+from synchelpers import cli_command, tfjs_model, write_config
+
+from shardsync.daemon.samples import CONVERTER_SHARD_SIZE, make_big_model
+
+__all__ = ["main"]
+
+MiB = 1024 * 1024
+MB = 1_000_000  # rates in MB/s, as PERF.md gives them
+
+#: Goals from issue 3.
+GOAL_RATIO = 0.8
+GOAL_WARM_SECONDS = 1.0
+GOAL_RSS_MB = 60.0
+
+
+@dataclass
+class Measured:
+    """One child process: wall seconds, exit status, peak RSS (MB) and its output files."""
+
+    seconds: float
+    status: int
+    maxrss_mb: float
+    stdout: Path
+    stderr: Path
+
+    def check(self, what: str) -> None:
+        if self.status != 0:
+            raise SystemExit(f"{what} failed with status {self.status}:\n"
+                             f"{self.stderr.read_text(errors='replace')[-4000:]}")
+
+
+def run_measured(argv: Sequence[str], out_dir: Path, tag: str) -> Measured:
+    """Run ``argv`` to the end; time it and read its own rusage with wait4(2).
+
+    (RUSAGE_CHILDREN would mix in every child waited for so far: curl, sha256sum.)
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stdout, stderr = out_dir / f"{tag}.out", out_dir / f"{tag}.err"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_OPEN, 1, str(stdout), flags, 0o644),
+               (os.POSIX_SPAWN_OPEN, 2, str(stderr), flags, 0o644)]
+    exe = shutil.which(argv[0]) or argv[0]
+    start = time.perf_counter()
+    pid = os.posix_spawn(exe, list(argv), os.environ, file_actions=actions)
+    _, wstatus, usage = os.wait4(pid, 0)
+    seconds = time.perf_counter() - start
+    return Measured(seconds, os.waitstatus_to_exitcode(wstatus), usage.ru_maxrss * 1024 / MB,
+                    stdout, stderr)
+
+
+# -- the data --------------------------------------------------------------------------
+
+
+def make_cold_set(root: Path, total: int, shard: int, models: int) -> list[str]:
+    """``models`` layers-models of ``total / models`` bytes each in ``shard``-byte shards
+    (samples.make_big_model); returns their manifests' paths relative to ``root``."""
+    out = []
+    for i in range(models):
+        sample = make_big_model(root, total // models, shard_size=shard, seed=1000 + i,
+                                name=f"cold{i}")
+        out.append(sample.manifest)
+    return out
+
+
+def make_warm_set(root: Path, models: int, shards: int, shard_size: int) -> list[str]:
+    """``models`` graph-models of ``shards`` distinct random shards each (nothing dedupes
+    by accident); returns their manifests' paths relative to ``root``."""
+    rng = random.Random(7)
+    out = []
+    for i in range(models):
+        group = {f"group1-shard{k}of{shards}.bin": rng.randbytes(shard_size)
+                 for k in range(1, shards + 1)}
+        write_model(root / f"warm{i}", tfjs_model("graph-model", [group], tag=i))
+        out.append(f"warm{i}/model.json")
+    return out
+
+
+def files_of(root: Path, manifests: list[str]) -> list[str]:
+    """Every file of the models (manifest first, then its shards), relative to ``root``."""
+    out = []
+    for rel in manifests:
+        doc = json.loads((root / rel).read_bytes())
+        base = rel.rpartition("/")[0]
+        groups = doc if isinstance(doc, list) else doc["weightsManifest"]
+        out.append(rel)
+        out += [f"{base}/{p}" for g in groups for p in g["paths"]]
+    return out
+
+
+# -- the runs ----------------------------------------------------------------------------
+
+
+def run_sync(work: Path, nginx: NginxOrigin, manifests: list[str], tag: str,
+             fresh: bool) -> tuple[Measured, dict]:
+    """``shardsync sync --json`` of every model in ``manifests``; (measure, JSON)."""
+    conf_dir = work / "sync"
+    if fresh and conf_dir.exists():
+        shutil.rmtree(conf_dir)
+    models = {rel.partition("/")[0]: nginx.url_for(rel) for rel in manifests}
+    config = write_config(conf_dir, models)
+    m = run_measured(cli_command("sync", "-c", config, "--json"), work / "logs", tag)
+    m.check(f"shardsync sync ({tag})")
+    doc = json.loads(m.stdout.read_text())
+    bad = [r for r in doc["models"] if not r["ok"]]
+    if bad:
+        raise SystemExit(f"shardsync sync ({tag}): models failed: {bad}")
+    return m, doc
+
+
+def run_curl(work: Path, nginx: NginxOrigin, files: list[str]) -> tuple[Measured, Measured]:
+    """One curl process fetching every file over one reused connection, then sha256sum."""
+    out = work / "curl"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cfg = work / "curl.cfg"
+    cfg.write_text("".join(f'url = "{nginx.url_for(f)}"\noutput = "{out / str(i)}"\n'
+                           for i, f in enumerate(files)))
+    curl = run_measured(["curl", "-s", "-f", "-K", str(cfg)], work / "logs", "curl")
+    curl.check("curl")
+    sha = run_measured(["sha256sum", *(str(out / str(i)) for i in range(len(files)))],
+                       work / "logs", "sha256sum")
+    sha.check("sha256sum")
+    return curl, sha
+
+
+def bench_cold(work: Path, nginx: NginxOrigin, manifests: list[str], total: int,
+               repeat: int) -> dict:
+    files = files_of(nginx.root, manifests)
+    refs, syncs, rss, body = [], [], [], []
+    curl_t, sha_t = [], []
+    for i in range(repeat):
+        curl, sha = run_curl(work, nginx, files)
+        got = sum((work / "curl" / str(k)).stat().st_size for k in range(len(files)))
+        assert got == total, f"curl wrote {got} bytes, expected {total}"
+        shutil.rmtree(work / "curl")
+        curl_t.append(curl.seconds)
+        sha_t.append(sha.seconds)
+        refs.append(curl.seconds + sha.seconds)
+        nginx.clear()
+        m, _ = run_sync(work, nginx, manifests, f"cold{i}", fresh=True)
+        syncs.append(m.seconds)
+        rss.append(m.maxrss_mb)
+        body.append(sum(h.body_bytes for h in nginx.hits()))
+    shutil.rmtree(work / "sync")
+    return {"files": len(files), "ref": statistics.median(refs), "sync": statistics.median(syncs),
+            "curl": statistics.median(curl_t), "sha256sum": statistics.median(sha_t),
+            "rss": max(rss), "body": body}
+
+
+def bench_warm(work: Path, nginx: NginxOrigin, manifests: list[str], repeat: int) -> dict:
+    cold, _ = run_sync(work, nginx, manifests, "warm-first", fresh=True)
+    times, rss, bodies, statuses, requests = [], [], [], set(), []
+    for i in range(repeat):
+        nginx.clear()
+        m, doc = run_sync(work, nginx, manifests, f"warm{i}", fresh=False)
+        assert not any(r["changed"] for r in doc["models"]), "a warm re-sync changed a model"
+        hits = nginx.hits()
+        times.append(m.seconds)
+        rss.append(m.maxrss_mb)
+        bodies.append(sum(h.body_bytes for h in hits))
+        statuses |= {h.status for h in hits}
+        requests.append(len(hits))
+    return {"first": cold.seconds, "seconds": statistics.median(times), "rss": max(rss),
+            "body": max(bodies), "statuses": sorted(statuses), "requests": max(requests)}
+
+
+def startup_seconds(work: Path) -> float:
+    """What starting ``shardsync`` costs before any work (``shardsync --version``)."""
+    return min(run_measured(cli_command("--version"), work / "logs", "version").seconds
+               for _ in range(3))
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--total-mib", type=int, default=1024,
+                   help="cold sync: size of the model set (default %(default)s)")
+    p.add_argument("--shard-mib", type=int, default=CONVERTER_SHARD_SIZE // MiB,
+                   help="cold sync: shard size (default %(default)s, the converter's)")
+    p.add_argument("--models", type=int, default=4,
+                   help="cold sync: models the set is split into (default %(default)s)")
+    p.add_argument("--warm-models", type=int, default=100, help="default %(default)s")
+    p.add_argument("--warm-shards", type=int, default=10, help="per model, default %(default)s")
+    p.add_argument("--warm-shard-kib", type=int, default=16, help="default %(default)s")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each measurement; medians are printed (default %(default)s)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="parent of the temporary directory (default: the system's)")
+    p.add_argument("--skip-cold", action="store_true", help="only the warm re-sync")
+    args = p.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="shardsync-bench-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        root = work / "origin"
+        t = time.perf_counter()
+        cold_set = [] if args.skip_cold else make_cold_set(
+            root, args.total_mib * MiB, args.shard_mib * MiB, args.models)
+        warm_set = make_warm_set(root, args.warm_models, args.warm_shards,
+                                 args.warm_shard_kib * 1024)
+        print(f"# data written in {time.perf_counter() - t:.1f} s under {work}", flush=True)
+        with serve_directory(root, work / "nginx") as nginx:
+            startup = startup_seconds(work)
+            cold = None
+            if cold_set:
+                total = sum((root / f).stat().st_size for f in files_of(root, cold_set))
+                cold = bench_cold(work, nginx, cold_set, total, args.repeat)
+            warm = bench_warm(work, nginx, warm_set, args.repeat)
+
+    print(f"shardsync sync benchmarks (nginx on loopback, {os.cpu_count()} CPUs, "
+          f"{f'median of {args.repeat} runs' if args.repeat > 1 else 'one run'})")
+    print(f"  process start (shardsync --version): {startup:.2f} s")
+    if cold is not None:
+        ref_rate, sync_rate = total / cold["ref"] / MB, total / cold["sync"] / MB
+        curl_rate = total / cold["curl"] / MB
+        print(f"cold sync: {total / MiB:.0f} MiB, {cold['files']} files "
+              f"({args.models} models, {args.shard_mib} MiB shards)")
+        print(f"  curl (one connection) + sha256sum: {cold['ref']:6.2f} s  {ref_rate:6.0f} MB/s"
+              f"   (curl alone {cold['curl']:.2f} s = {curl_rate:.0f} MB/s, "
+              f"sha256sum {cold['sha256sum']:.2f} s)")
+        print(f"  shardsync sync:                    {cold['sync']:6.2f} s  {sync_rate:6.0f} MB/s")
+        ratio = sync_rate / ref_rate
+        print(f"  ratio shardsync / reference: {ratio:.2f}   (goal >= {GOAL_RATIO})  "
+              f"{'ok' if ratio >= GOAL_RATIO else 'MISSED'}")
+        print(f"  ratio shardsync / curl alone: {sync_rate / curl_rate:.2f}")
+        print(f"  body bytes nginx sent to the sync: {max(cold['body'])} "
+              f"(the set is {total})")
+    print(f"warm re-sync: {args.warm_models} models x {args.warm_shards} shards, nothing changed")
+    print(f"  wall time: {warm['seconds']:.2f} s   (goal < {GOAL_WARM_SECONDS} s)  "
+          f"{'ok' if warm['seconds'] < GOAL_WARM_SECONDS else 'MISSED'}"
+          f"   (its first, cold, sync: {warm['first']:.2f} s)")
+    print(f"  requests: {warm['requests']}, statuses {warm['statuses']}, "
+          f"body bytes: {warm['body']}   (goal 0)  {'ok' if warm['body'] == 0 else 'MISSED'}")
+    peak = max(warm["rss"], cold["rss"] if cold else 0.0)
+    print("peak RSS of shardsync sync: "
+          + (f"cold {cold['rss']:.1f} MB, " if cold else "")
+          + f"warm {warm['rss']:.1f} MB   (goal < {GOAL_RSS_MB:.0f} MB)  "
+          f"{'ok' if peak < GOAL_RSS_MB else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
