@@ -380,3 +380,13 @@ async def test_redirects_are_followed_and_the_partial_keeps_the_canonical_url(
     last = origin.requests("cdn/blob.bin")[-1]
     assert last.target.endswith("sig=2") and last.headers["range"] == "bytes=300000-"
     assert origin.bytes_sent("cdn/blob.bin") == len(DATA)
+
+
+async def test_a_redirect_loop_is_an_upstream_error(origin: Origin, tmp_path: Path) -> None:
+    origin.redirect("a.bin", origin.url_for("b.bin"))
+    origin.redirect("b.bin", origin.url_for("a.bin"))
+    async with fetcher(tmp_path) as (f, store):
+        with pytest.raises(UpstreamError, match="too many redirects") as info:
+            await f.file(origin.url_for("a.bin"), store)
+        assert store.ingests() == []
+    assert info.value.file == origin.url_for("a.bin")

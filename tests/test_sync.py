@@ -324,6 +324,29 @@ async def test_a_shard_changed_under_an_unchanged_manifest_is_published(
     assert len(set(seen)) == 3
 
 
+async def test_a_file_restamped_without_change_is_no_new_version(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # An origin without ETags whose files get a new date (a redeploy) but the same bytes.
+    origin.send_etag = False
+    model = small_model()
+    url = publish_on(origin, "m", model)
+    shard = "group2-shard1of1.bin"
+    async with open_syncer(tmp_path) as env:
+        first = await sync(env, "m1", url)
+        later = (origin.root / "m" / shard).stat().st_mtime + 10  # type: ignore[operator]
+        origin.set_file(f"m/{shard}", model.shards[shard], mtime=later)  # same bytes
+        restamped = await sync(env, "m1", url)
+        assert restamped.ok and not restamped.changed and restamped.version == first.version
+        assert restamped.files_fetched == 1
+        origin.reset_counters()
+        # The new date was recorded: the next check is a 304 again.
+        again = await sync(env, "m1", url)
+        assert again.ok and not again.changed and again.received == 0
+        assert versions_on_disk(env, "m1") == [first.version]
+    assert {e.status for e in origin.requests()} == {304}
+
+
 # -- resume ------------------------------------------------------------------------------------
 
 
@@ -485,6 +508,18 @@ FAILURES = {
     "short-shard": (lambda o: o.set_file(f"m/{SHARD_A}", b"\0" * 8188), FAST, IntegrityError,
                     ["weight group 1"]),
 }
+
+
+async def test_several_failed_files_are_counted_in_one_error(
+    origin: Origin, tmp_path: Path, v1
+) -> None:
+    url, _, version1, _ = v1
+    origin.remove_file(f"m/{SHARD_A}")
+    origin.remove_file("m/group2-shard1of1.bin")
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", url)
+    assert result.version == version1
+    assert "404" in str(result.error) and "(and 1 more file(s) failed)" in str(result.error)
 
 
 @pytest.mark.parametrize("case", FAILURES)
