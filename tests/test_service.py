@@ -291,42 +291,53 @@ def test_a_removed_model_stops_and_is_unpublished_after_the_grace_period(
     origin: Origin, tmp_path: Path, sockets: Path, notify: NotifySocket
 ) -> None:
     grace = 2.0
-    a, b = small("a", 1), small("b", 3)
-    urls = {"a": publish_on(origin, "a", a), "b": publish_on(origin, "b", b)}
+    a, b, c = small("a", 1), small("b", 3), small("c", 5)
+    urls = {n: publish_on(origin, n, m) for n, m in (("a", a), ("b", b), ("c", c))}
     conf = tmp_path / "conf"
     sock = str(sockets / "ctl.sock")
     config = write_config(conf, urls, socket=sock)
     with service(config, tmp_path, notify, **{GRACE_ENV: str(grace)}) as svc:
         svc.start()
-        svc.wait_event("published", model="a")
-        svc.wait_event("published", model="b")
+        for name in urls:
+            svc.wait_event("published", model=name)
+
+        # c is removed and re-added at once: its pending removal is called off.
+        cursor = svc.last_event_id()
+        edit_config(config, {"a": urls["a"], "b": urls["b"]}, socket=sock)
+        assert svc.wait_event("config-reloaded", since=cursor)["removed"] == ["c"]
+        cursor = svc.last_event_id()
+        edit_config(config, urls, socket=sock)
+        assert svc.wait_event("config-reloaded", since=cursor)["added"] == ["c"]
+
         # b gets a new version, dripped so slowly that the download is still running...
-        b2 = small("b", 9)
-        publish_on(origin, "b", b2)
+        publish_on(origin, "b", small("b", 9))
         origin.fault_drip("b/*.bin", chunk=512, interval=0.2)
         svc.client.post("/v1/models/b/sync")
         svc.wait_status(lambda s: by_name(s, "b")["state"] == "downloading", "b downloading")
 
         # ... when b is removed from the config: it stops at once...
         cursor = svc.last_event_id()
-        edit_config(config, {"a": urls["a"]}, socket=sock)
+        edit_config(config, {"a": urls["a"], "c": urls["c"]}, socket=sock)
         reloaded = svc.wait_event("config-reloaded", since=cursor)
         asked = len(origin.requests("b/*"))
         assert reloaded["removed"] == ["b"]
-        assert [m["name"] for m in svc.status()["models"]] == ["a"]
+        assert [m["name"] for m in svc.status()["models"]] == ["a", "c"]
         with pytest.raises(NotFoundError):
             svc.client.get("/v1/models/b")
-        assert_published(conf / "site", "b", b)  # still served during the grace period
 
-        # ... and its site directory goes after the grace period.
+        # ... and its site directory goes after the grace period (served until then).
         gone = svc.wait_event("model-unpublished", model="b", since=cursor)
         assert gone["time"] - reloaded["time"] >= grace - 0.01
         assert not (conf / "site" / "b").exists()
         assert not (conf / "state" / "refs" / "b").exists()
-        assert_published(conf / "site", "a", a)
         assert len(origin.requests("b/*")) == asked  # nothing asked for b since removal
-        assert not any(e["model"] == "b" and e["type"] == "published"
-                       for e in svc.events_since(cursor))
+        events = svc.events_since(0)
+        assert not any(e["model"] == "b" and e["type"] == "published" and e["id"] > cursor
+                       for e in events)
+        # c's removal, due a grace period after its own (earlier) removal, never came.
+        assert not any(e["type"] == "model-unpublished" and e["model"] == "c" for e in events)
+        assert_published(conf / "site", "a", a)
+        assert_published(conf / "site", "c", c)
         assert svc.stop(STOP_WITHIN) == 0
 
 
