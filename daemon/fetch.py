@@ -105,6 +105,11 @@ class FetchPolicy:
     rate_window: float = 60.0
     #: A manifest larger than this is refused (real model.json files are < 10 MB).
     max_manifest_bytes: int = 64 * 1024 * 1024
+    #: All tries of one file together, waits included: ends this sync's try of a file
+    #: that would otherwise hold a download slot for hours. The partial stays, so a huge
+    #: file on a slow link still completes over several tries (an hour moves ~450 MB at
+    #: 1 Mbit/s).
+    file_deadline: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -369,6 +374,14 @@ class Fetcher:
     # -- retries -------------------------------------------------------------------
 
     async def _retrying(self, url: str, once: Callable[[], Awaitable[T]]) -> T:
+        """Run ``once`` with retries, within ``file_deadline`` (FetchTimeoutError after)."""
+        deadline = self.policy.file_deadline
+        with trio.move_on_after(deadline):
+            return await self._retry_loop(url, once)
+        raise FetchTimeoutError(f"not done within the per-file deadline ({deadline:g} s)",
+                                file=url)
+
+    async def _retry_loop(self, url: str, once: Callable[[], Awaitable[T]]) -> T:
         """Run ``once`` with retries; translate httpx errors (the one place that does)."""
         policy = self.policy
         attempt = restarts = 0

@@ -273,6 +273,22 @@ async def test_a_drip_below_min_rate_fails_and_is_not_retried(
     assert len(origin.requests()) == 1
 
 
+async def test_the_per_file_deadline_ends_the_try_and_keeps_the_partial(
+    origin: Origin, tmp_path: Path
+) -> None:
+    url = serve(origin)
+    # ~1.3 MB/s: far above min_rate, but 1 MiB takes ~0.8 s, past a 0.3 s deadline.
+    origin.fault_drip(PATH, chunk=64 * 1024, interval=0.05)
+    policy = FetchPolicy(attempts=3, backoff_base=0.005, min_rate=0, file_deadline=0.3)
+    async with fetcher(tmp_path, policy) as (f, store):
+        with pytest.raises(FetchTimeoutError, match="deadline") as info:
+            await f.file(url, store)
+        (partial,) = store.ingests()
+        assert 0 < partial.durable < len(DATA)
+    assert info.value.file == url
+    assert len(origin.requests()) == 1
+
+
 async def test_a_silent_origin_times_out(origin: Origin, tmp_path: Path) -> None:
     url = serve(origin)
     origin.fault_drip(PATH, chunk=1, interval=10)
