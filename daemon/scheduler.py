@@ -192,23 +192,29 @@ class Scheduler:
         return names
 
     def stalled(self, limit: float) -> list[str]:
-        """Names of models whose sync has not moved for more than ``limit`` seconds.
+        """The busy models, if none of them has moved for more than ``limit`` seconds.
 
-        Moving means a change of state, of bytes received, of files done, or a new
-        check. Idle and failed models never count: waiting for the next check is not
-        a stall. Progress is sampled when this is called (the watchdog calls it every
-        few seconds), so a stall is seen at most one call late.
+        Busy means checking, downloading or publishing; moving means a change of
+        state, of bytes received, of files done, or a new check. One busy model that
+        moves is enough to say the scheduler makes progress: a model whose files wait
+        for a download slot that others hold (``concurrency``) is waiting its turn, not
+        stuck. Idle and failed models never count: waiting for the next check is not a
+        stall. Progress is sampled when this is called (the watchdog calls it every
+        few seconds), so a stall is seen at most one call late. Returns [] when the
+        scheduler makes progress.
         """
         now = trio.current_time()
-        out = []
+        busy = []
         for name, st in self.models.items():
             p = st.progress
             mark = (p.state, p.received, p.files_done, st.last_check)
             if mark != st.progress_mark:
                 st.progress_mark, st.progress_since = mark, now
-            elif p.state not in ("idle", "error") and now - st.progress_since > limit:
-                out.append(name)
-        return out
+            if p.state not in ("idle", "error"):
+                busy.append((name, now - st.progress_since))
+        if busy and all(still > limit for _, still in busy):
+            return [name for name, _ in busy]
+        return []
 
     async def _loop(self, state: ModelState) -> None:
         name = state.config.name
