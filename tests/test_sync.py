@@ -24,7 +24,14 @@ from pathlib import Path
 
 import pytest
 import trio
-from storehelpers import assert_store_ok, object_files, sha256, tree_snapshot, write_model
+from storehelpers import (
+    ModelFiles,
+    assert_store_ok,
+    object_files,
+    sha256,
+    tree_snapshot,
+    write_model,
+)
 from synchelpers import (
     FAST,
     SyncEnv,
@@ -191,7 +198,7 @@ def two_models_sharing_shards(origin: Origin) -> tuple[str, str, dict[str, bytes
     b = tfjs_model("layers-model", [dict(list(a.shards.items())[:2]),
                                     {"group2-shard1of1.bin": a.shards["group2-shard1of1.bin"]}],
                    tag="b", manifest_name="b.json")
-    a = type(a)("a.json", a.manifest, a.shards)
+    a = ModelFiles("a.json", a.manifest, a.shards)
     return publish_on(origin, "shared", a), publish_on(origin, "shared", b), a.shards
 
 
@@ -308,7 +315,7 @@ async def test_a_shard_changed_under_an_unchanged_manifest_is_published(
         for i in (1, 2):
             new = bytes([i]) * len(model.shards[shard])
             origin.set_file(f"m/{shard}", new)
-            model = type(model)(model.manifest_name, model.manifest, {**model.shards, shard: new})
+            model = ModelFiles(model.manifest_name, model.manifest, {**model.shards, shard: new})
             origin.reset_counters()
             result = await sync(env, "m1", url)
             assert result.ok and result.changed, result.error
