@@ -22,6 +22,7 @@ for the next try, and the result carries an error naming the model, file and rea
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator
@@ -240,7 +241,7 @@ class Syncer:
         while (other := self._inflight.get(url)) is not None:
             await other.done.wait()  # another model fetches the same URL right now
             if other.error is not None:
-                raise other.error
+                raise _own_copy(other.error)  # ours to name our model in
             if other.entry is not None:
                 return _Answer(other.entry, False, 0)
             # its sync was cancelled (model removed, shutdown): fetch it ourselves
@@ -254,7 +255,9 @@ class Syncer:
             self._index()[url] = answer.entry
             return answer
         except ShardsyncError as exc:
-            flight.error = exc
+            # A copy, taken before our caller names our model in it: each waiting model
+            # gets its own, so an error never says another model's name.
+            flight.error = _own_copy(exc)
             raise
         finally:
             del self._inflight[url]
@@ -311,6 +314,13 @@ def _validators(known: FileEntry | None, store: Store) -> Validators | None:
         return None
     v = Validators(known.meta.get("etag"), known.meta.get("last_modified"))
     return v or None
+
+
+def _own_copy(exc: ShardsyncError) -> ShardsyncError:
+    """A copy of ``exc`` (attributes and cause) that its holder may fill in alone."""
+    dup = copy.copy(exc)
+    dup.__cause__ = exc.__cause__
+    return dup
 
 
 def _metas(version: Version) -> list[Any]:
