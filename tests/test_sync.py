@@ -263,6 +263,28 @@ async def test_a_shard_fetched_by_a_model_still_syncing_is_not_fetched_again(
     assert origin.bytes_sent("shared/s[12].bin") == sum(len(x) for x in shared.values())
 
 
+async def test_a_shared_shard_failing_names_each_model_in_its_own_error(
+    origin: Origin, tmp_path: Path
+) -> None:
+    url_a, url_b, _ = two_models_sharing_shards(origin)
+    origin.remove_file("shared/group1-shard1of2.bin")
+    async with open_syncer(tmp_path) as env:
+        results = {}
+
+        async def run(name: str, url: str) -> None:
+            results[name] = await sync(env, name, url)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "a", url_a)
+            nursery.start_soon(run, "b", url_b)
+    assert len(origin.requests("shared/group1-shard1of2.bin")) == 1  # asked once for both
+    for name in "ab":
+        err = results[name].error
+        assert err is not None and err.model == name, (name, str(err))
+        assert str(err).startswith(f"model {name}: file ") and "404" in str(err)
+    assert results["a"].error is not results["b"].error
+
+
 async def test_equal_bytes_under_two_urls_are_one_object(origin: Origin, tmp_path: Path) -> None:
     one = small_model(tag="one", seed=5)
     two = small_model(tag="two", seed=5)  # same shards, another manifest, another directory
