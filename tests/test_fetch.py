@@ -143,6 +143,20 @@ async def test_resume_uses_the_date_when_there_is_no_etag(origin: Origin, tmp_pa
     assert retry.status == 206
 
 
+async def test_without_validators_a_partial_is_never_resumed(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # Nothing proves the bytes held are the same file's: start over, never append.
+    origin.send_etag = origin.send_last_modified = False
+    url = serve(origin)
+    origin.fault_drop(PATH, after=300_000, times=1)
+    async with fetcher(tmp_path) as (f, store):
+        got = await f.file(url, store)
+    assert got.digest == sha256(DATA) and stored(tmp_path, got.digest) == DATA
+    first, retry = origin.requests()
+    assert "range" not in retry.headers and retry.status == 200
+
+
 async def test_a_cancel_keeps_the_partial_and_the_next_try_resumes(
     origin: Origin, tmp_path: Path
 ) -> None:
