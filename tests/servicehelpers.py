@@ -13,11 +13,13 @@ tail, so a failure says what the service was doing.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -78,6 +80,18 @@ def replace_text(config: Path, text: str) -> None:
     tmp = config.with_name(f".{config.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, config)
+
+
+# Run by the interpreter that then execs the service (same pid): the passed socket
+# becomes fd 3, and LISTEN_PID names the pid the service will have.
+_ACTIVATE = """\
+import os, sys
+fd = int(sys.argv[1])
+os.dup2(fd, 3)
+os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
 
 
 class NotifySocket:
@@ -153,15 +167,20 @@ class NotifySocket:
 class ServiceProcess:
     """``shardsync run -c config`` in a subprocess (see the module docstring).
 
-    ``env`` adds to a minimal environment (PATH, HOME, the interpreter's); ``notify``
-    sets ``NOTIFY_SOCKET``. The log goes to ``log_path``. Use as a context manager:
+    ``env`` adds to a minimal environment (PATH, HOME, LANG, TMPDIR); ``notify`` sets
+    ``NOTIFY_SOCKET``; ``listen`` is passed as systemd passes a socket (fd 3,
+    ``LISTEN_FDS``, ``LISTEN_PID``). The log goes to ``log_path``. Use as a context manager:
     on exit a process still running is killed.
     """
 
     def __init__(self, config: Path, log_path: Path, *, notify: NotifySocket | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 listen: socket.socket | None = None) -> None:
         self.config = config
         self.socket = str(load_config(config).socket)
+        if listen is not None:  # socket activation: the client connects to that socket
+            self.socket = listen.getsockname()
+        self.listen = listen
         self.log_path = log_path
         self.notify = notify
         self.extra_env = dict(env or {})
@@ -176,9 +195,21 @@ class ServiceProcess:
         env.update(self.extra_env)
         if self.notify is not None:
             env["NOTIFY_SOCKET"] = str(self.notify.path)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cli_command("run", "-c", self.config), env=env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        argv = cli_command("run", "-c", self.config)
+        pass_fds: tuple[int, ...] = ()
+        if self.listen is not None:
+            # As systemd passes a socket: the listening socket as fd 3, LISTEN_FDS=1 and
+            # LISTEN_PID naming the service's own pid (the shell's, kept across exec).
+            fd = fcntl.fcntl(self.listen.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+            pass_fds = (fd,)
+            argv = [sys.executable, "-c", _ACTIVATE, str(fd), *argv[1:]]
+        try:
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                             stdout=log, stderr=log, pass_fds=pass_fds)
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
         if wait_ready:
             assert self.notify is not None
             self.notify.wait_for("READY", "1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -71,9 +72,10 @@ def small(tag: str, fill: int, size: int = 8192) -> ModelFiles:
                       tag=tag)
 
 
-def service(config: Path, tmp_path: Path, notify: NotifySocket | None = None,
-            **env: str) -> ServiceProcess:
-    return ServiceProcess(config, tmp_path / "service.log", notify=notify, env=env)
+def service(config: Path, tmp_path: Path, notify: NotifySocket | None = None, *,
+            listen: socket.socket | None = None, **env: str) -> ServiceProcess:
+    return ServiceProcess(config, tmp_path / "service.log", notify=notify, env=env,
+                          listen=listen)
 
 
 def ref(state: Path, name: str) -> str:
@@ -173,6 +175,30 @@ def test_status_command_and_curl_against_the_running_service(
         assert svc.stop(STOP_WITHIN) == 0
     gone = run_cli("status", "--socket", svc.socket)
     assert gone.returncode == 1 and "not running" in gone.stderr
+
+
+def test_a_socket_passed_by_systemd_is_used(
+    origin: Origin, tmp_path: Path, sockets: Path, notify: NotifySocket
+) -> None:
+    a = small("a", 1)
+    conf = tmp_path / "conf"
+    configured = sockets / "ctl.sock"
+    config = write_config(conf, {"a": publish_on(origin, "a", a)}, socket=str(configured))
+    passed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    passed.bind(str(sockets / "activated.sock"))
+    passed.listen()
+    try:
+        with service(config, tmp_path, notify, listen=passed) as svc:
+            svc.start()
+            assert svc.socket == str(sockets / "activated.sock")
+            svc.wait_event("published", model="a")  # over the passed socket
+            assert by_name(svc.status(), "a")["version"] == ref(conf / "state", "a")
+            assert not configured.exists()  # the configured path was never bound
+            assert "using the socket systemd passed" in svc.log()
+            assert svc.stop(STOP_WITHIN) == 0
+        assert (sockets / "activated.sock").exists()  # systemd's socket: not ours to remove
+    finally:
+        passed.close()
 
 
 # -- live config ----------------------------------------------------------------------------
