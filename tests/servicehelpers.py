@@ -97,16 +97,22 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 class NotifySocket:
     """A datagram socket standing in for systemd's ``$NOTIFY_SOCKET``.
 
+    ``abstract`` binds ``path`` in the abstract namespace instead (as ``@path``).
     A thread reads every datagram as it comes (as systemd does: a receiver that falls
     behind fills the socket's queue, and the service's non-blocking sends are then
     dropped), parsed into ``{KEY: VALUE}`` (:attr:`messages`, in arrival order).
     :meth:`wait_for` waits until one matches.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, abstract: bool = False) -> None:
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
+        if abstract:  # Linux's abstract namespace: no file; "@name" in NOTIFY_SOCKET
+            self._sock.bind(b"\0" + str(path).encode())
+            self.address = "@" + str(path)
+        else:
+            self._sock.bind(str(path))
+            self.address = str(path)
         self.messages: list[dict[str, str]] = []
         self._seen = 0  # messages already returned by wait_for
         self._arrived = threading.Condition()
@@ -130,6 +136,12 @@ class NotifySocket:
         self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         self._reader.join(5)
+
+    def __enter__(self) -> NotifySocket:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def drain(self, quiet: float = 0.1) -> list[dict[str, str]]:
         """Wait until nothing arrives for ``quiet`` seconds; return every message so far."""
@@ -194,7 +206,7 @@ class ServiceProcess:
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
         env.update(self.extra_env)
         if self.notify is not None:
-            env["NOTIFY_SOCKET"] = str(self.notify.path)
+            env["NOTIFY_SOCKET"] = self.notify.address
         argv = cli_command("run", "-c", self.config)
         pass_fds: tuple[int, ...] = ()
         if self.listen is not None:

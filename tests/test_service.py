@@ -418,14 +418,16 @@ def test_sigterm_mid_download_exits_0_then_a_restart_resumes(
 
 
 def test_post_sync_checks_every_model_or_one(
-    origin: Origin, tmp_path: Path, sockets: Path, notify: NotifySocket
+    origin: Origin, tmp_path: Path, sockets: Path
 ) -> None:
     a, b = small("a", 1), small("b", 3)
     urls = {"a": publish_on(origin, "a", a), "b": publish_on(origin, "b", b)}
     conf = tmp_path / "conf"
     config = write_config(conf, urls, socket=str(sockets / "ctl.sock"))
-    with service(config, tmp_path, notify) as svc:
-        svc.start()
+    # This one tells "systemd" through an abstract socket address (NOTIFY_SOCKET=@...).
+    notify = NotifySocket(Path(f"shardsync-test-{os.getpid()}-{sockets.name}"), abstract=True)
+    with notify, service(config, tmp_path, notify) as svc:
+        svc.start()  # READY=1 came to the abstract socket
         svc.wait_event("published", model="a")
         svc.wait_event("published", model="b")
 
