@@ -90,7 +90,7 @@ def versions_on_disk(env: SyncEnv, name: str) -> list[str]:
 
 #: The sample models (shardsync.daemon.samples.write_samples): what each one covers.
 SAMPLES = {
-    "tiny-face-detector": "bare weights manifest, uint8-quantized, shards without extension",
+    "tiny-face-detector": "bare weights manifest, uint8-quantized",
     "face-landmark-68-tiny": "bare weights manifest, uint8-quantized",
     "blazeface": "graph-model, float32 and int32",
     "antispoof": "graph-model, float16-quantized",

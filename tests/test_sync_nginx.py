@@ -17,17 +17,16 @@ from pathlib import Path
 
 import pytest
 import trio
-from storehelpers import ModelFiles, write_model
+from storehelpers import ModelFiles
 from synchelpers import (
     NginxOrigin,
     assert_published,
     big_model,
-    model_files,
     open_syncer,
+    sample_models,
     serve_directory,
 )
 
-import shardsync.daemon
 from shardsync.daemon.config import ModelConfig
 
 #: The multi-shard model: four 4 MiB shards and a short fifth, ~16 MiB in all.
@@ -41,19 +40,15 @@ def nginx(tmp_path: Path) -> Iterator[NginxOrigin]:
         yield server
 
 
-def put(nginx: NginxOrigin, prefix: str, model: ModelFiles) -> str:
-    """Write ``model`` under nginx's root at ``prefix/``; return its manifest URL."""
-    write_model(nginx.root / prefix, model)
-    return nginx.url_for(f"{prefix}/{model.manifest_name}")
-
-
 def models(nginx: NginxOrigin) -> dict[str, tuple[str, ModelFiles]]:
-    """A multi-shard model and a real bare weights manifest on nginx: name -> (URL, files)."""
-    big = big_model(nginx.root, TOTAL, seed=11)
-    face = Path(shardsync.daemon.__file__).parent / "sample_data" / "face-api"
-    # A bare weights manifest whose shard has no extension's type: served as nginx's default.
-    tiny = model_files(face, "tiny_face_detector_model-weights_manifest.json")
-    return {"big": (nginx.url_for("big/model.json"), big), "tiny": (put(nginx, "face", tiny), tiny)}
+    """A multi-shard layers-model and two real sample models (a bare weights manifest and
+    a graph-model) on nginx: name -> (manifest URL, files)."""
+    out = {"big": (nginx.url_for("big/model.json"), big_model(nginx.root, TOTAL, seed=11))}
+    samples = sample_models(nginx.root / "samples")
+    for name in ("tiny-face-detector", "antispoof"):
+        model = samples[name]
+        out[name] = (nginx.url_for(f"samples/{name}/{model.manifest_name}"), model)
+    return out
 
 
 async def test_cold_sync_then_warm_resync_with_only_304s(
