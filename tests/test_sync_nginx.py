@@ -32,8 +32,10 @@ from shardsync.daemon.config import ModelConfig
 #: The multi-shard model: four 4 MiB shards and a short fifth, ~16 MiB in all.
 TOTAL = 16 * 1024 * 1024
 
+
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[NginxOrigin]:
+    """nginx serving ``tmp_path/origin`` (empty), with its access log."""
     root = tmp_path / "origin"
     root.mkdir()
     with serve_directory(root, tmp_path / "nginx") as server:
