@@ -208,11 +208,6 @@ class _LazyIngest:
         return self.ingest
 
 
-def _has_partial(store: Store, url: str) -> bool:
-    """Whether a partial download of ``url`` may be on disk (a sidecar names it)."""
-    return any(status.url == url for status in store.ingests())
-
-
 class Fetcher:
     """Downloads through one client (the caller owns it and closes it)."""
 
@@ -266,7 +261,7 @@ class Fetcher:
         # fsync of that removal, cost more than the request). The partial is opened as
         # soon as there is a body to keep, or at once if one may be on disk to resume.
         lazy = _LazyIngest(store, url)
-        if not validators or _has_partial(store, url):
+        if not validators or store.has_ingest(url):
             await lazy.open()
         received = 0
 

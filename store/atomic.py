@@ -67,11 +67,14 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def write_atomic(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> None:
+def write_atomic(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644,
+                 durable: bool = True) -> None:
     """Replace ``name`` in ``dir_fd`` with ``data``: temp, fsync, rename, fsync dir.
 
     A crash at any point leaves either the old content or the new one under
-    ``name`` (plus perhaps a ``.tmp-*`` file to clean).
+    ``name`` (plus perhaps a ``.tmp-*`` file to clean). With ``durable=False`` the two
+    fsyncs are left out: a crash of the process still leaves old or new, a power cut
+    may leave either or a damaged file, so use it only where any of those is safe.
     """
     tmp = tmp_name(name)
     fd = os.open(tmp, _CREATE, mode, dir_fd=dir_fd)
@@ -79,7 +82,8 @@ def write_atomic(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> N
         try:
             write_all(fd, data)
             os.fchmod(fd, mode)  # the umask must not narrow what a web server can read
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -89,7 +93,8 @@ def write_atomic(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644) -> N
         except OSError:
             pass
         raise
-    os.fsync(dir_fd)
+    if durable:
+        os.fsync(dir_fd)
 
 
 def read_at(dir_fd: int, name: str) -> bytes:

@@ -179,7 +179,10 @@ class Ingest:
             "boot_id": boot_id(),
             "updated": time.time(),
         }
-        write_atomic(self._dir_fd, self._meta_name, json.dumps(meta).encode(), mode=0o600)
+        # A sidecar claiming no durable bytes needs no fsync: lost or damaged by a power
+        # cut, it only means starting that file over, which is what it claims anyway.
+        write_atomic(self._dir_fd, self._meta_name, json.dumps(meta).encode(), mode=0o600,
+                     durable=self._durable > 0)
 
     # -- writing -----------------------------------------------------------------
 
@@ -294,10 +297,12 @@ class Ingest:
     def _remove(self) -> None:
         # Sidecar first: a crash in between leaves a data file with no claims, which
         # the next open truncates to nothing.
+        # No directory fsync: if a power cut undoes the removal, the partial comes back
+        # as it was (after a commit, as a second name of the object, which reopening
+        # detects by its link count) and is only ever resumed or dropped again.
         for name in (self._meta_name, self._data_name):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=self._dir_fd)
-        os.fsync(self._dir_fd)
         self._release()
 
     def _release(self) -> None:

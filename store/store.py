@@ -27,10 +27,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .atomic import clean_tmp, tmp_name
+from .atomic import clean_tmp, exists_at, tmp_name
 from .entry import rewrite_paths
 from .errors import LockedError, NotFoundError, ShardsyncError, translate_oserror
-from .ingest import Ingest, IngestStatus, read_status
+from .ingest import Ingest, IngestStatus, ingest_ref, read_status
 from .objects import CHUNK, Objects
 from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
 from .site import Site
@@ -140,6 +140,11 @@ class Store:
         """
         with translate_oserror("cannot open partial download", file=url):
             return Ingest(self.objects, self._partial_fd, self._partial_dir, url)
+
+    def has_ingest(self, url: str) -> bool:
+        """Whether a partial download of ``url`` is on disk (one stat, no parsing)."""
+        return exists_at(self._partial_fd, ingest_ref(url) + ".json") or exists_at(
+            self._partial_fd, ingest_ref(url) + ".data")
 
     def ingests(self) -> list[IngestStatus]:
         """Every partial download on disk."""
