@@ -26,8 +26,11 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed deps lint
 	$(PY) -m pytest -q
 
+# Each benchmark prints its figures next to a reference run in the same process.
 bench: $(VENV)/.installed deps
-	$(PY) bench/run_all.py
+	$(PY) bench/store_put.py
+	$(PY) bench/sync_bench.py --repeat 3
+	$(PY) bench/service_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
