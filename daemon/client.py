@@ -155,8 +155,8 @@ def format_status_table(status: Mapping[str, Any], *, now: float | None = None) 
 
     Times are shown relative to ``now`` (default: the current time): ``5m ago``,
     ``in 25m``. A failed reload (``service.config_error``) gets a line of its own
-    under the header, in full: the operator must fix the file it names. Missing or null fields show as ``-``, so an older or newer service
-    still renders.
+    under the header, in full: the operator must fix the file it names. Missing or
+    null fields show as ``-``, so an older or newer service still renders.
     """
     now = time.time() if now is None else now
     service = status.get("service") or {}
