@@ -48,8 +48,12 @@ _SENDFILE_PIECE = 4 * 1024 * 1024
 _ETAG_HEX = 32
 # How often serve_forever() looks at its shutdown flag; bounds the wait in stop().
 _POLL_INTERVAL = 0.05
-# How long stop() waits for each handler thread once its socket is shut down.
-_JOIN_TIMEOUT = 2.0
+# How long stop() waits for a handler thread it has cut. A cut wakes every wait a handler
+# can be in, so it only needs the CPU to finish: running out means a bug (a wait stop() cannot
+# wake), and stop() raises instead of hanging or leaving a connection open behind it.
+_JOIN_TIMEOUT = 60.0
+# SO_LINGER on with 0 s: close() sends RST and drops whatever the kernel still holds to send.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 # Connections queued before accept(): tests open many at once (concurrency, retries).
 _BACKLOG = 128
 # What an SPA-style server answers for any unknown path (fault_html_fallback).
@@ -185,18 +189,26 @@ class Origin:
 
         Returns promptly whatever is in flight: drips and endless bodies check the stop
         event, and shutting the sockets down wakes threads blocked in reads and writes.
+        The cut is an abortive close (RST): the part of a body still queued in the kernel
+        is dropped, so a client gets at most what had already reached it, then EOF or a
+        reset, without reading through the megabytes a blocked writer had queued. When
+        stop() returns, every connection is closed (``open_connections == 0``); a handler
+        that does not finish within ``_JOIN_TIMEOUT`` of its cut raises RuntimeError.
         """
         if self._server is None or self._stopping.is_set():
             return
         self._stopping.set()
-        self._server.shutdown()
+        self._server.shutdown()  # serve_forever has returned: every accepted socket is tracked
         self._server.server_close()
-        with self._lock:
+        with self._lock:  # no handler closes its socket meanwhile (see _close)
             conns = list(self._conns.items())
-        for sock, _ in conns:
-            _shutdown(sock)
+            for sock, _ in conns:
+                _cut(sock)
         for _, thread in conns:
             thread.join(_JOIN_TIMEOUT)
+            if thread.is_alive():
+                raise RuntimeError(f"origin handler {thread.name} still runs {_JOIN_TIMEOUT} s "
+                                   "after stop() cut its connection")
         assert self._thread is not None
         self._thread.join()
 
@@ -224,7 +236,7 @@ class Origin:
 
     @property
     def open_connections(self) -> int:
-        """Client connections currently open (idle keep-alive ones included)."""
+        """Client connections accepted and not yet closed (idle keep-alive ones included)."""
         with self._lock:
             return len(self._conns)
 
@@ -403,32 +415,61 @@ class Origin:
 
     # -- connections (for stop) ------------------------------------------------------
 
-    def _register(self, sock: socket.socket) -> None:
+    def _track(self, sock: socket.socket, thread: threading.Thread) -> None:
         with self._lock:
-            self._conns[sock] = threading.current_thread()
-        if self._stopping.is_set():  # accepted while stop() ran: it may not have seen us
-            _shutdown(sock)
+            self._conns[sock] = thread
 
-    def _unregister(self, sock: socket.socket) -> None:
+    def _close(self, sock: socket.socket) -> None:
+        # Under the lock, so that stop() never cuts a socket whose descriptor is being
+        # closed, and maybe already reused by another connection.
         with self._lock:
             self._conns.pop(sock, None)
+            sock.close()
 
 
 def _content_type(path: str) -> str:
     return "application/json" if path.endswith(".json") else "application/octet-stream"
 
 
-def _shutdown(sock: socket.socket) -> None:
+def _cut(sock: socket.socket) -> None:
+    """Abort a connection that another thread serves.
+
+    shutdown() wakes that thread wherever it waits on the socket (a read sees EOF, a write
+    or sendfile EPIPE), and the FIN it queues goes out only behind the data already queued;
+    with linger 0, the handler's close() then sends RST and drops that data. A bare FIN
+    would leave a client of an endless body reading megabytes of backlog, delivered by an
+    orphaned socket in zero-window probing, before it learned of the cut.
+    """
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # already closed by the client or the handler
 
 
 class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
     request_queue_size = _BACKLOG
     origin: Origin
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Tracked here, in serve_forever's thread before the handler starts, so that once
+        # shutdown() has returned stop() sees every accepted connection, even one whose
+        # handler has not run yet.
+        thread = threading.Thread(target=self.process_request_thread,
+                                  args=(request, client_address), daemon=True,
+                                  name=f"origin:{self.server_address[1]}:{client_address[1]}")
+        self.origin._track(request, thread)
+        thread.start()  # if it fails, socketserver calls shutdown_request: untracked there
+
+    def shutdown_request(self, request: Any) -> None:
+        # A drip or endless handler can see the stop event between two writes and close
+        # before stop() reaches its socket; that close must be a cut (RST) as well.
+        if self.origin._stopping.is_set():
+            _cut(request)
+        super().shutdown_request(request)
+
+    def close_request(self, request: Any) -> None:
+        self.origin._close(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -445,16 +486,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.origin = self.server.origin
-        self.origin._register(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.origin._unregister(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # Origin.requests() is the log; stderr stays quiet
@@ -546,9 +580,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if endless is not None or limit is not None:
             self.close_connection = True
             if drop is not None and drop["reset"]:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                           struct.pack("ii", 1, 0))
-                self.connection.close()  # with linger 0: an RST instead of a FIN
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                self.origin._close(self.connection)  # with linger 0: an RST instead of a FIN
 
     def _not_modified(self, blob: _Blob) -> bool:
         o = self.origin
