@@ -18,18 +18,23 @@ What a download does (:meth:`Fetcher.file`):
   full jitter, honouring ``Retry-After``; every retry resumes from the partial;
 * hashes while streaming (the store's ingest), never re-reading the file.
 
+Conditional checks (a request carrying validators, nearly always answered 304) skip
+the client's per-request machinery and go to its connection pool directly; see
+:meth:`Fetcher._get`, the one place that does.
+
 A cancel (shutdown) closes the ingest, which checkpoints it: the next run resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import email.utils
 import functools
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -50,6 +55,7 @@ from .errors import (
 
 __all__ = [
     "FetchPolicy",
+    "Client",
     "Fetched",
     "Fetcher",
     "ManifestFetch",
@@ -161,19 +167,29 @@ def tune_for_downloads() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024)
 
 
-def make_client(policy: FetchPolicy | None = None, *, max_connections: int = 16
-                ) -> httpx.AsyncClient:
+class Client(httpx.AsyncClient):
+    """The client :func:`make_client` builds: an ``httpx.AsyncClient`` that also names
+    its connection pool (``pool``), so :class:`Fetcher` can send conditional checks to
+    it directly (see :meth:`Fetcher._get`). Any other client works too, without that."""
+
+    def __init__(self, *, pool: httpx.AsyncHTTPTransport, **kwargs: object) -> None:
+        super().__init__(transport=pool, **kwargs)  # type: ignore[arg-type]
+        self.pool = pool
+
+
+def make_client(policy: FetchPolicy | None = None, *, max_connections: int = 16) -> Client:
     """The httpx client shardsync uses: redirects followed, identity encoding, timeouts."""
     policy = policy or FetchPolicy()
     tune_for_downloads()
-    return httpx.AsyncClient(
+    limits = httpx.Limits(max_connections=max_connections,
+                          max_keepalive_connections=max_connections)
+    return Client(
+        pool=httpx.AsyncHTTPTransport(limits=limits, trust_env=False),
         follow_redirects=True,
         timeout=httpx.Timeout(
             connect=policy.connect_timeout, read=policy.read_timeout,
             write=policy.read_timeout, pool=None,
         ),
-        limits=httpx.Limits(max_connections=max_connections,
-                            max_keepalive_connections=max_connections),
         headers={"User-Agent": f"shardsync/{__version__}", "Accept-Encoding": "identity"},
         trust_env=False,  # a kiosk's proxy env must be configured for us on purpose
     )
@@ -214,6 +230,47 @@ class Fetcher:
     def __init__(self, client: httpx.AsyncClient, policy: FetchPolicy | None = None) -> None:
         self.client = client
         self.policy = policy or FetchPolicy()
+        # For _get's direct path: the pool of a make_client client, and what the client
+        # would add to every request (its headers, its timeouts).
+        self._pool = client.pool if isinstance(client, Client) else None
+        self._headers = dict(client.headers)
+        self._timeout = client.timeout.as_dict()
+
+    # -- the one request primitive -------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _get(self, url: str, headers: dict[str, str]) -> AsyncIterator[httpx.Response]:
+        """GET ``url`` with ``headers``, streaming; the response is closed on exit.
+
+        A conditional check (``If-None-Match`` / ``If-Modified-Since``) of a
+        :func:`make_client` client goes to the client's connection pool directly: a warm
+        re-sync is ~1100 of them, nearly all answered 304 with no body, and the client's
+        own work per request (merging, cookies, redirect and auth machinery, hooks) was
+        ~15 % of that sync's time. Same connections, headers, timeouts and exception
+        types (the transport raises httpx's). What differs: the answer's cookies are not
+        kept (shardsync sends none; origins are static file servers), and a redirect is
+        not followed here but handed to the client from its target, which follows any
+        further ones: the same requests go out as through the client alone.
+        Everything else (first downloads, resumes, other clients, a client with event
+        hooks, which would not see these requests) uses the client.
+        """
+        hooks = self.client.event_hooks
+        if self._pool is not None and not hooks["request"] and not hooks["response"] and (
+                "If-None-Match" in headers or "If-Modified-Since" in headers):
+            request = httpx.Request("GET", url, headers={**self._headers, **headers},
+                                    extensions={"timeout": self._timeout})
+            r = await self._pool.handle_async_request(request)
+            r.request = request
+            if not r.has_redirect_location:
+                try:
+                    yield r
+                finally:
+                    await r.aclose()
+                return
+            await r.aclose()
+            url = str(request.url.join(r.headers["location"]))
+        async with self.client.stream("GET", url, headers=headers) as r:
+            yield r
 
     # -- manifests -----------------------------------------------------------------
 
@@ -222,7 +279,7 @@ class Fetcher:
 
         async def once() -> ManifestFetch:
             headers = _conditional(validators)
-            async with self.client.stream("GET", url, headers=headers) as r:
+            async with self._get(url, headers) as r:
                 if r.status_code == 304 and validators:
                     await _drain(r)  # the (empty) body's end: else the connection is closed
                     return ManifestFetch(None, validators)
@@ -295,7 +352,7 @@ class Fetcher:
                        "If-Range": held.etag or held.last_modified or ""}
         else:
             headers = _conditional(validators)
-        async with self.client.stream("GET", url, headers=headers) as r:
+        async with self._get(url, headers) as r:
             if r.status_code == 304 and validators and not resume_from:
                 # Read the (empty) body to its end, or httpcore closes the connection
                 # instead of reusing it: a warm check would cost a TCP connect per file.
