@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 #: Bytes read per chunk when walking a group with string weights from the store.
 _WALK_CHUNK = 1024 * 1024
 
+#: A stored manifest up to this size is read and re-hashed on the event loop (~0.1 ms):
+#: a worker-thread hop costs more than that. Real model.json files are a few kB to a few
+#: MB; bigger ones go to a thread so the other downloads do not stall.
+_INLINE_READ = 256 * 1024
+
 
 @dataclass
 class Progress:
@@ -174,10 +179,14 @@ class Syncer:
         # the queue (each answer rescans every waiting request against every connection).
         async with self.limiter:
             mf = await self.fetcher.manifest(model.url, _validators(known, store))
+        manifest_digest: str | None = None  # known when the manifest comes from the store
         if mf.data is None:
             assert known is not None
-            data = await trio.to_thread.run_sync(store.objects.read_verified, known.digest)
-            validators = mf.validators
+            if known.size <= _INLINE_READ:
+                data = store.objects.read_verified(known.digest)
+            else:
+                data = await trio.to_thread.run_sync(store.objects.read_verified, known.digest)
+            manifest_digest, validators = known.digest, mf.validators
         else:
             data, validators = mf.data, mf.validators
         kwargs = {"max_total": self.max_model_bytes} if self.max_model_bytes else {}
@@ -217,7 +226,8 @@ class Syncer:
         await self._check_groups(model, manifest, files)
 
         progress.state = "publishing"
-        manifest_digest = await trio.to_thread.run_sync(store.put_bytes, data)
+        if manifest_digest is None:  # else it is the object we just read and verified
+            manifest_digest = await trio.to_thread.run_sync(store.put_bytes, data)
         meta = {"url": model.url, "etag": validators.etag,
                 "last_modified": validators.last_modified}
         manifest_entry = FileEntry(manifest.filename, manifest_digest, len(data), meta)
