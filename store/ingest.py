@@ -214,8 +214,13 @@ class Ingest:
             self.etag, self.last_modified, self.expected_size = etag, last_modified, expected_size
             self._write_meta()
 
-    def write(self, data: bytes | memoryview) -> None:
-        """Append ``data``, hashing it on the way; checkpoints every CHECKPOINT_BYTES."""
+    def write(self, data: bytes | memoryview, *, auto_checkpoint: bool = True) -> None:
+        """Append ``data``, hashing it on the way.
+
+        With ``auto_checkpoint`` it checkpoints every CHECKPOINT_BYTES itself; a caller
+        that must not block on an fdatasync (an event loop) passes False and runs
+        :meth:`checkpoint` elsewhere when :attr:`checkpoint_due` says so.
+        """
         with translate_oserror("cannot write partial download", file=self.url):
             try:
                 write_all(self._fd, data)
@@ -228,8 +233,13 @@ class Ingest:
             n = len(data)
             self.offset += n
             self._since_checkpoint += n
-            if self._since_checkpoint >= CHECKPOINT_BYTES:
+            if auto_checkpoint and self.checkpoint_due:
                 self.checkpoint()
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """True once CHECKPOINT_BYTES were written since the last checkpoint."""
+        return self._since_checkpoint >= CHECKPOINT_BYTES
 
     def checkpoint(self) -> None:
         """Make what is written durable, then let the sidecar claim it."""
