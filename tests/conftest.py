@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from shardsync.daemon.origin import Origin
+from shardsync.store import Store
 
 
 @pytest.fixture
@@ -17,3 +18,16 @@ def origin(tmp_path: Path) -> Iterator[Origin]:
     root.mkdir()
     with Origin(root) as server:
         yield server
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """(state_dir, site_dir) under the test's tmp dir, not yet created."""
+    return tmp_path / "state", tmp_path / "site"
+
+
+@pytest.fixture
+def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
+    """A Store on ``dirs`` with default settings, closed after the test."""
+    with Store(*dirs) as s:
+        yield s

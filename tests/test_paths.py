@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,17 +65,6 @@ def test_check_name_accepts(name: str) -> None:
 def test_check_name_refuses(name: str) -> None:
     with pytest.raises(UnsafePathError):
         check_name(name)
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    return tmp_path / "state", tmp_path / "site"
-
-
-@pytest.fixture
-def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
-    with Store(*dirs) as s:
-        yield s
 
 
 @pytest.fixture

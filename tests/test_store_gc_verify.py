@@ -30,12 +30,8 @@ from shardsync.store import LockedError, Problem, Store
 
 
 @pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    return tmp_path / "state", tmp_path / "site"
-
-
-@pytest.fixture
 def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
+    """This file's store keeps one version and no grace: pruning shows at once."""
     with Store(*dirs, keep_versions=1, grace=0) as s:
         yield s
 

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,17 +30,6 @@ STREAM_BYTES = 48 * 1024 * 1024
 
 #: Block of the deterministic stream both the child and the test can regenerate.
 BLOCK = 256 * 1024
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    return tmp_path / "state", tmp_path / "site"
-
-
-@pytest.fixture
-def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
-    with Store(*dirs) as s:
-        yield s
 
 
 def stream(size: int = STREAM_BYTES) -> bytes:

@@ -8,7 +8,6 @@ import random
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,17 +23,6 @@ from storehelpers import (
 
 from shardsync.store import IntegrityError, NotFoundError, Store
 from shardsync.store.objects import check_digest
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    return tmp_path / "state", tmp_path / "site"
-
-
-@pytest.fixture
-def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
-    with Store(*dirs) as s:
-        yield s
 
 
 def test_put_bytes_returns_sha256_and_stores_under_fanout(store: Store, dirs) -> None:

@@ -31,17 +31,6 @@ from storehelpers import (
 from shardsync.store import FileEntry, NotFoundError, Store, Version
 
 
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    return tmp_path / "state", tmp_path / "site"
-
-
-@pytest.fixture
-def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
-    with Store(*dirs) as s:
-        yield s
-
-
 def entry_doc(site: Path, name: str, manifest_name: str = "model.json"):
     return json.loads((site / name / manifest_name).read_bytes())
 
