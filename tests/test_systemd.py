@@ -26,9 +26,14 @@ def _unit_for_this_machine(tmp_path: Path) -> Path:
 def test_unit_has_the_contract_settings() -> None:
     text = UNIT.read_text()
     for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
-                 "DynamicUser=yes", "StateDirectory=shardsync", "RuntimeDirectory=shardsync"):
+                 "User=shardsync", "StateDirectory=shardsync", "RuntimeDirectory=shardsync"):
         assert line in text.splitlines(), line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    # DynamicUser= would put StateDirectory= under /var/lib/private (0700): nginx could
+    # not reach site_dir. The static user comes from the sysusers file instead.
+    assert "DynamicUser=yes" not in text.splitlines()
+    sysusers = (UNIT.parent / "shardsync.sysusers").read_text().splitlines()
+    assert any(re.match(r"^u\s+shardsync\s", line) for line in sysusers)
 
 
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
