@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import trio
 from shardsync.store import Store
 
 from . import __version__
-from .config import Config, load_config
+from .config import DEFAULTS, Config, load_config
 from .errors import ConfigError, NotFoundError, ShardsyncError
 from .fetch import Fetcher, make_client, tune_for_downloads
 from .progress import ProgressDisplay, result_line
@@ -215,13 +216,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from .client import format_status_table, get_json
 
-    if args.socket:
-        sock = args.socket
-    elif args.config:
-        sock = load_config(args.config).socket
-    else:
-        sock = Path(load_default_socket())
-    status = get_json(str(sock), "/v1/status")
+    sock = args.socket or (_socket_of(args.config) if args.config else None)
+    sock = sock or Path(str(DEFAULTS["socket"]))
+    try:
+        status = get_json(str(sock), "/v1/status")
+    except ShardsyncError as exc:
+        if not args.json:
+            raise
+        # --json promises one JSON document on stdout, also when nobody answers.
+        json.dump({"running": False, "socket": str(sock), "error": str(exc)}, sys.stdout)
+        sys.stdout.write("\n")
+        return EXIT_FAILED
     if args.json:
         json.dump(status, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -230,10 +235,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def load_default_socket() -> str:
-    from .config import DEFAULTS
-
-    return str(DEFAULTS["socket"])
+def _socket_of(config_path: Path) -> Path:
+    """The socket a config names. A config the service refused to reload must still
+    lead to the service (it reports that error), so a broken file falls back to its
+    ``socket`` key alone, then to the default."""
+    try:
+        return Path(load_config(config_path).socket)
+    except ConfigError as exc:
+        print(f"shardsync: warning: {exc}", file=sys.stderr)
+    try:
+        raw = tomllib.loads(config_path.read_text()).get("socket")
+    except (OSError, ValueError):
+        raw = None
+    if isinstance(raw, str) and raw:
+        return (config_path.parent / raw).resolve()
+    return Path(str(DEFAULTS["socket"]))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

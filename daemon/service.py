@@ -48,6 +48,7 @@ from typing import Any
 import trio
 
 from shardsync.store import GRACE_SECONDS, Store
+from shardsync.store.errors import translate_oserror
 
 from . import __version__
 from .config import Config, load_config
@@ -101,7 +102,28 @@ def grace_from_env(environ: Mapping[str, str] | None = None) -> float:
 def run_service(config_path: Path) -> int:
     """Load the config (ConfigError propagates: exit 2) and run until SIGTERM; exit status."""
     config = load_config(config_path)
-    return trio.run(Service(config, grace=grace_from_env()).run)
+    try:
+        return trio.run(Service(config, grace=grace_from_env()).run)
+    except BaseExceptionGroup as group:
+        raise _single_error(group) from None
+
+
+def _single_error(group: BaseExceptionGroup) -> BaseException:
+    """The one ShardsyncError a nursery wrapped (e.g. "already running" at start-up),
+    so the CLI can report it in one line; else the group itself, a real bug."""
+    errors = group.subgroup(lambda e: isinstance(e, ShardsyncError))
+    if errors is not None:
+        leaves: list[BaseException] = []
+        stack: list[BaseException] = [errors]
+        while stack:
+            e = stack.pop()
+            if isinstance(e, BaseExceptionGroup):
+                stack.extend(e.exceptions)
+            else:
+                leaves.append(e)
+        if len(leaves) == 1:
+            return leaves[0]
+    return group
 
 
 class Service:
@@ -154,7 +176,9 @@ class Service:
             self.scheduler = Scheduler(self.syncer, self.gate, self._on_result)
             await nursery.start(self.scheduler.run)
             await nursery.start(self._signals)
-            Path(config.socket).parent.mkdir(parents=True, exist_ok=True)
+            with translate_oserror("cannot create the control socket's directory",
+                                   file=str(Path(config.socket).parent)):
+                Path(config.socket).parent.mkdir(parents=True, exist_ok=True)
             await nursery.start(serve_control, config.socket, self._router())
             self.scheduler.apply(config.models)
             for name in set(self.store.versions.names()) - {m.name for m in config.models}:
