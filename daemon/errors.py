@@ -7,7 +7,8 @@ daemon imports all errors from one place)::
     ├── ConfigError        the config file is wrong; says file, key and line
     ├── ManifestError      a model.json / weights manifest we refuse (format, dtype, size, path)
     ├── UpstreamError      the origin answered, but not with what we need (4xx, 5xx, bad range)
-    ├── FetchTimeoutError  the origin was too slow (deadline, minimum throughput)
+    ├── FetchTimeoutError  the origin was too slow (deadline, stall)
+    │   └── SlowTransferError  below the minimum throughput (not retried: it would drip again)
     └── ConnectError       the origin could not be reached or dropped the connection
     (and IntegrityError, NotFoundError, UnsafePathError, LockedError, StorageError)
 
@@ -34,6 +35,7 @@ __all__ = [
     "ManifestError",
     "NotFoundError",
     "ShardsyncError",
+    "SlowTransferError",
     "StorageError",
     "UnsafePathError",
     "UpstreamError",
@@ -77,6 +79,10 @@ class UpstreamError(ShardsyncError):
 
 class FetchTimeoutError(ShardsyncError):
     """The origin was too slow: a per-file deadline or the minimum throughput was missed."""
+
+
+class SlowTransferError(FetchTimeoutError):
+    """A transfer ran below the minimum throughput over the rate window."""
 
 
 class ConnectError(ShardsyncError):

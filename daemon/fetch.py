@@ -50,6 +50,7 @@ from .errors import (
     FetchTimeoutError,
     IntegrityError,
     ShardsyncError,
+    SlowTransferError,
     UpstreamError,
 )
 
@@ -430,7 +431,7 @@ class Fetcher:
             elapsed = trio.current_time() - window_start
             if elapsed >= policy.rate_window:
                 if window_bytes / elapsed < policy.min_rate:
-                    raise FetchTimeoutError(
+                    raise SlowTransferError(
                         f"transfer slower than {policy.min_rate:.0f} bytes/s "
                         f"({window_bytes} bytes in {elapsed:.1f} s)", file=url)
                 window_start, window_bytes = trio.current_time(), 0
@@ -484,7 +485,7 @@ def _retry_delay(exc: ShardsyncError, attempt: int, policy: FetchPolicy) -> floa
         if exc.retry_after is not None:
             return exc.retry_after if exc.retry_after <= policy.retry_after_cap else None
     elif isinstance(exc, FetchTimeoutError):
-        if "slower than" in exc.reason:
+        if isinstance(exc, SlowTransferError):
             return None  # a drip-feeding server will drip again; the scheduler retries later
     elif not isinstance(exc, ConnectError):
         return None
