@@ -235,7 +235,7 @@ class Syncer:
         version = Version.build(model.name, manifest_entry, ordered)
         if previous is not None and previous.id == version.id:
             if _metas(previous) != _metas(version):
-                await trio.to_thread.run_sync(store.versions.record, version, True)
+                await trio.to_thread.run_sync(store.update_record, version)
             self._learn(version)
             return
         await trio.to_thread.run_sync(store.publish, version)

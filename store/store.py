@@ -166,6 +166,12 @@ class Store:
             self.versions.record(version)
         return version
 
+    def update_record(self, version: Version) -> None:
+        """Rewrite the record of ``version`` (same files, new origin metadata such as a
+        changed ETag); atomic, so a crash leaves the old record or the new one."""
+        with translate_oserror("cannot update version record", model=version.name):
+            self.versions.record(version, True)
+
     def current(self, name: str) -> Version | None:
         """The published version of a model, or None."""
         vid = self.versions.current(name)

@@ -148,6 +148,8 @@ class Versions:
             os.close(fd)
 
     def get(self, name: str, version_id: str) -> Version:
+        """The recorded version; NotFoundError if there is no record, IntegrityError
+        (``model``, ``file`` named) if the record does not parse or match its contents."""
         check_name(name)
         try:
             fd = open_dir_at(self._state_fd, f"snapshots/{name}")
@@ -157,7 +159,15 @@ class Versions:
                 os.close(fd)
         except FileNotFoundError:
             raise NotFoundError(f"no version {version_id}", model=name) from None
-        return Version.from_json(json.loads(data))
+        try:
+            return Version.from_json(json.loads(data))
+        except IntegrityError as exc:
+            raise exc.with_context(model=name, file=f"{version_id}.json") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A damaged record (torn by a disk fault, edited by hand): JSON that does not
+            # parse, a missing key, a value of the wrong type.
+            raise IntegrityError(f"version record is damaged: {exc!r}", model=name,
+                                 file=f"{version_id}.json") from exc
 
     def ids(self, name: str) -> list[str]:
         """Every recorded version id of a model."""

@@ -1,0 +1,71 @@
+"""Version records and refs as the disk may hold them: damaged, dangling, or updated in place.
+
+Damage is made by writing the files directly, as a torn write, a disk fault or a hand
+edit would leave them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from storehelpers import publish_model, versioned_model
+
+from shardsync.store import FileEntry, IntegrityError, StorageError, Store, Version
+
+
+def record_file(state: Path, version: Version) -> Path:
+    return state / "snapshots" / version.name / f"{version.id}.json"
+
+
+@pytest.mark.parametrize("damage", [
+    b"{\"name\": \"m\", \"vers",                 # torn: JSON that does not parse
+    b"{\"name\": \"m\"}",                         # a key missing
+    b"[1, 2, 3]",                                 # not an object at all
+    b"{\"name\": \"m\", \"files\": 7}",           # a value of the wrong type
+    b"\xff\xfe garbage",                          # not UTF-8
+])
+def test_a_damaged_record_is_an_integrity_error_naming_model_and_file(
+    store: Store, dirs, damage: bytes
+) -> None:
+    state, _ = dirs
+    version = publish_model(store, "m", versioned_model(1))
+    record_file(state, version).write_bytes(damage)
+    with pytest.raises(IntegrityError) as info:
+        store.versions.get("m", version.id)
+    assert (info.value.model, info.value.file) == ("m", f"{version.id}.json")
+
+
+def test_update_record_replaces_the_origin_metadata_of_the_same_version(
+    store: Store, dirs
+) -> None:
+    state, _ = dirs
+    version = publish_model(store, "m", versioned_model(1))
+    files = tuple(FileEntry(f.path, f.digest, f.size, {"etag": '"new"'}) for f in version.files)
+    updated = Version.build("m", version.manifest, files)
+    assert updated.id == version.id  # validators are not part of the version
+    store.update_record(updated)
+    on_disk = json.loads(record_file(state, version).read_bytes())
+    assert [f["meta"] for f in on_disk["files"]] == [{"etag": '"new"'}] * len(files)
+    assert store.current("m") is not None
+    assert [f.meta for f in store.current("m").files] == [{"etag": '"new"'}] * len(files)
+
+
+def test_update_record_translates_a_filesystem_error_and_names_the_model(
+    store: Store, dirs
+) -> None:
+    state, _ = dirs
+    version = publish_model(store, "m", versioned_model(1))
+    # A directory where the record is: the rename over it fails (EISDIR), as a real
+    # filesystem error would; tests run as root, so permissions cannot make it fail.
+    path = record_file(state, version)
+    path.unlink()
+    path.mkdir()
+    (path / "x").write_bytes(b"")
+    with pytest.raises(StorageError) as info:
+        store.update_record(version)
+    assert info.value.model == "m"
+    assert isinstance(info.value.__cause__, OSError)
+    assert not [e for e in os.listdir(path.parent) if e.startswith(".tmp-")]
