@@ -147,6 +147,9 @@ class Service:
         self._removals: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._stats: dict[str, int] | None = None  # store totals, recomputed after changes
+        # Current version per model, as the last sync left it: /v1/status must not read
+        # every model's ref from disk on the event loop for each request.
+        self._versions: dict[str, str | None] = {}
 
     # -- phases --------------------------------------------------------------------
 
@@ -286,6 +289,7 @@ class Service:
             try:
                 async with self.gate.collecting():
                     await trio.to_thread.run_sync(self.store.remove_model, name)
+                self._versions.pop(name, None)
             except ShardsyncError as exc:
                 log.error("model %s: cannot unpublish it: %s", name, exc)
                 self._event("unpublish-failed", model=name, error=str(exc))
@@ -303,6 +307,7 @@ class Service:
     def _on_result(self, state: ModelState, result: SyncResult) -> None:
         assert self.events
         name = state.config.name
+        self._versions[name] = result.version
         if result.error is not None:
             self._event("sync-failed", model=name, error=str(result.error),
                         file=result.error.file)
@@ -376,13 +381,19 @@ class Service:
             "name": st.config.name,
             "url": st.config.url,
             "state": st.progress.state,
-            "version": self.store.versions.current(st.config.name),
+            "version": self._current_version(st.config.name),
             "last_check": st.last_check,
             "last_success": st.last_success,
             "next_check": st.next_check if st.progress.state in ("idle", "error") else None,
             "last_error": st.last_error,
             "progress": st.progress.to_json(),
         }
+
+    def _current_version(self, name: str) -> str | None:
+        assert self.store
+        if name not in self._versions:  # not synced yet since start: ask the store once
+            self._versions[name] = self.store.versions.current(name)
+        return self._versions[name]
 
     def status(self) -> dict[str, Any]:
         """The status document (see :mod:`.control` for its shape)."""
