@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import stat
 import time
@@ -29,7 +30,14 @@ from dataclasses import dataclass, field
 
 from .atomic import clean_tmp, exists_at, tmp_name
 from .entry import rewrite_paths
-from .errors import LockedError, NotFoundError, ShardsyncError, translate_oserror
+from .errors import (
+    IntegrityError,
+    LockedError,
+    NotFoundError,
+    ShardsyncError,
+    UnsafePathError,
+    translate_oserror,
+)
 from .ingest import Ingest, IngestStatus, ingest_ref, read_status
 from .objects import CHUNK, Objects
 from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
@@ -42,6 +50,8 @@ __all__ = ["GRACE_SECONDS", "GcReport", "Problem", "Store"]
 #: page that read the old entry point may still be fetching its shards (a slow kiosk
 #: on a busy CPU takes seconds; five minutes leaves a wide margin).
 GRACE_SECONDS = 300.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,7 +69,9 @@ class GcReport:
 class Problem:
     """One thing verify found wrong; ``str()`` says it in one line."""
 
-    kind: str  # object-corrupt | object-missing | file-missing | file-differs | entry-differs
+    # object-corrupt | object-missing | file-missing | file-differs | entry-differs
+    # | ref-dangling | record-damaged
+    kind: str
     detail: str
     model: str | None = None
     version: str | None = None
@@ -173,9 +185,21 @@ class Store:
             self.versions.record(version, True)
 
     def current(self, name: str) -> Version | None:
-        """The published version of a model, or None."""
+        """The published version of a model, or None.
+
+        A ref naming a record that is missing or damaged counts as no current version
+        (logged as a warning): the next sync publishes again and so heals it, where
+        raising would fail that model's every sync. :meth:`verify` reports it.
+        """
         vid = self.versions.current(name)
-        return self.versions.get(name, vid) if vid else None
+        if not vid:
+            return None
+        try:
+            return self.versions.get(name, vid)
+        except (NotFoundError, IntegrityError, UnsafePathError) as exc:
+            log.warning("model %s: ref names version %s, whose record is unusable (%s); "
+                        "treating the model as unpublished", name, vid, exc)
+            return None
 
     def kept(self, name: str, *, now: float | None = None) -> list[str]:
         """Version ids to keep: the current one, the newest ``keep_versions`` overall,
@@ -335,8 +359,10 @@ class Store:
     def verify(self, *, repair: bool = False) -> list[Problem]:
         """Re-hash every object and check every published file and entry point.
 
-        With ``repair``: corrupt objects are deleted (a sync fetches them again), and
-        published files or entry points that differ are put back from good objects.
+        With ``repair``: corrupt objects are deleted (a sync fetches them again),
+        published files or entry points that differ are put back from good objects, a
+        ref naming a missing or damaged record is dropped with the model's history (the
+        next sync publishes again), and a damaged record of another version is dropped.
         """
         problems: list[Problem] = []
         bad: set[str] = set()
@@ -351,9 +377,38 @@ class Store:
                         "object-corrupt", f"content hashes to {actual}", path=info.digest,
                         repaired=False,
                     ))
-            for version in self.versions.all():
+            for version in self._records(problems, repair):
                 problems += self._verify_version(version, bad, repair)
         return problems
+
+    def _records(self, problems: list[Problem], repair: bool) -> list[Version]:
+        """Every usable version record; refs to missing or damaged records and damaged
+        records are appended to ``problems`` (and dropped with ``repair``)."""
+        out = []
+        for name in self.versions.names():
+            current = self.versions.current(name)
+            ids = self.versions.ids(name)
+            for vid in ids:
+                try:
+                    out.append(self.versions.get(name, vid))
+                except NotFoundError:
+                    continue  # removed meanwhile, or a stray file not named like an id
+                except (IntegrityError, UnsafePathError) as exc:
+                    if vid == current:
+                        continue  # reported as the dangling ref below
+                    if repair:
+                        self.versions.drop(name, vid)
+                    problems.append(Problem("record-damaged", str(exc), model=name,
+                                            version=vid, repaired=repair))
+            if current is not None and current not in {v.id for v in out if v.name == name}:
+                why = "names a damaged record" if current in ids else "names no record"
+                if repair:
+                    self.versions.drop_current(name)
+                    if current in ids:
+                        self.versions.drop(name, current)
+                problems.append(Problem("ref-dangling", f"the current version {why}",
+                                        model=name, version=current, repaired=repair))
+        return out
 
     def _verify_version(self, version: Version, bad: set[str], repair: bool) -> list[Problem]:
         out: list[Problem] = []

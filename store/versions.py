@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .atomic import exists_at, read_at, rmtree_at, write_atomic
-from .errors import IntegrityError, NotFoundError
+from .errors import IntegrityError, NotFoundError, UnsafePathError
 from .objects import check_digest
 from .paths import check_manifest_name, check_name, check_relpath, open_dir_at
 
@@ -138,10 +138,11 @@ class Versions:
 
     def record(self, version: Version, replace: bool = False) -> None:
         """Write the version record. An existing record is left as is, unless ``replace``
-        (same files, new origin metadata such as a changed ETag)."""
+        (same files, new origin metadata such as a changed ETag) or it is damaged (so
+        publishing the version again heals a ref to a damaged record)."""
         fd = open_dir_at(self._state_fd, f"snapshots/{version.name}", create=True)
         try:
-            if replace or not exists_at(fd, version.id + ".json"):
+            if replace or not exists_at(fd, version.id + ".json") or not self._valid(version):
                 data = json.dumps(version.to_json(), indent=1).encode()
                 write_atomic(fd, version.id + ".json", data)
         finally:
@@ -168,6 +169,13 @@ class Versions:
             # parse, a missing key, a value of the wrong type.
             raise IntegrityError(f"version record is damaged: {exc!r}", model=name,
                                  file=f"{version_id}.json") from exc
+
+    def _valid(self, version: Version) -> bool:
+        try:
+            self.get(version.name, version.id)
+        except (IntegrityError, UnsafePathError):
+            return False
+        return True
 
     def ids(self, name: str) -> list[str]:
         """Every recorded version id of a model."""
@@ -254,13 +262,15 @@ class Versions:
         finally:
             os.close(fd)
 
-    def forget(self, name: str) -> None:
-        """Remove a model's ref, history and records (the model was removed for good).
+    def drop_current(self, name: str) -> None:
+        """Remove a model's ref and history (a ref naming a record that is gone or damaged).
 
-        The ref goes first: a crash part-way leaves a model with no current version,
-        which nothing serves or keeps.
+        The ref goes first: a crash in between leaves only a history, which nothing
+        serves and which only makes pruning keep more.
         """
-        check_name(name)
+        self._unlink_ref_and_history(check_name(name))
+
+    def _unlink_ref_and_history(self, name: str) -> None:
         for sub, entry in (("refs", name), ("history", name + ".json")):
             fd = open_dir_at(self._state_fd, sub)
             try:
@@ -269,6 +279,14 @@ class Versions:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def forget(self, name: str) -> None:
+        """Remove a model's ref, history and records (the model was removed for good).
+
+        The ref goes first: a crash part-way leaves a model with no current version,
+        which nothing serves or keeps.
+        """
+        self._unlink_ref_and_history(check_name(name))
         fd = open_dir_at(self._state_fd, "snapshots")
         try:
             rmtree_at(fd, name)

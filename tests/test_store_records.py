@@ -7,11 +7,12 @@ edit would leave them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
-from storehelpers import publish_model, versioned_model
+from storehelpers import assert_store_ok, publish_model, versioned_model
 
 from shardsync.store import FileEntry, IntegrityError, StorageError, Store, Version
 
@@ -69,3 +70,64 @@ def test_update_record_translates_a_filesystem_error_and_names_the_model(
     assert info.value.model == "m"
     assert isinstance(info.value.__cause__, OSError)
     assert not [e for e in os.listdir(path.parent) if e.startswith(".tmp-")]
+
+
+def _dangle(state: Path, version: Version, how: str) -> None:
+    """Leave ``refs/m`` naming ``version`` with its record missing or damaged."""
+    path = record_file(state, version)
+    if how == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:40])  # torn
+
+
+@pytest.mark.parametrize("how", ["missing", "damaged"])
+def test_a_dangling_ref_is_no_current_version_and_the_next_publish_heals_it(
+    store: Store, dirs, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    state, site = dirs
+    model = versioned_model(1)
+    version = publish_model(store, "m", model)
+    _dangle(state, version, how)
+    with caplog.at_level(logging.WARNING, logger="shardsync.store.store"):
+        assert store.current("m") is None
+    assert any("m" in r.getMessage() and version.id in r.getMessage() for r in caplog.records)
+    # what the next sync does: publish the version it fetched (here the same one)
+    publish_model(store, "m", model)
+    assert store.current("m") == store.versions.get("m", version.id)
+    assert store.verify() == []
+    assert_store_ok(state, site)
+
+
+@pytest.mark.parametrize("how", ["missing", "damaged"])
+def test_verify_reports_a_dangling_ref_and_repair_drops_ref_and_history(
+    store: Store, dirs, how: str
+) -> None:
+    state, site = dirs
+    version = publish_model(store, "m", versioned_model(1))
+    _dangle(state, version, how)
+    [p] = store.verify()
+    assert (p.kind, p.model, p.version, p.repaired) == ("ref-dangling", "m", version.id, False)
+    assert (state / "refs" / "m").exists()  # verify alone changes nothing
+
+    [p] = store.verify(repair=True)
+    assert (p.kind, p.model, p.version, p.repaired) == ("ref-dangling", "m", version.id, True)
+    assert not (state / "refs" / "m").exists()
+    assert not (state / "history" / "m.json").exists()
+    assert store.verify() == []
+    publish_model(store, "m", versioned_model(2))
+    assert_store_ok(state, site)
+
+
+def test_verify_reports_a_damaged_record_of_an_older_version(dirs) -> None:
+    state, site = dirs
+    with Store(*dirs, keep_versions=2, grace=0) as store:
+        old = publish_model(store, "m", versioned_model(1), now=1000.0)
+        publish_model(store, "m", versioned_model(2), now=2000.0)
+        record_file(state, old).write_bytes(b"{")
+        [p] = store.verify()
+        assert (p.kind, p.model, p.version, p.repaired) == ("record-damaged", "m", old.id, False)
+        [p] = store.verify(repair=True)
+        assert p.repaired and not record_file(state, old).exists()
+        assert store.verify() == []
+        assert_store_ok(state, site)
