@@ -95,6 +95,13 @@ class Store:
 
     Opening takes a shared lock on ``state_dir/lock`` (gc needs it exclusively),
     removes temporary files a crash left, and runs :meth:`recover`.
+
+    Changes to one model (publish, prune, remove_model, update_record, and recover's
+    repairs) hold an exclusive flock on ``state_dir/locks/<name>``, waiting for it:
+    two publishes of one model, from threads of one process or from two processes,
+    run one after the other, so a prune never removes the version the other is about
+    to make current. Lock files stay (removing one would let a waiter and a newcomer
+    lock different files).
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class Store:
             self.objects = Objects(self._fd, self.state_dir)
             self._partial_dir = os.path.join(self.state_dir, "partial")
             self._partial_fd = open_dir_at(self._fd, "partial", create=True)
+            self._locks_fd = open_dir_at(self._fd, "locks", create=True)
             self.versions = Versions(self._fd)
             self.site = Site(site_dir)
         self.recover()
@@ -125,7 +133,7 @@ class Store:
     def close(self) -> None:
         for closer in (self.objects.close, self.site.close):
             closer()
-        for fd in (self._partial_fd, self._lock_fd, self._fd):
+        for fd in (self._partial_fd, self._locks_fd, self._lock_fd, self._fd):
             os.close(fd)
 
     def __enter__(self) -> Store:
@@ -181,8 +189,25 @@ class Store:
     def update_record(self, version: Version) -> None:
         """Rewrite the record of ``version`` (same files, new origin metadata such as a
         changed ETag); atomic, so a crash leaves the old record or the new one."""
-        with translate_oserror("cannot update version record", model=version.name):
+        with translate_oserror("cannot update version record", model=version.name), \
+                self._model_lock(version.name):
             self.versions.record(version, True)
+
+    @contextlib.contextmanager
+    def _model_lock(self, name: str) -> Iterator[None]:
+        """Hold the exclusive lock of model ``name`` (blocking; see the class docstring).
+
+        flock belongs to the open file description, so each holder opens the file
+        itself: two threads of one process exclude each other like two processes.
+        Not reentrant: a holder calls only the unlocked ``_`` methods.
+        """
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(check_name(name), flags, 0o600, dir_fd=self._locks_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def current(self, name: str) -> Version | None:
         """The published version of a model, or None.
@@ -228,7 +253,7 @@ class Store:
         """
         name = version.name
         self._require_objects(version)
-        with translate_oserror("cannot publish", model=name):
+        with translate_oserror("cannot publish", model=name), self._model_lock(name):
             previous = self.current(name)
             self.versions.record(version)
             entry = self.entry_bytes(version)
@@ -238,10 +263,15 @@ class Store:
             self.site.write_entry(name, version.manifest.path, entry)
             if previous and previous.manifest.path != version.manifest.path:
                 self.site.remove_entry(name, previous.manifest.path)
-            self.prune(name, now=now)
+            self._prune(name, now=now)
 
     def prune(self, name: str, *, now: float | None = None) -> list[str]:
         """Remove versions of ``name`` that are no longer kept; return their ids."""
+        with translate_oserror("cannot remove old version", model=name), \
+                self._model_lock(name):
+            return self._prune(name, now=now)
+
+    def _prune(self, name: str, *, now: float | None) -> list[str]:
         keep = set(self.kept(name, now=now))
         gone = (set(self.site.version_ids(name)) | set(self.versions.ids(name))) - keep
         with translate_oserror("cannot remove old version", model=name):
@@ -253,7 +283,7 @@ class Store:
     def remove_model(self, name: str) -> None:
         """Unpublish a model entirely: its site directory, ref, history and records."""
         check_name(name)
-        with translate_oserror("cannot remove model", model=name):
+        with translate_oserror("cannot remove model", model=name), self._model_lock(name):
             self.site.remove_model(name)
             self.versions.forget(name)
 
@@ -264,18 +294,22 @@ class Store:
         self._clean_temporaries()
         for name in self.versions.names():
             try:
-                version = self.current(name)
-                if version is None:
-                    continue
-                self.site.build_version(version, self.objects)
-                entry = self.entry_bytes(version)
-                if self.site.read_entry(name, version.manifest.path) != entry:
-                    self.site.write_entry(name, version.manifest.path, entry)
-                for stale in self.site.entries(name):
-                    if stale != version.manifest.path:
-                        self.site.remove_entry(name, stale)
+                with self._model_lock(name):
+                    self._recover_model(name)
             except (ShardsyncError, OSError):
                 continue  # verify reports it; opening the store must not fail on one model
+
+    def _recover_model(self, name: str) -> None:
+        version = self.current(name)
+        if version is None:
+            return
+        self.site.build_version(version, self.objects)
+        entry = self.entry_bytes(version)
+        if self.site.read_entry(name, version.manifest.path) != entry:
+            self.site.write_entry(name, version.manifest.path, entry)
+        for stale in self.site.entries(name):
+            if stale != version.manifest.path:
+                self.site.remove_entry(name, stale)
 
     def _clean_temporaries(self) -> None:
         """Remove ``.tmp-*`` names left by writers that died, in every directory we write."""
