@@ -112,7 +112,8 @@ def open_dir(path: str | os.PathLike[str], *, create: bool = False) -> int:
 def open_dir_at(dir_fd: int, relpath: str, *, create: bool = False, mode: int = 0o755) -> int:
     """Open ``relpath`` below ``dir_fd`` without following any symlink; return the fd.
 
-    With ``create``, missing directories are made on the way. A component that is
+    With ``create``, missing directories are made on the way, each made durable
+    (its parent fsynced once, right after the mkdir). A component that is
     a symlink or not a directory raises UnsafePathError (from ELOOP/ENOTDIR).
     The caller closes the fd.
     """
@@ -129,7 +130,12 @@ def open_dir_at(dir_fd: int, relpath: str, *, create: bool = False, mode: int = 
                 try:
                     os.mkdir(seg, mode, dir_fd=fd)
                 except FileExistsError:
-                    pass
+                    pass  # made meanwhile by another writer, which fsyncs the parent
+                else:
+                    # The new entry is durable only once its parent is: without this a
+                    # power cut can lose a new fanout dir under an object or ref already
+                    # fsynced inside it.
+                    os.fsync(fd)
                 nfd = os.open(seg, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # a symlink or a file in the way

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -281,3 +284,40 @@ def test_manifest_name_that_cannot_be_an_entry_point_is_refused_before_writing(
     with pytest.raises(UnsafePathError):
         store.publish(Version.build("m", *model.entries()))
     assert (tree_snapshot(dirs[0]), tree_snapshot(dirs[1])) == before
+
+
+_MAKE_DIRS = """
+import os, sys
+from shardsync.store.paths import open_dir, open_dir_at
+fd = open_dir(sys.argv[1])
+os.close(open_dir_at(fd, sys.argv[2], create=True))
+"""
+
+
+def test_open_dir_at_fsyncs_the_parent_of_every_directory_it_makes(tmp_path: Path) -> None:
+    """A new fanout directory under a durable ref must survive a power cut: its entry
+    in the parent is durable only once the parent is fsynced. strace shows the real
+    system calls: every successful mkdirat is followed by an fsync of its parent, once,
+    and a directory that existed already costs no fsync."""
+    root = tmp_path / "root"
+    (root / "old").mkdir(parents=True)
+    trace = tmp_path / "trace"
+    proc = subprocess.run(
+        ["strace", "-f", "-y", "-e", "trace=mkdirat,mkdir,fsync", "-o", str(trace),
+         sys.executable, "-B", "-c", _MAKE_DIRS, str(root), "old/a/b/c"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "old" / "a" / "b" / "c").is_dir()
+    calls = []  # (call, directory the call names) in order
+    for line in trace.read_text().splitlines():
+        if m := re.search(r'\b(mkdirat|fsync)\(\d+<([^>]*)>(?:, "([^"]*)")?.*\) = 0$', line):
+            call, parent, seg = m.groups()
+            calls.append((call, f"{parent}/{seg}" if seg else parent))
+    made = [d for call, d in calls if call == "mkdirat"]
+    assert made == [f"{root}/old/a", f"{root}/old/a/b", f"{root}/old/a/b/c"]
+    for d in made:
+        parent = d.rpartition("/")[0]
+        after = calls[calls.index(("mkdirat", d)) + 1:]
+        assert after and after[0] == ("fsync", parent), f"no fsync of {parent} after mkdir {d}"
+    assert [d for call, d in calls if call == "fsync"] == [d.rpartition("/")[0] for d in made]
