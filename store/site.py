@@ -61,24 +61,35 @@ class Site:
             clean_tmp(vfd)  # a build of ours that crashed; nothing else writes here
             tmp = tmp_name(version.id)
             os.mkdir(tmp, 0o755, dir_fd=vfd)
-            tfd = open_dir_at(vfd, tmp)
-            dirs: dict[str, int] = {"": tfd}
             try:
-                for entry in (version.manifest, *version.files):
-                    parent, _, base = entry.path.rpartition("/")
-                    if parent not in dirs:
-                        dirs[parent] = open_dir_at(tfd, parent, create=True)
-                    self.place(objects, entry.digest, dirs[parent], base)
-                for fd in dirs.values():
-                    os.fsync(fd)
-            finally:
-                for fd in dirs.values():
-                    os.close(fd)
-            os.chmod(tmp, 0o755, dir_fd=vfd)
-            os.rename(tmp, version.id, src_dir_fd=vfd, dst_dir_fd=vfd)
+                self._build_into(vfd, tmp, version, objects)
+                os.chmod(tmp, 0o755, dir_fd=vfd)
+                os.rename(tmp, version.id, src_dir_fd=vfd, dst_dir_fd=vfd)
+            except BaseException:
+                # clean_tmp spares our own pid's temporaries (we may still be writing
+                # them), so a failed build (ENOSPC, a cancel) removes its tree itself.
+                with contextlib.suppress(OSError):
+                    rmtree_at(vfd, tmp)
+                raise
             os.fsync(vfd)
         finally:
             os.close(vfd)
+
+    def _build_into(self, vfd: int, tmp: str, version: Version, objects: Objects) -> None:
+        """Place every file of ``version`` below the temporary tree ``tmp`` and fsync it."""
+        tfd = open_dir_at(vfd, tmp)
+        dirs: dict[str, int] = {"": tfd}
+        try:
+            for entry in (version.manifest, *version.files):
+                parent, _, base = entry.path.rpartition("/")
+                if parent not in dirs:
+                    dirs[parent] = open_dir_at(tfd, parent, create=True)
+                self.place(objects, entry.digest, dirs[parent], base)
+            for fd in dirs.values():
+                os.fsync(fd)
+        finally:
+            for fd in dirs.values():
+                os.close(fd)
 
     def place(self, objects: Objects, digest: str, dir_fd: int, name: str) -> None:
         """Put object ``digest`` at ``name`` in ``dir_fd``: a hardlink, else a durable copy."""

@@ -534,8 +534,14 @@ class Store:
             os.close(mfd)
         try:
             tmp = tmp_name(base)
-            self.site.place(self.objects, entry.digest, dfd, tmp)
-            os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+            try:
+                self.site.place(self.objects, entry.digest, dfd, tmp)
+                os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                # clean_tmp spares our own pid's temporaries: remove it here
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
             os.fsync(dfd)
         finally:
             os.close(dfd)

@@ -6,6 +6,8 @@ The cross-filesystem case mounts a real tmpfs as site_dir (tests run as root).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -24,11 +26,12 @@ from storehelpers import (
     random_model,
     record_model,
     sha256,
+    tmp_leftovers,
     tree_snapshot,
     versioned_model,
 )
 
-from shardsync.store import FileEntry, NotFoundError, Store, Version
+from shardsync.store import FileEntry, NotFoundError, StorageError, Store, Version
 
 
 def entry_doc(site: Path, name: str, manifest_name: str = "model.json"):
@@ -274,16 +277,23 @@ def test_remove_model(store: Store, dirs) -> None:
     assert_store_ok(state, site)
 
 
-@pytest.fixture
-def tmpfs_site(tmp_path: Path) -> Iterator[Path]:
-    """A real second filesystem (tmpfs) mounted as site_dir; unmounted afterwards."""
-    mnt = tmp_path / "site-tmpfs"
+@contextlib.contextmanager
+def mounted_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``mnt`` (made here); unmounted afterwards."""
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                   check=True)
     try:
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.fixture
+def tmpfs_site(tmp_path: Path) -> Iterator[Path]:
+    """A real second filesystem (tmpfs) mounted as site_dir; unmounted afterwards."""
+    with mounted_tmpfs(tmp_path / "site-tmpfs", "64m") as mnt:
+        yield mnt
 
 
 def test_cross_filesystem_publish_falls_back_to_copies(tmp_path: Path, tmpfs_site: Path) -> None:
@@ -309,3 +319,52 @@ def test_cross_filesystem_publish_falls_back_to_copies(tmp_path: Path, tmpfs_sit
         assert store.current("m") == v2
         assert store.verify() == []
     assert_store_ok(state, tmpfs_site)
+
+
+def _fill_up(fs: Path) -> None:
+    """Write to ``fs`` until it is full (ENOSPC), as another tenant of the disk would."""
+    with open(fs / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+def test_a_build_that_fails_leaves_no_temporary_tree(tmp_path: Path) -> None:
+    """ENOSPC while copying into a small site filesystem: the failed build's
+    ``.tmp-`` tree is removed at once (clean_tmp spares our own pid's temporaries,
+    so without that every retry of the running service would leave one more)."""
+    state = tmp_path / "state"
+    with mounted_tmpfs(tmp_path / "site", "1m") as site, Store(state, site) as store:
+        model = make_model({f"s{i}.bin": os.urandom(512 * 1024) for i in range(3)})
+        version = record_model(store, "m", model)
+        for _ in range(3):
+            with pytest.raises(StorageError) as info:
+                store.publish(version)
+            assert isinstance(info.value.__cause__, OSError)
+            assert info.value.__cause__.errno == errno.ENOSPC
+            assert tmp_leftovers(site) == []
+        assert store.current("m") is None
+        assert not (site / "m" / "versions" / version.id).exists()
+
+
+def test_a_repair_that_fails_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """verify --repair puts a published file back under a temporary name; ENOSPC
+    there must not leave the temporary behind."""
+    state = tmp_path / "state"
+    with mounted_tmpfs(tmp_path / "site", "2m") as site, Store(state, site) as store:
+        model = make_model({f"s{i}.bin": os.urandom(256 * 1024) for i in range(3)})
+        version = publish_model(store, "m", model)
+        (site / "m" / "versions" / version.id / "s1.bin").unlink()
+        _fill_up(site)
+        with pytest.raises(StorageError) as info:
+            store.verify(repair=True)
+        assert isinstance(info.value.__cause__, OSError)
+        assert info.value.__cause__.errno == errno.ENOSPC
+        assert tmp_leftovers(site) == []
+        (site / "filler").unlink()
+        store.verify(repair=True)
+        assert store.verify() == []
+        assert tmp_leftovers(site) == []
