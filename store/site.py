@@ -210,11 +210,6 @@ class Site:
             )
         )
 
-    def file_path(self, name: str, version_id: str, relpath: str) -> str:
-        """Path of a published file (for verify; never used to write)."""
-        return os.path.join(self.path, name, VERSIONS_DIR, version_id, relpath)
-
-
 
 def _remove_atomically(dir_fd: int, name: str) -> None:
     tmp = tmp_name("rm")

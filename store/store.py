@@ -19,6 +19,7 @@ the new one. OSErrors are translated to :class:`StorageError` here, once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -52,6 +53,11 @@ __all__ = ["GRACE_SECONDS", "GcReport", "Problem", "Store"]
 GRACE_SECONDS = 300.0
 
 log = logging.getLogger(__name__)
+
+# What verify says of a published file; repair tests for these exact values.
+_MISSING = "published file is missing"
+_UNSAFE = "a directory on its path is a symlink or not a directory; not following it"
+_NOT_REGULAR = "published file is not a regular file"
 
 
 @dataclass
@@ -450,30 +456,29 @@ class Store:
         published = (version.id in self.site.version_ids(version.name)
                      or self.versions.current(version.name) == version.id)
         for entry in (version.manifest, *version.files):
-            path = self.site.file_path(version.name, version.id, entry.path)
             if entry.digest in bad or not self.objects.has(entry.digest):
                 out.append(Problem("object-missing", f"needs object {entry.digest}",
                                    path=entry.path, **where))
-                why = self._check_published(path, entry, rehash=True) if published else None
-                if why is not None and "missing" not in why:
+                why = self._check_published(version, entry, rehash=True) if published else None
+                if why is not None and why != _MISSING:
                     # The bad object's bytes are served (a hardlink shares them): a 404
                     # fails loudly in the page, rotten weights would not.
-                    if repair:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(path)
+                    fixed = repair and why != _UNSAFE
+                    if fixed:
+                        self._unlink_published(version, entry)
                     out.append(Problem("file-differs", f"published file: {why}",
-                                       path=entry.path, repaired=repair, **where))
+                                       path=entry.path, repaired=fixed, **where))
                 continue
             if not published:
                 continue  # recorded, never published: no files to check
-            why = self._check_published(path, entry)
+            why = self._check_published(version, entry)
             if why is None:
                 continue
             fixed = False
-            if repair:
+            if repair and why != _UNSAFE:  # never write below a planted symlink
                 self._replace_published(version, entry)
                 fixed = True
-            out.append(Problem("file-differs" if "missing" not in why else "file-missing", why,
+            out.append(Problem("file-differs" if why != _MISSING else "file-missing", why,
                                path=entry.path, repaired=fixed, **where))
         if self.versions.current(version.name) == version.id and not out:
             want = self.entry_bytes(version)
@@ -484,43 +489,100 @@ class Store:
                                    path=version.manifest.path, repaired=repair, **where))
         return out
 
-    def _check_published(self, path: str, entry: FileEntry, *, rehash: bool = False
+    def _published_dir(self, version: Version, relpath: str) -> tuple[int, str]:
+        """(fd of the directory holding published file ``relpath``, its base name).
+
+        Walked from the site fd with O_NOFOLLOW: FileNotFoundError if a directory is
+        missing, UnsafePathError if one is a symlink or not a directory. The caller
+        closes the fd.
+        """
+        parent, _, base = relpath.rpartition("/")
+        rel = f"{VERSIONS_DIR}/{version.id}" + (f"/{parent}" if parent else "")
+        mfd = self.site.model_dir(version.name)
+        try:
+            return open_dir_at(mfd, rel), base
+        finally:
+            os.close(mfd)
+
+    def _check_published(self, version: Version, entry: FileEntry, *, rehash: bool = False
                          ) -> str | None:
-        """Why the published file at ``path`` is not ``entry``'s bytes, or None if it is.
+        """Why the published file of ``entry`` is not its bytes, or None if it is.
 
         A hardlink of the (just verified) object is not re-hashed unless ``rehash``.
+        Nothing but a regular file below real directories is ever opened (a FIFO would
+        block a read, a symlink lead outside site_dir).
         """
         try:
-            st = os.lstat(path)
+            dfd, base = self._published_dir(version, entry.path)
         except FileNotFoundError:
-            return "published file is missing"
-        if not stat.S_ISREG(st.st_mode):
-            return "published file is not a regular file"
-        if st.st_size != entry.size:
-            return f"size is {st.st_size}, expected {entry.size}"
-        if not rehash:
-            obj = self.objects.stat(entry.digest)
-            if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
-                return None  # the object itself, hardlinked, and the object was verified
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(CHUNK):
-                h.update(block)
+            return _MISSING
+        except UnsafePathError:
+            return _UNSAFE
+        try:
+            try:
+                st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return _MISSING
+            if not stat.S_ISREG(st.st_mode):
+                return _NOT_REGULAR
+            if st.st_size != entry.size:
+                return f"size is {st.st_size}, expected {entry.size}"
+            if not rehash:
+                obj = self.objects.stat(entry.digest)
+                if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
+                    return None  # the object itself, hardlinked, and the object was verified
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            try:
+                fd = os.open(base, flags, dir_fd=dfd)
+            except FileNotFoundError:
+                return _MISSING
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # became a symlink since the stat
+                    return _NOT_REGULAR
+                raise
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return _NOT_REGULAR  # swapped since the stat
+                h = hashlib.sha256()
+                while block := f.read(CHUNK):
+                    h.update(block)
+        finally:
+            os.close(dfd)
         if h.hexdigest() != entry.digest:
             return f"content hashes to {h.hexdigest()}, expected {entry.digest}"
         return None
 
+    def _unlink_published(self, version: Version, entry: FileEntry) -> None:
+        """Remove one published file (its directory walked without following symlinks)."""
+        try:
+            dfd, base = self._published_dir(version, entry.path)
+        except FileNotFoundError:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(base, dir_fd=dfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
     def _fill(self, version: Version) -> None:
         """Put back files missing from an existing version directory (verify --repair
         removes files whose object was corrupt; publishing the version again restores
-        them once the object is good)."""
+        them once the object is good). A symlink on the way raises UnsafePathError."""
         for entry in (version.manifest, *version.files):
-            path = self.site.file_path(version.name, version.id, entry.path)
             try:
-                if os.lstat(path).st_size == entry.size:
-                    continue
+                dfd, base = self._published_dir(version, entry.path)
             except FileNotFoundError:
                 pass
+            else:
+                try:
+                    st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+                        continue
+                except FileNotFoundError:
+                    pass
+                finally:
+                    os.close(dfd)
             self._replace_published(version, entry)
 
     def _replace_published(self, version: Version, entry: FileEntry) -> None:

@@ -22,6 +22,7 @@ from storehelpers import (
     publish_model,
     random_model,
     record_model,
+    run_script,
     sha256,
     tree_snapshot,
     versioned_model,
@@ -321,3 +322,67 @@ def test_open_dir_at_fsyncs_the_parent_of_every_directory_it_makes(tmp_path: Pat
         after = calls[calls.index(("mkdirat", d)) + 1:]
         assert after and after[0] == ("fsync", parent), f"no fsync of {parent} after mkdir {d}"
     assert [d for call, d in calls if call == "fsync"] == [d.rpartition("/")[0] for d in made]
+
+
+def _plant_version_symlink(site: Path, version: Version, outside: Path) -> Path:
+    """Move the published version directory outside and leave a symlink to it in its
+    place: every published path now leads through the link."""
+    vdir = site / "m" / "versions" / version.id
+    moved = outside / "moved-version"
+    vdir.rename(moved)
+    vdir.symlink_to(moved, target_is_directory=True)
+    return moved
+
+
+def test_verify_repair_never_unlinks_or_writes_through_a_planted_version_symlink(
+    store: Store, dirs, outside
+) -> None:
+    """A corrupt object's published file is unlinked by repair, and a differing file
+    put back: neither may happen through a symlink at ``site/<name>/versions/<id>``."""
+    state, site = dirs
+    model = versioned_model(1)
+    version = publish_model(store, "m", model)
+    moved = _plant_version_symlink(site, version, outside)
+    rels = sorted(model.shards)
+    # rot the object of one shard (its published hardlink, now outside, shares the bytes)
+    rot = object_path(state, sha256(model.shards[rels[0]]))
+    os.chmod(rot, 0o644)
+    rot.write_bytes(b"\0" * len(model.shards[rels[0]]))
+    os.chmod(rot, 0o444)
+    # and give another file outside different bytes of the same size
+    (moved / rels[1]).unlink()
+    (moved / rels[1]).write_bytes(b"\1" * len(model.shards[rels[1]]))
+    before = tree_snapshot(outside)
+    problems = store.verify(repair=True)
+    assert tree_snapshot(outside) == before
+    published = [p for p in problems if p.kind.startswith("file-")]
+    assert {p.path for p in published} == {*rels, "model.json"}
+    assert not any(p.repaired for p in published)
+    assert all("symlink" in p.detail for p in published)
+    assert (site / "m" / "versions" / version.id).is_symlink()
+
+
+_VERIFY_WITH_FIFO = """
+import sys
+from shardsync.store import Store
+with Store(sys.argv[1], sys.argv[2]) as s:
+    for p in s.verify(repair=True):
+        print(p.kind, p.path, p.repaired)
+"""
+
+
+def test_verify_does_not_hang_on_a_fifo_in_place_of_a_published_file(
+    store: Store, dirs
+) -> None:
+    state, site = dirs
+    model = versioned_model(1)
+    version = publish_model(store, "m", model)
+    rel = sorted(model.shards)[0]
+    path = site / "m" / "versions" / version.id / rel
+    path.unlink()
+    os.mkfifo(path)
+    proc = run_script(_VERIFY_WITH_FIFO, str(state), str(site), timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == f"file-differs {rel} True"
+    assert path.read_bytes() == model.shards[rel]
+    assert store.verify() == []
