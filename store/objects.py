@@ -44,8 +44,11 @@ def check_digest(digest: str) -> str:
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """An object's digest and size, and its mtime: when its bytes were written."""
+
     digest: str
     size: int
+    mtime: float = 0.0
 
 
 class Objects:
@@ -161,7 +164,7 @@ class Objects:
                     if _DIGEST_RE.fullmatch(name):
                         st = os.stat(name, dir_fd=fan_fd, follow_symlinks=False)
                         if stat.S_ISREG(st.st_mode):
-                            yield ObjectInfo(name, st.st_size)
+                            yield ObjectInfo(name, st.st_size, st.st_mtime)
             finally:
                 os.close(fan_fd)
 

@@ -366,19 +366,25 @@ class Store:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
 
-    def gc(self, *, dry_run: bool = False) -> GcReport:
+    def gc(self, *, dry_run: bool = False, min_age: float = 0.0) -> GcReport:
         """Remove objects no recorded version references, and orphaned partial files.
 
         Needs the store to itself (LockedError otherwise). Partial downloads with a
         sidecar are kept: they are the resume points of interrupted downloads.
+        Objects written less than ``min_age`` seconds ago are kept (and counted as
+        kept) even if unreferenced: a sync that failed part-way stored them for its
+        next attempt, which would otherwise fetch them again.
         """
+        if min_age < 0:
+            raise ValueError(f"min_age must not be negative, not {min_age}")
         report = GcReport()
+        young_since = time.time() - min_age
         with self._exclusive(), translate_oserror("gc failed", file=self.state_dir):
             referenced: set[str] = set()
             for version in self.versions.all():
                 referenced |= version.digests
             for info in list(self.objects.walk()):
-                if info.digest in referenced:
+                if info.digest in referenced or (min_age and info.mtime > young_since):
                     report.objects_kept += 1
                     continue
                 report.objects_removed += 1

@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,31 @@ def test_gc_keeps_what_kept_versions_reference_and_frees_the_rest(store: Store, 
     assert_store_ok(state, site)
     again = store.gc()
     assert (again.objects_removed, again.bytes_freed) == (0, 0)
+
+
+def test_gc_min_age_keeps_unreferenced_objects_written_recently(store: Store, dirs) -> None:
+    """What a sync that failed part-way leaves: objects stored, no version naming them.
+    The service's gc keeps them for a while so the next attempt need not fetch them."""
+    state, _ = dirs
+    v = publish_model(store, "m", versioned_model(1))
+    old, young = os.urandom(1000), os.urandom(2000)
+    for data in (old, young):
+        store.put_bytes(data)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(object_path(state, sha256(old)), (two_days_ago, two_days_ago))
+
+    dry = store.gc(dry_run=True, min_age=86400)
+    assert dry.removed == [sha256(old)]
+    assert dry.objects_kept == len(v.digests) + 1
+    report = store.gc(min_age=86400)
+    assert (report.removed, report.bytes_freed) == ([sha256(old)], 1000)
+    assert report.objects_kept == len(v.digests) + 1
+    assert set(objects_on_disk(state)) == v.digests | {sha256(young)}
+    # without min_age (the CLI's default) the young orphan goes too
+    assert store.gc().removed == [sha256(young)]
+    assert set(objects_on_disk(state)) == v.digests
+    with pytest.raises(ValueError):
+        store.gc(min_age=-1)
 
 
 def test_gc_removes_orphaned_partial_files_only(store: Store, dirs) -> None:
