@@ -83,10 +83,9 @@ class Ingest:
     those bytes came with (send them as ``If-Range``).
     """
 
-    def __init__(self, objects: Objects, partial_fd: int, partial_dir: str, url: str) -> None:
+    def __init__(self, objects: Objects, partial_fd: int, url: str) -> None:
         self._objects = objects
         self._dir_fd = partial_fd
-        self._dir = partial_dir
         self.url = url
         self.ref = ingest_ref(url)
         self._data_name = self.ref + ".data"
@@ -283,7 +282,8 @@ class Ingest:
                     raise IntegrityError(
                         "SHA-256 differs", file=self.url, expected=expected_digest, actual=digest
                     )
-                self._objects.commit_fd(self._fd, self._dir, self._data_name, digest, self.offset)
+                self._objects.commit_fd(self._fd, self._dir_fd, self._data_name, digest,
+                                        self.offset)
             except IntegrityError:
                 self.abort()
                 raise

@@ -60,7 +60,6 @@ class Objects:
 
     def __init__(self, state_fd: int, state_dir: str) -> None:
         self._root = os.path.join(state_dir, "objects", "sha256")
-        self._tmp_dir = os.path.join(state_dir, "tmp")
         self._fd = open_dir_at(state_fd, "objects/sha256", create=True)
         self._tmp_fd = open_dir_at(state_fd, "tmp", create=True)
         clean_tmp(self._tmp_fd)
@@ -72,9 +71,9 @@ class Objects:
     # -- read --------------------------------------------------------------------
 
     def path(self, digest: str) -> str:
-        """Absolute path of an object, for messages and the commit's link source.
+        """Absolute path of an object, for messages.
 
-        Never used to read or link a stored object: those go through directory fds.
+        Never used to read or link an object: those go through directory fds.
         """
         check_digest(digest)
         return os.path.join(self._root, digest[:2], digest)
@@ -178,7 +177,7 @@ class Objects:
         name, fd = self._tmp_file()
         try:
             write_all(fd, data)
-            self.commit_fd(fd, self._tmp_dir, name, digest, len(data))
+            self.commit_fd(fd, self._tmp_fd, name, digest, len(data))
         finally:
             self._discard(fd, name)
         return digest
@@ -198,13 +197,16 @@ class Objects:
                     size += n
             digest = h.hexdigest()
             if not self.has(digest):
-                self.commit_fd(fd, self._tmp_dir, name, digest, size)
+                self.commit_fd(fd, self._tmp_fd, name, digest, size)
         finally:
             self._discard(fd, name)
         return digest
 
-    def commit_fd(self, fd: int, dir_path: str, name: str, digest: str, size: int) -> bool:
-        """Make the file ``dir_path/name`` (open as ``fd``) the object ``digest``.
+    def commit_fd(self, fd: int, dir_fd: int, name: str, digest: str, size: int) -> bool:
+        """Make the file ``name`` in directory ``dir_fd`` (open as ``fd``) the object ``digest``.
+
+        The link is made from the directory fd, never by path, so a symlink planted in
+        place of the source directory (or of ``name``) is not followed.
 
         ``digest`` is what the caller computed while writing the bytes (and already
         compared with what it expected). Order (containerd's): fsync, check size, then
@@ -221,7 +223,8 @@ class Objects:
         fan_fd = open_dir_at(self._fd, digest[:2], create=True)
         try:
             try:
-                os.link(os.path.join(dir_path, name), digest, dst_dir_fd=fan_fd)
+                os.link(name, digest, src_dir_fd=dir_fd, dst_dir_fd=fan_fd,
+                        follow_symlinks=False)
             except FileExistsError:
                 return False
             os.fsync(fan_fd)

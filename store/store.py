@@ -129,7 +129,6 @@ class Store:
                                     dir_fd=self._fd)
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
             self.objects = Objects(self._fd, self.state_dir)
-            self._partial_dir = os.path.join(self.state_dir, "partial")
             self._partial_fd = open_dir_at(self._fd, "partial", create=True)
             self._locks_fd = open_dir_at(self._fd, "locks", create=True)
             self.versions = Versions(self._fd)
@@ -165,7 +164,7 @@ class Store:
         :mod:`shardsync.store.ingest` for how much of it is trusted.
         """
         with translate_oserror("cannot open partial download", file=url):
-            return Ingest(self.objects, self._partial_fd, self._partial_dir, url)
+            return Ingest(self.objects, self._partial_fd, url)
 
     def has_ingest(self, url: str) -> bool:
         """Whether a partial download of ``url`` is on disk (one stat, no parsing)."""

@@ -348,3 +348,22 @@ def test_kill_inside_commit_leaves_the_object_intact(dirs, victim: str) -> None:
         ing.commit(None, None)
         assert store.objects.verify(digest) == digest
         assert store.verify() == []
+
+
+def test_commit_links_from_the_partial_directory_fd_never_by_path(
+    store: Store, dirs, tmp_path: Path
+) -> None:
+    """A symlink planted as ``state_dir/partial`` while a download runs: the commit
+    links the partial from the directory it was written in, not through the link."""
+    state, _ = dirs
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    data = os.urandom(100_000)
+    with store.open_ingest(URL) as ing:
+        ing.start(etag=None, last_modified=None, expected_size=len(data))
+        ing.write(data)
+        (state / "partial").rename(state / "partial-moved")
+        (state / "partial").symlink_to(outside, target_is_directory=True)
+        assert ing.commit(len(data), sha256(data)) == sha256(data)
+    assert object_path(state, sha256(data)).read_bytes() == data
+    assert os.listdir(outside) == []

@@ -242,3 +242,32 @@ def test_opening_the_store_does_not_break_a_put_in_another_process(dirs) -> None
             proc.wait()
     assert proc.returncode == 0, err
     assert out.strip() == sha256(b"written while another process opens the store")
+
+
+def _swap_for_symlink(d: Path, outside: Path) -> None:
+    """Move directory ``d`` aside (open fds keep pointing at it) and plant a symlink to
+    ``outside`` under its name: any access by path now leads outside."""
+    d.rename(d.with_name(d.name + "-moved"))
+    d.symlink_to(outside, target_is_directory=True)
+
+
+def test_commit_links_from_the_temporary_directory_fd_never_by_path(
+    store: Store, dirs, tmp_path: Path
+) -> None:
+    """A symlink planted as ``state_dir/tmp`` after the store opened: a put links its
+    temporary from the directory it wrote it in, not through the planted link."""
+    state, _ = dirs
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_bytes(b"do not touch\n")
+    before = tree_snapshot(outside)
+    _swap_for_symlink(state / "tmp", outside)
+    data = os.urandom(5000)
+    assert store.put_bytes(data) == sha256(data)
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(7000))
+    assert store.put_file(src) == sha256(src.read_bytes())
+    assert object_path(state, sha256(data)).read_bytes() == data
+    assert object_path(state, sha256(src.read_bytes())).read_bytes() == src.read_bytes()
+    assert tree_snapshot(outside) == before
+    assert_store_ok(*dirs)
