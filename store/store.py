@@ -420,7 +420,7 @@ class Store:
                         self.objects.delete(info.digest)
                     problems.append(Problem(
                         "object-corrupt", f"content hashes to {actual}", path=info.digest,
-                        repaired=False,
+                        repaired=repair,  # deleted: a version needing it reports object-missing
                     ))
             for version in self._records(problems, repair):
                 problems += self._verify_version(version, bad, repair)

@@ -7,6 +7,7 @@ by an editor or a deploy script that unlinks the hardlink and writes a new file.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -26,6 +27,7 @@ from storehelpers import (
     sha256,
     versioned_model,
 )
+from synchelpers import run_cli, write_config
 
 from shardsync.store import LockedError, Problem, Store
 
@@ -283,6 +285,33 @@ def test_verify_does_not_report_a_recorded_but_unpublished_version(store: Store,
     assert store.verify() == []
     assert store.verify(repair=True) == []
     assert not (site / "m" / "versions" / pending.id).exists()
+
+
+def test_repair_reports_the_corrupt_object_it_deleted_as_repaired(tmp_path: Path) -> None:
+    """A corrupt orphan (no version needs it) is fully dealt with by deleting it: the
+    store says repaired, so `shardsync verify --repair` has nothing left and exits 0."""
+    conf = tmp_path / "conf"
+    # never contacted: the model is published below, and nothing of it needs fetching
+    config = write_config(conf, {"m": "http://127.0.0.1:9/m/model.json"})
+    state, site = conf / "state", conf / "site"
+    with Store(state, site) as store:
+        publish_model(store, "m", versioned_model(1))
+        orphan = os.urandom(3000)
+        store.put_bytes(orphan)
+    _flip_byte(object_path(state, sha256(orphan)), 10)
+
+    run = run_cli("verify", "-c", config, "--repair", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    doc = json.loads(run.stdout)
+    assert doc["ok"] is True
+    assert [(p["kind"], p["path"], p["repaired"]) for p in doc["problems"]] == [
+        ("object-corrupt", sha256(orphan), True)]
+    assert not object_path(state, sha256(orphan)).exists()
+    with Store(state, site) as store:
+        assert store.verify() == []
+        _flip_byte(object_path(state, sha256(versioned_model(1).manifest)), 10)
+        [corrupt] = [p for p in store.verify() if p.kind == "object-corrupt"]
+        assert corrupt.repaired is False  # verify alone repairs nothing
 
 
 def test_problem_reads_as_one_line() -> None:
