@@ -36,6 +36,7 @@ Environment:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -69,6 +70,12 @@ log = logging.getLogger(__name__)
 #: Wait after a publish before gc: several models often publish together; one gc
 #: covers them all.
 GC_DELAY = 60.0
+
+#: The service's gc keeps unreferenced objects younger than this: the shards a sync
+#: fetched before one of its files failed are referenced by no version yet, and the
+#: next try (minutes away) needs them. A day is far beyond any backoff; `shardsync gc`
+#: by hand keeps nothing back.
+GC_MIN_AGE = 24 * 3600.0
 
 #: A sync that has not moved (no byte, no file, no state change) for this long is
 #: stuck despite every timeout in fetch.py: stop petting the watchdog so systemd
@@ -328,7 +335,8 @@ class Service:
             await trio.sleep(GC_DELAY)
             try:
                 async with self.gate.collecting():
-                    report = await trio.to_thread.run_sync(self.store.gc)
+                    report = await trio.to_thread.run_sync(
+                        functools.partial(self.store.gc, min_age=GC_MIN_AGE))
             except LockedError as exc:
                 log.warning("gc skipped: %s", exc)
                 continue

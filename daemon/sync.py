@@ -223,9 +223,6 @@ class Syncer:
                 first.reason += f" (and {len(errors) - 1} more file(s) failed)"
             raise first
 
-        await self._check_groups(model, manifest, files)
-
-        progress.state = "publishing"
         if manifest_digest is None:  # else it is the object we just read and verified
             manifest_digest = await trio.to_thread.run_sync(store.put_bytes, data)
         meta = {"url": model.url, "etag": validators.etag,
@@ -234,10 +231,14 @@ class Syncer:
         ordered = [files[p] for p in manifest.files]
         version = Version.build(model.name, manifest_entry, ordered)
         if previous is not None and previous.id == version.id:
+            # The same bytes as the published version, whose groups were checked before
+            # it was published: no need to walk string weights again on every check.
             if _metas(previous) != _metas(version):
                 await trio.to_thread.run_sync(store.update_record, version)
             self._learn(version)
             return
+        await self._check_groups(model, manifest, files)
+        progress.state = "publishing"
         await trio.to_thread.run_sync(store.publish, version)
         self._learn(version)
         result.changed = True
