@@ -23,6 +23,8 @@ import httpx
 
 from shardsync.store.errors import NotFoundError, ShardsyncError
 
+from .units import format_bytes
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ControlClient",
@@ -212,18 +214,10 @@ def _progress(model: Mapping[str, Any]) -> str:
     parts = []
     if bytes_total:
         pct = math.floor(100 * bytes_done / bytes_total)
-        parts.append(f"{pct}% {_size(bytes_done)}/{_size(bytes_total)}")
+        parts.append(f"{pct}% {format_bytes(bytes_done)}/{format_bytes(bytes_total)}")
     if files_total:
         parts.append(f"{files_done}/{files_total} files")
     return ", ".join(parts)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _relative(t: Any, now: float) -> str:

@@ -22,9 +22,10 @@ from shardsync.store import Store
 
 from .config import load_config
 from .origin import Origin
-from .progress import format_bytes, result_line
+from .progress import result_line
 from .samples import CONVERTER_SHARD_SIZE, make_big_model, recut, write_samples
 from .sync import SyncResult
+from .units import format_bytes
 
 __all__ = ["run_demo"]
 

@@ -14,21 +14,14 @@ from typing import TextIO
 import trio
 
 from .sync import Progress, SyncResult
+from .units import format_bytes
 
-__all__ = ["ProgressDisplay", "format_bytes", "result_line"]
+__all__ = ["ProgressDisplay", "result_line"]
 
 #: Redraws per second: smooth enough to read, cheap enough not to slow a download.
 REDRAW_HZ = 5
 
 _BAR = 24  # characters of the bar
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
 
 
 def result_line(r: SyncResult) -> str:

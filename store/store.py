@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import stat
@@ -40,7 +39,7 @@ from .errors import (
     translate_oserror,
 )
 from .ingest import Ingest, IngestStatus, ingest_ref, read_status
-from .objects import CHUNK, Objects
+from .objects import Objects, hash_file
 from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
 from .site import Site
 from .versions import FileEntry, Version, Versions
@@ -548,13 +547,11 @@ class Store:
             with os.fdopen(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                     return _NOT_REGULAR  # swapped since the stat
-                h = hashlib.sha256()
-                while block := f.read(CHUNK):
-                    h.update(block)
+                actual = hash_file(f)
         finally:
             os.close(dfd)
-        if h.hexdigest() != entry.digest:
-            return f"content hashes to {h.hexdigest()}, expected {entry.digest}"
+        if actual != entry.digest:
+            return f"content hashes to {actual}, expected {entry.digest}"
         return None
 
     def _unlink_published(self, version: Version, entry: FileEntry) -> None:
