@@ -32,6 +32,7 @@ from typing import Any
 import trio
 
 from shardsync.store import FileEntry, Store, Version
+from shardsync.store.objects import CHUNK
 
 from .config import ModelConfig
 from .errors import ShardsyncError
@@ -41,9 +42,6 @@ from .tfjs import Group, Manifest, check_group_bytes, parse_manifest, shard_url
 __all__ = ["Progress", "SyncResult", "Syncer"]
 
 log = logging.getLogger(__name__)
-
-#: Bytes read per chunk when walking a group with string weights from the store.
-_WALK_CHUNK = 1024 * 1024
 
 #: A stored manifest up to this size is read and re-hashed on the event loop (~0.1 ms):
 #: a worker-thread hop costs more than that. Real model.json files are a few kB to a few
@@ -315,7 +313,7 @@ class Syncer:
     def _chunks(self, digests: list[str]) -> Iterator[bytes]:
         for digest in digests:
             with self.store.objects.open(digest) as f:
-                while block := f.read(_WALK_CHUNK):
+                while block := f.read(CHUNK):
                     yield block
 
 
