@@ -18,10 +18,13 @@ it is not fsynced. Events are a report of what happened, not the record of the
 store (snapshots and refs are, and they are fsynced), and an fsync per event would
 stall the event loop for a disk flush and wear a kiosk's flash for nothing. A
 power loss can therefore lose the last seconds of events (the kernel writes them
-back within about 30 s); their ids are then handed out again, and a client holding
-a cursor beyond the log's end gets everything kept with ``truncated`` set (see
-:meth:`EventLog.since`). A crash mid-write leaves a torn last line: it is dropped,
-and the file truncated back to the last whole event, on the next open.
+back within about 30 s). Their ids are never handed out again: ids are reserved in
+blocks of :data:`ID_BLOCK` in ``events.jsonl.hwm`` (fsynced, once per block, with
+the kernel's boot id), and a log reopened after a reboot goes on after the reserved
+block, so a cursor never skips a new event that reused a lost one's id. Within one
+boot nothing written can be lost, and ids go on from the file's last. A crash
+mid-write leaves a torn last line: it is dropped, and the file truncated back to the
+last whole event, on the next open.
 
 Size. When the file grows past ``max_bytes`` it is rewritten to keep only its
 newest half (written to a temporary file, fsynced, renamed over). Ids never
@@ -48,7 +51,9 @@ from typing import Any
 
 import trio
 
+from shardsync.store.atomic import write_atomic
 from shardsync.store.errors import LockedError, StorageError
+from shardsync.store.ingest import boot_id
 
 __all__ = ["DEFAULT_LIMIT", "DEFAULT_MAX_BYTES", "Event", "EventBatch", "EventLog"]
 
@@ -58,6 +63,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 4 * 1024 * 1024
 # Events per answer: bounds one response; a client that is behind just polls again at once.
 DEFAULT_LIMIT = 1000
+#: Ids reserved per fsync of the high-water mark: one small fsync per thousand events
+#: (a busy service writes a few per model per check), and a restart skips at most that.
+ID_BLOCK = 1000
+
 # Keys every event has; extra fields may not reuse them.
 _RESERVED = frozenset({"id", "time", "type", "model"})
 # Group-readable: the control socket's group may read the history; nobody else.
@@ -123,7 +132,11 @@ class EventLog:
         self._ids = ids  # ids of the kept events, ascending
         self._lines = lines  # their JSON lines, without the newline
         self._size = size  # bytes in the file: sum of len(line) + 1
-        self._last_id = ids[-1] if ids else 0
+        self._hwm_path = path + ".hwm"
+        self._hwm, hwm_boot = _read_hwm(self._hwm_path)
+        last = ids[-1] if ids else 0
+        # After a reboot, events up to the reservation may have been lost with their ids.
+        self._last_id = last if hwm_boot == boot_id() else max(last, self._hwm)
         self._changed = trio.Event()  # set (and replaced) on every append and on close
 
     @classmethod
@@ -193,6 +206,8 @@ class EventLog:
         if clash:
             raise ValueError(f"event fields may not be named {sorted(clash)}")
         event = Event(self._last_id + 1, round(time.time(), 3), type, model, fields)
+        if event.id > self._hwm:
+            self._reserve(event.id + ID_BLOCK)
         line = json.dumps(event.to_json(), ensure_ascii=False, separators=(",", ":"),
                           allow_nan=False).encode()
         self._write_line(line)
@@ -262,6 +277,20 @@ class EventLog:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _reserve(self, hwm: int) -> None:
+        """Durably record that ids up to ``hwm`` may be handed out (see the module doc)."""
+        parent = os.path.dirname(self._hwm_path) or "."
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            write_atomic(dir_fd, os.path.basename(self._hwm_path),
+                         f"{hwm} {boot_id()}\n".encode(), mode=_FILE_MODE)
+        except OSError as exc:
+            raise StorageError.from_oserror(exc, "cannot reserve event ids",
+                                            file=self._hwm_path) from exc
+        finally:
+            os.close(dir_fd)
+        self._hwm = hwm
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -328,6 +357,16 @@ class EventLog:
             log.warning("event log %s: cannot fsync its directory: %s", self.path, exc)
         log.info("event log %s rotated: dropped %d old events, kept %d from id %d",
                  self.path, dropped, len(self._ids), self._ids[0])
+
+
+def _read_hwm(path: str) -> tuple[int, str]:
+    """The reserved id high-water mark and the boot it was written in; (0, "") if none."""
+    try:
+        with open(path, "rb") as f:
+            hwm, _, boot = f.read().decode().strip().partition(" ")
+        return max(0, int(hwm or 0)), boot
+    except (OSError, ValueError):
+        return 0, ""
 
 
 def _lock(fd: int, path: str) -> None:

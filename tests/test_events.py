@@ -207,3 +207,36 @@ async def test_close_wakes_waiters(tmp_path, autojump_clock):
         log.close()
     assert trio.current_time() == start
     assert results == [EventBatch([], 0, False)]
+
+
+def test_ids_lost_to_a_power_cut_are_never_handed_out_again(tmp_path):
+    """A power cut can lose the unsynced tail of the log. After the reboot (another
+    boot id in the reservation file) the next id must come after every id that may
+    have been handed out, or a client's cursor would skip the new events."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog.open(path)
+    for i in range(5):
+        log.append("checked", model=f"m{i}")
+    seen_by_client = log.last_id  # a client polled up to here
+    log.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2]))  # the last three events never reached the disk
+    hwm = tmp_path / "events.jsonl.hwm"
+    reserved, _, _ = hwm.read_text().partition(" ")
+    hwm.write_text(f"{reserved} another-boot\n")
+
+    log = EventLog.open(path)
+    new = log.append("published", model="m9")
+    assert new.id > seen_by_client
+    assert [e.id for e in log.since(seen_by_client).events] == [new.id]
+    log.close()
+
+
+def test_within_one_boot_ids_go_on_from_the_file(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = EventLog.open(path)
+    log.append("a")
+    log.close()
+    log = EventLog.open(path)
+    assert log.append("b").id == 2  # the process died, not the kernel: nothing was lost
+    log.close()
