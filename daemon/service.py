@@ -82,6 +82,10 @@ GC_MIN_AGE = 24 * 3600.0
 #: restarts us. Far above the fetch timeouts (30 s read, 60 s rate window).
 STALL_LIMIT = 15 * 60.0
 
+#: Connections the service's HTTP pool may hold: room for `concurrency` to be raised by
+#: a reload up to half of this without a restart; idle ones cost nothing until used.
+POOL_CONNECTIONS = 64
+
 #: Longest long-poll a client may ask of /v1/events.
 MAX_POLL = 300.0
 
@@ -169,7 +173,10 @@ class Service:
                           grace=self.grace))
         self.events = EventLog.open(Path(config.state_dir) / "events.jsonl")
         try:
-            async with make_client(max_connections=max(8, config.concurrency * 2)) as client:
+            # The pool is sized once, but a reload may raise `concurrency` (the limiter
+            # follows at once): leave room, connections only open when needed.
+            pool = max(POOL_CONNECTIONS, config.concurrency * 2)
+            async with make_client(max_connections=pool) as client:
                 self.syncer = Syncer(self.store, Fetcher(client), concurrency=config.concurrency,
                                      max_model_bytes=config.max_model_bytes)
                 await self._main(task_status)
