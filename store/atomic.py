@@ -8,14 +8,19 @@ after the directory fsync the new content is the file's content for good.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import stat
 
+from .errors import UnsafePathError
+from .paths import open_dir_at
+
 __all__ = [
     "TMP_PREFIX",
     "clean_tmp",
+    "clean_tmp_at",
     "exists_at",
     "read_at",
     "rmtree_at",
@@ -142,3 +147,17 @@ def exists_at(dir_fd: int, name: str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def clean_tmp_at(dir_fd: int, relpath: str) -> None:
+    """:func:`clean_tmp` in the directory ``relpath`` below ``dir_fd``, if it is there.
+
+    Best effort (start-up cleaning must not fail the open): a missing directory, one
+    that is a planted symlink (never followed), or an I/O error leaves it as it is.
+    """
+    with contextlib.suppress(OSError, UnsafePathError):
+        fd = open_dir_at(dir_fd, relpath)
+        try:
+            clean_tmp(fd)
+        finally:
+            os.close(fd)

@@ -19,8 +19,16 @@ import errno
 import os
 import stat
 
-from .atomic import TMP_PREFIX, clean_tmp, exists_at, read_at, rmtree_at, tmp_name, write_atomic
-from .errors import UnsafePathError
+from .atomic import (
+    TMP_PREFIX,
+    clean_tmp,
+    clean_tmp_at,
+    exists_at,
+    read_at,
+    rmtree_at,
+    tmp_name,
+    write_atomic,
+)
 from .objects import Objects
 from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
 from .versions import Version
@@ -158,12 +166,7 @@ class Site:
         clean_tmp(self._fd)
         for name in self.models():
             for rel in (name, f"{name}/{VERSIONS_DIR}"):
-                with contextlib.suppress(OSError, UnsafePathError):
-                    fd = open_dir_at(self._fd, rel)
-                    try:
-                        clean_tmp(fd)
-                    finally:
-                        os.close(fd)
+                clean_tmp_at(self._fd, rel)
 
     def remove_entry(self, name: str, manifest_name: str) -> None:
         with contextlib.suppress(FileNotFoundError):

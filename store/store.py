@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .atomic import clean_tmp, exists_at, tmp_name
+from .atomic import clean_tmp_at, exists_at, tmp_name
 from .entry import rewrite_paths
 from .errors import (
     IntegrityError,
@@ -320,12 +320,7 @@ class Store:
         dirs = ["partial", "refs", "history", "snapshots"]
         dirs += [f"snapshots/{n}" for n in self._listdirs(self._fd, "snapshots")]
         for rel in dirs:
-            with contextlib.suppress(OSError, ShardsyncError):
-                fd = open_dir_at(self._fd, rel)
-                try:
-                    clean_tmp(fd)
-                finally:
-                    os.close(fd)
+            clean_tmp_at(self._fd, rel)
         self.site.clean_temporaries()
 
     @staticmethod
