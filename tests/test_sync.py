@@ -18,6 +18,7 @@ bytes a web server would serve from site_dir), never on the syncer's own word:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -267,8 +268,12 @@ async def test_a_shared_shard_failing_names_each_model_in_its_own_error(
     origin: Origin, tmp_path: Path
 ) -> None:
     url_a, url_b, _ = two_models_sharing_shards(origin)
-    origin.remove_file("shared/group1-shard1of2.bin")
-    async with open_syncer(tmp_path) as env:
+    # The shard fails slowly (a drip below min_rate over a 2 s window, not retried), so
+    # the second model surely asks while the first model's request is still in flight:
+    # with a fast 404 it could come after, and rightly ask again.
+    origin.fault_drip("shared/group1-shard1of2.bin", chunk=1, interval=0.2)
+    policy = dataclasses.replace(FAST, min_rate=1024.0, rate_window=2.0)
+    async with open_syncer(tmp_path, policy=policy) as env:
         results = {}
 
         async def run(name: str, url: str) -> None:
@@ -281,7 +286,7 @@ async def test_a_shared_shard_failing_names_each_model_in_its_own_error(
     for name in "ab":
         err = results[name].error
         assert err is not None and err.model == name, (name, str(err))
-        assert str(err).startswith(f"model {name}: file ") and "404" in str(err)
+        assert str(err).startswith(f"model {name}: file ") and "slower than" in str(err)
     assert results["a"].error is not results["b"].error
 
 
