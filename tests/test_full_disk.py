@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from storehelpers import mounted_tmpfs
 
 from shardsync.daemon.origin import Origin
 from shardsync.daemon.samples import make_big_model, write_samples
@@ -20,14 +21,8 @@ TMPFS_SIZE = "6m"  # holds the small models, not the 12 MiB one
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mnt)],
-                   check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "disk", TMPFS_SIZE) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def _sync(conf: Path) -> tuple[int, dict, str]:

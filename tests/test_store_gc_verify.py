@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from storehelpers import (
     assert_store_ok,
+    flip_byte,
     make_model,
     object_files,
     object_path,
@@ -163,14 +164,6 @@ def test_gc_while_another_process_holds_the_store_is_locked(store: Store, dirs) 
     assert_store_ok(*dirs)
 
 
-def _flip_byte(path: Path, offset: int) -> None:
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x80]))
-    os.chmod(path, 0o444)
 
 
 def _replace_behind_the_back(path: Path) -> bytes:
@@ -192,7 +185,7 @@ def _damaged_store(store: Store, dirs):
     vm = publish_model(store, "m", versioned_model(1))
     vn = publish_model(store, "n", versioned_model(2, subdir="w"))
     rot_rel, rot_data = sorted(versioned_model(1).shards.items())[1]
-    _flip_byte(object_path(state, sha256(rot_data)), 100)
+    flip_byte(object_path(state, sha256(rot_data)), 100)
     rep_rel, rep_data = sorted(versioned_model(2, subdir="w").shards.items())[0]
     rep_path = site / "n" / "versions" / vn.id / rep_rel
     _replace_behind_the_back(rep_path)
@@ -298,7 +291,7 @@ def test_repair_reports_the_corrupt_object_it_deleted_as_repaired(tmp_path: Path
         publish_model(store, "m", versioned_model(1))
         orphan = os.urandom(3000)
         store.put_bytes(orphan)
-    _flip_byte(object_path(state, sha256(orphan)), 10)
+    flip_byte(object_path(state, sha256(orphan)), 10)
 
     run = run_cli("verify", "-c", config, "--repair", "--json")
     assert run.returncode == 0, run.stdout + run.stderr
@@ -309,7 +302,7 @@ def test_repair_reports_the_corrupt_object_it_deleted_as_repaired(tmp_path: Path
     assert not object_path(state, sha256(orphan)).exists()
     with Store(state, site) as store:
         assert store.verify() == []
-        _flip_byte(object_path(state, sha256(versioned_model(1).manifest)), 10)
+        flip_byte(object_path(state, sha256(versioned_model(1).manifest)), 10)
         [corrupt] = [p for p in store.verify() if p.kind == "object-corrupt"]
         assert corrupt.repaired is False  # verify alone repairs nothing
 

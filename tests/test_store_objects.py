@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from storehelpers import (
     assert_store_ok,
+    flip_byte,
     make_model,
     object_files,
     object_path,
@@ -106,21 +107,13 @@ def test_objects_are_read_only(store: Store, dirs, tmp_path: Path) -> None:
         assert stat.S_IMODE(os.stat(object_path(dirs[0], digest)).st_mode) == 0o444
 
 
-def _flip_byte(path: Path, offset: int) -> None:
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0x01]))
-    os.chmod(path, 0o444)
 
 
 def test_read_verified_and_verify_detect_a_flipped_byte(store: Store, dirs) -> None:
     data = os.urandom(2 * 1024 * 1024 + 5)
     digest = store.put_bytes(data)
     assert store.objects.verify(digest) == digest
-    _flip_byte(object_path(dirs[0], digest), 1_500_000)
+    flip_byte(object_path(dirs[0], digest), 1_500_000, 0x01)
     actual = store.objects.verify(digest)
     assert actual != digest
     assert actual == sha256(object_path(dirs[0], digest).read_bytes())

@@ -6,13 +6,11 @@ The cross-filesystem case mounts a real tmpfs as site_dir (tests run as root).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import random
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from storehelpers import (
     ModelFiles,
     assert_store_ok,
     make_model,
+    mounted_tmpfs,
     object_path,
     publish_model,
     random_model,
@@ -275,18 +274,6 @@ def test_remove_model(store: Store, dirs) -> None:
     assert store.current("m") is None and records(state, "m") == set()
     assert store.versions.names() == ["other"]
     assert_store_ok(state, site)
-
-
-@contextlib.contextmanager
-def mounted_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
-    """A real tmpfs of ``size`` mounted at ``mnt`` (made here); unmounted afterwards."""
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                   check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 @pytest.fixture
