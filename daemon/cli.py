@@ -17,14 +17,12 @@ from pathlib import Path
 
 import trio
 
-from shardsync.store import Store
-
 from . import __version__
-from .config import DEFAULTS, Config, load_config
+from .config import DEFAULTS, load_config
 from .errors import ConfigError, NotFoundError, ShardsyncError
-from .fetch import Fetcher, make_client, tune_for_downloads
-from .progress import ProgressDisplay, result_line
-from .sync import Progress, Syncer, SyncResult
+from .oneshot import open_store, sync_models
+from .progress import result_line
+from .sync import SyncResult
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -107,10 +105,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def open_store(config: Config) -> Store:
-    return Store(config.state_dir, config.site_dir, keep_versions=config.keep_versions)
-
-
 # -- sync ---------------------------------------------------------------------------
 
 
@@ -133,29 +127,6 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         for r in results:
             print(result_line(r), file=sys.stderr)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
-
-
-async def sync_models(config: Config, store: Store, names: Sequence[str],
-                      show_progress: bool = False) -> list[SyncResult]:
-    """Sync the named models concurrently (sharing one download limit); results in order."""
-    tune_for_downloads()
-    progress = {n: Progress() for n in names}
-    results: dict[str, SyncResult] = {}
-    async with make_client(max_connections=config.concurrency * 2) as client:
-        syncer = Syncer(store, Fetcher(client), concurrency=config.concurrency,
-                        max_model_bytes=config.max_model_bytes)
-
-        async def one(name: str) -> None:
-            results[name] = await syncer.sync(config.model(name), progress[name])
-
-        async with trio.open_nursery() as outer:
-            if show_progress:
-                outer.start_soon(ProgressDisplay(progress).run)
-            async with trio.open_nursery() as nursery:
-                for n in names:
-                    nursery.start_soon(one, n)
-            outer.cancel_scope.cancel()
-    return [results[n] for n in names]
 
 
 # -- verify and gc ------------------------------------------------------------------

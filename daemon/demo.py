@@ -21,6 +21,7 @@ import trio
 from shardsync.store import Store
 
 from .config import load_config
+from .oneshot import open_store, sync_models
 from .origin import Origin
 from .progress import result_line
 from .samples import CONVERTER_SHARD_SIZE, make_big_model, recut, write_samples
@@ -50,8 +51,6 @@ def run_demo(directory: Path | None = None) -> int:
                                   name="dense-4mib"))
     # A real model re-cut into 4 MiB converter shards (it fits in one: group1-shard1of1.bin).
     recut(origin_dir / "antispoof", "antispoof.json", CONVERTER_SHARD_SIZE)
-
-    from .cli import open_store, sync_models  # the CLI's own sync, so the demo shows it
 
     logging.getLogger("shardsync.daemon.sync").setLevel(logging.WARNING)  # we report ourselves
 

@@ -1,0 +1,54 @@
+"""One pass over some models, then done: what `shardsync sync`, `verify --repair` and the
+demo run, outside the service.
+
+The service (:mod:`.service`) keeps its store, client and syncer for its whole life;
+a one-shot command opens them here, syncs the named models concurrently under one
+download limit, and closes them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from shardsync.store import Store
+
+from .config import Config
+from .fetch import Fetcher, make_client, tune_for_downloads
+from .progress import ProgressDisplay
+from .sync import Progress, Syncer, SyncResult
+
+__all__ = ["open_store", "sync_models"]
+
+
+def open_store(config: Config) -> Store:
+    """The store ``config`` names, opened (and recovered) for a one-shot command."""
+    return Store(config.state_dir, config.site_dir, keep_versions=config.keep_versions)
+
+
+async def sync_models(config: Config, store: Store, names: Sequence[str],
+                      show_progress: bool = False) -> list[SyncResult]:
+    """Sync the named models concurrently (sharing one download limit); results in order.
+
+    With ``show_progress`` a progress display redraws on stderr until every model is
+    done. A cancel stops the downloads where they are (their partials are kept).
+    """
+    tune_for_downloads()
+    progress = {n: Progress() for n in names}
+    results: dict[str, SyncResult] = {}
+    async with make_client(max_connections=config.concurrency * 2) as client:
+        syncer = Syncer(store, Fetcher(client), concurrency=config.concurrency,
+                        max_model_bytes=config.max_model_bytes)
+
+        async def one(name: str) -> None:
+            results[name] = await syncer.sync(config.model(name), progress[name])
+
+        async with trio.open_nursery() as outer:
+            if show_progress:
+                outer.start_soon(ProgressDisplay(progress).run)
+            async with trio.open_nursery() as nursery:
+                for n in names:
+                    nursery.start_soon(one, n)
+            outer.cancel_scope.cancel()
+    return [results[n] for n in names]
