@@ -41,7 +41,7 @@ from nginx import serve_directory  # bench/nginx.py: also puts tests/ on sys.pat
 from servicehelpers import NotifySocket, ServiceProcess, short_dir
 from synchelpers import write_config
 
-from shardsync.daemon.samples import make_big_model
+from shardsync.daemon.demo.samples import make_big_model
 
 __all__ = ["StatusClient", "cpu_seconds", "main", "percentile"]
 

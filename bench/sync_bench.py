@@ -36,7 +36,7 @@ from nginx import NginxOrigin, serve_directory  # bench/nginx.py: makes tests/ i
 from storehelpers import write_model
 from synchelpers import cli_command, tfjs_model, write_config
 
-from shardsync.daemon.samples import CONVERTER_SHARD_SIZE, make_big_model
+from shardsync.daemon.demo.samples import CONVERTER_SHARD_SIZE, make_big_model
 
 __all__ = ["main"]
 

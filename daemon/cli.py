@@ -224,7 +224,7 @@ def _socket_of(config_path: Path) -> Path:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo.run import run_demo
 
     return run_demo(args.dir)
 

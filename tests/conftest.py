@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shardsync.daemon.origin import Origin
+from shardsync.daemon.demo.origin import Origin
 from shardsync.store import Store
 
 

@@ -3,7 +3,7 @@ file on disk, ``shardsync`` as a real subprocess, and checks of what got publish
 
 Models are :class:`storehelpers.ModelFiles` (manifest bytes + shards by path), so the
 store's helpers (``write_model``, ``assert_store_ok``, ``tree_snapshot``) apply to them.
-The real and big models come from :mod:`shardsync.daemon.samples` (written to disk,
+The real and big models come from :mod:`shardsync.daemon.demo.samples` (written to disk,
 read back with :func:`model_files`); :func:`tfjs_model` builds small models of any of
 the three TF.js formats around given shard bytes, for tests that change or break them.
 
@@ -27,9 +27,9 @@ from typing import Any
 from e2e.webserver import NginxServer, run_nginx
 from storehelpers import ModelFiles, sha256, write_model
 
+from shardsync.daemon.demo.origin import Origin
+from shardsync.daemon.demo.samples import make_big_model, write_samples
 from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
-from shardsync.daemon.origin import Origin
-from shardsync.daemon.samples import make_big_model, write_samples
 from shardsync.daemon.sync import Syncer
 from shardsync.store import Store
 from shardsync.store.entry import manifest_groups, shard_relpath
@@ -128,13 +128,13 @@ def model_files(directory: Path, manifest: str) -> ModelFiles:
 
 def big_model(root: Path, total: int, *, seed: int = 0, name: str = "big") -> ModelFiles:
     """A layers-model of about ``total`` bytes in 4 MiB ``group1-shardKofM.bin`` shards,
-    written to ``root/name/`` by :func:`shardsync.daemon.samples.make_big_model`."""
+    written to ``root/name/`` by :func:`shardsync.daemon.demo.samples.make_big_model`."""
     sample = make_big_model(root, total, seed=seed, name=name)
     return model_files(root / name, Path(sample.manifest).name)
 
 
 def sample_models(root: Path) -> dict[str, ModelFiles]:
-    """Every sample model of :func:`shardsync.daemon.samples.write_samples`, written
+    """Every sample model of :func:`shardsync.daemon.demo.samples.write_samples`, written
     under ``root`` (each in ``root/<name>/``): name -> its files."""
     out = {}
     for sample in write_samples(root):

@@ -28,7 +28,7 @@ from synchelpers import (
     write_config,
 )
 
-from shardsync.daemon.origin import Origin
+from shardsync.daemon.demo.origin import Origin
 
 #: The model killed mid-download: six 4 MiB shards (and a short seventh), enough to be
 #: caught mid-way while the origin drips.

@@ -1,7 +1,7 @@
 """Proof with the real client: what shardsync publishes loads in TF.js as the origin's model.
 
 Everything is real. ``shardsync sync`` (the CLI, as a subprocess) mirrors the
-sample models from an origin on loopback (``shardsync.daemon.origin``); nginx
+sample models from an origin on loopback (``shardsync.daemon.demo.origin``); nginx
 serves site_dir with exactly what ``shardsync nginx-config`` prints, and the
 origin's files beside it; headless Chromium loads every model from both, on
 TF.js's CPU backend, from a page on a third origin (so CORS is exercised too),
@@ -37,14 +37,14 @@ from e2e.browser import (
 )
 from e2e.webserver import run_nginx
 
-from shardsync.daemon.nginx import render_nginx_config
-from shardsync.daemon.origin import Origin
-from shardsync.daemon.samples import (
+from shardsync.daemon.demo.origin import Origin
+from shardsync.daemon.demo.samples import (
     CONVERTER_SHARD_SIZE,
     SampleModel,
     make_big_model,
     write_samples,
 )
+from shardsync.daemon.nginx import render_nginx_config
 from shardsync.daemon.tfjs import parse_manifest
 
 # TF.js loader for each manifest kind (samples.SampleModel.kind).

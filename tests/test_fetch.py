@@ -20,6 +20,7 @@ import trio
 from storehelpers import object_path, sha256
 from synchelpers import FAST
 
+from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.errors import (
     ConnectError,
     FetchTimeoutError,
@@ -27,7 +28,6 @@ from shardsync.daemon.errors import (
     UpstreamError,
 )
 from shardsync.daemon.fetch import Fetcher, FetchPolicy, Validators, make_client
-from shardsync.daemon.origin import Origin
 from shardsync.store import Store
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, every offset recognisable

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from storehelpers import mounted_tmpfs
 
-from shardsync.daemon.origin import Origin
-from shardsync.daemon.samples import make_big_model, write_samples
+from shardsync.daemon.demo.origin import Origin
+from shardsync.daemon.demo.samples import make_big_model, write_samples
 
 TMPFS_SIZE = "6m"  # holds the small models, not the 12 MiB one
 

@@ -1,4 +1,4 @@
-"""Tests for shardsync.daemon.origin: real clients (httpx, curl) against a running Origin."""
+"""Tests for shardsync.daemon.demo.origin: real clients (httpx, curl) against a running Origin."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shardsync.daemon.origin import Origin
+from shardsync.daemon.demo.origin import Origin
 
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset recognisable
 
@@ -607,7 +607,7 @@ def test_command_line_serves_a_directory(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "model.json").write_bytes(b'{"ok": true}')
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shardsync.daemon.origin", str(tmp_path)],
+        [sys.executable, "-m", "shardsync.daemon.demo.origin", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert proc.stdout is not None

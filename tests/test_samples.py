@@ -1,4 +1,4 @@
-"""Tests of shardsync.daemon.samples: every sample model is a valid, self-consistent model."""
+"""Tests of shardsync.daemon.demo.samples: every sample model is a valid, self-consistent model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shardsync.daemon.samples import (
+from shardsync.daemon.demo.samples import (
     SampleModel,
     encode_strings,
     layers_model_json,
@@ -21,9 +21,9 @@ from shardsync.daemon.samples import (
 )
 from shardsync.daemon.tfjs import Manifest, check_group_bytes, parse_manifest
 
-SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "sample_data"
+SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "demo" / "sample_data"
 
-# SHA-256 of the files as the npm packages ship them (see daemon/sample_data/*/README.md).
+# SHA-256 of the files as the npm packages ship them (see daemon/demo/sample_data/*/README.md).
 PACKAGED = {
     "face-api/face_landmark_68_tiny_model-weights_manifest.json":
         "9a1a5dd19fd814fd5095c3cb58f8e0d3193b8c5b9a6715b30a69d559aea31ad4",
@@ -275,6 +275,6 @@ def test_big_model_follows_its_seed_and_handles_small_sizes(tmp_path):
 
 
 def test_public_surface():
-    import shardsync.daemon.samples as samples
+    import shardsync.daemon.demo.samples as samples
 
     assert all(hasattr(samples, name) for name in samples.__all__)

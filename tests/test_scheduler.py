@@ -19,8 +19,8 @@ import trio.testing
 from synchelpers import open_syncer, publish_on, tfjs_model
 
 from shardsync.daemon.config import ModelConfig
+from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.errors import UpstreamError
-from shardsync.daemon.origin import Origin
 from shardsync.daemon.scheduler import (
     BACKOFF_BASE,
     JITTER,

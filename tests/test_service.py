@@ -41,9 +41,9 @@ from synchelpers import (
 from test_metrics import parse as parse_metrics
 
 from shardsync.daemon.config import ConfigError
+from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.fetch import READ_NUM_BYTES
 from shardsync.daemon.notify import Notifier
-from shardsync.daemon.origin import Origin
 from shardsync.daemon.service import GRACE_ENV, grace_from_env
 from shardsync.store import GRACE_SECONDS
 from shardsync.store.errors import NotFoundError, ShardsyncError

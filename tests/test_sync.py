@@ -47,6 +47,8 @@ from synchelpers import (
 )
 
 from shardsync.daemon.config import ModelConfig
+from shardsync.daemon.demo.origin import Origin
+from shardsync.daemon.demo.samples import CONVERTER_SHARD_SIZE
 from shardsync.daemon.errors import (
     ConnectError,
     FetchTimeoutError,
@@ -56,8 +58,6 @@ from shardsync.daemon.errors import (
     UpstreamError,
 )
 from shardsync.daemon.fetch import FetchPolicy
-from shardsync.daemon.origin import Origin
-from shardsync.daemon.samples import CONVERTER_SHARD_SIZE
 from shardsync.daemon.sync import Progress, SyncResult
 
 #: Size of the multi-shard model: six 4 MiB converter shards and a short seventh,
@@ -89,7 +89,7 @@ def versions_on_disk(env: SyncEnv, name: str) -> list[str]:
 
 # -- every format ------------------------------------------------------------------------
 
-#: The sample models (shardsync.daemon.samples.write_samples): what each one covers.
+#: The sample models (shardsync.daemon.demo.samples.write_samples): what each one covers.
 SAMPLES = {
     "tiny-face-detector": "bare weights manifest, uint8-quantized",
     "face-landmark-68-tiny": "bare weights manifest, uint8-quantized",

@@ -1,6 +1,6 @@
 """Tests of shardsync.daemon.tfjs (and the entry-point rewrite in shardsync.store.entry).
 
-Real manifests from /work/shared's fixtures (copied into daemon/sample_data/) and hostile
+Real manifests from /work/shared's fixtures (copied into daemon/demo/sample_data/) and hostile
 ones built here; group checks run on the real shard bytes, streamed in small chunks.
 """
 
@@ -25,7 +25,7 @@ from shardsync.daemon.tfjs import (
 )
 from shardsync.store.entry import manifest_groups, shard_relpath
 
-SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "sample_data"
+SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "demo" / "sample_data"
 
 REAL = [
     ("face-api", "tiny_face_detector_model-weights_manifest.json", "weights-manifest"),

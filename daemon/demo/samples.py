@@ -120,7 +120,7 @@ def write_samples(dest: str | os.PathLike[str]) -> list[SampleModel]:
 
 def _copy_packaged(model_dir: Path, folder: str, manifest: str, name: str,
                    kind: str) -> SampleModel:
-    source = files("shardsync.daemon").joinpath("sample_data", folder)
+    source = files("shardsync.daemon.demo").joinpath("sample_data", folder)
     data = source.joinpath(manifest).read_bytes()
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / manifest).write_bytes(data)

@@ -20,13 +20,13 @@ import trio
 
 from shardsync.store import Store
 
-from .config import load_config
-from .oneshot import open_store, sync_models
+from ..config import load_config
+from ..oneshot import open_store, sync_models
+from ..progress import result_line
+from ..sync import SyncResult
+from ..units import format_bytes
 from .origin import Origin
-from .progress import result_line
 from .samples import CONVERTER_SHARD_SIZE, make_big_model, recut, write_samples
-from .sync import SyncResult
-from .units import format_bytes
 
 __all__ = ["run_demo"]
 
