@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from origin import Origin
 
-from shardsync.daemon.demo.origin import Origin
 from shardsync.store import Store
 
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from e2e.webserver import NginxServer, run_nginx
+from origin import Origin
 from storehelpers import ModelFiles, sha256, write_model
 
-from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.demo.samples import make_big_model, write_samples
 from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
 from shardsync.daemon.sync import Syncer

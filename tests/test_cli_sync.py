@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from origin import Origin
 from storehelpers import ModelFiles, object_path, sha256
 from synchelpers import (
     assert_published,
@@ -27,8 +28,6 @@ from synchelpers import (
     tfjs_model,
     write_config,
 )
-
-from shardsync.daemon.demo.origin import Origin
 
 #: The model killed mid-download: six 4 MiB shards (and a short seventh), enough to be
 #: caught mid-way while the origin drips.

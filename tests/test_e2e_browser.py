@@ -36,8 +36,8 @@ from e2e.browser import (
     read_during_updates,
 )
 from e2e.webserver import run_nginx
+from origin import Origin
 
-from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.demo.samples import (
     CONVERTER_SHARD_SIZE,
     SampleModel,

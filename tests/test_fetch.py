@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from origin import Origin
 from storehelpers import object_path, sha256
 from synchelpers import FAST
 
-from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.errors import (
     ConnectError,
     FetchTimeoutError,

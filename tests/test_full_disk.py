@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from origin import Origin
 from storehelpers import mounted_tmpfs
 
-from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.demo.samples import make_big_model, write_samples
 
 TMPFS_SIZE = "6m"  # holds the small models, not the 12 MiB one

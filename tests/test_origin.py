@@ -1,4 +1,4 @@
-"""Tests for shardsync.daemon.demo.origin: real clients (httpx, curl) against a running Origin."""
+"""Tests for the test origin (tests/origin.py over the demo origin): real clients against it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from shardsync.daemon.demo.origin import Origin
+from origin import Origin
 
 DATA = bytes(range(256)) * 40  # 10240 bytes, every offset recognisable
 

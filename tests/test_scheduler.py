@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from origin import Origin
 from synchelpers import open_syncer, publish_on, tfjs_model
 
 from shardsync.daemon.config import ModelConfig
-from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.errors import UpstreamError
 from shardsync.daemon.scheduler import (
     BACKOFF_BASE,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from origin import Origin
 from servicehelpers import (
     NotifySocket,
     ServiceProcess,
@@ -41,7 +42,6 @@ from synchelpers import (
 from test_metrics import parse as parse_metrics
 
 from shardsync.daemon.config import ConfigError
-from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.fetch import READ_NUM_BYTES
 from shardsync.daemon.notify import Notifier
 from shardsync.daemon.service import GRACE_ENV, grace_from_env

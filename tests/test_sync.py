@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from origin import Origin
 from storehelpers import (
     ModelFiles,
     assert_store_ok,
@@ -47,7 +48,6 @@ from synchelpers import (
 )
 
 from shardsync.daemon.config import ModelConfig
-from shardsync.daemon.demo.origin import Origin
 from shardsync.daemon.demo.samples import CONVERTER_SHARD_SIZE
 from shardsync.daemon.errors import (
     ConnectError,
