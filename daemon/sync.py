@@ -23,6 +23,7 @@ for the next try, and the result carries an error naming the model, file and rea
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -181,9 +182,10 @@ class Syncer:
         if mf.data is None:
             assert known is not None
             if known.size <= _INLINE_READ:
-                data = store.objects.read_verified(known.digest)
+                data = store.read_object(known.digest, model=model.name)
             else:
-                data = await trio.to_thread.run_sync(store.objects.read_verified, known.digest)
+                data = await trio.to_thread.run_sync(
+                    functools.partial(store.read_object, known.digest, model=model.name))
             manifest_digest, validators = known.digest, mf.validators
         else:
             data, validators = mf.data, mf.validators

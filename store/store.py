@@ -213,6 +213,16 @@ class Store:
         finally:
             os.close(fd)  # releases the lock
 
+    def read_object(self, digest: str, *, model: str | None = None) -> bytes:
+        """A whole object, checked to still hash to its name (IntegrityError if not).
+
+        An OSError (EIO, a planted non-file...) becomes a StorageError naming the
+        object and, when given, the model it was read for. Reading changes nothing.
+        """
+        where = {"model": model} if model else {}
+        with translate_oserror("cannot read object", file=digest, **where):
+            return self.objects.read_verified(digest)
+
     def current(self, name: str) -> Version | None:
         """The published version of a model, or None.
 
@@ -220,15 +230,16 @@ class Store:
         (logged as a warning): the next sync publishes again and so heals it, where
         raising would fail that model's every sync. :meth:`verify` reports it.
         """
-        vid = self.versions.current(name)
-        if not vid:
-            return None
-        try:
-            return self.versions.get(name, vid)
-        except (NotFoundError, IntegrityError, UnsafePathError) as exc:
-            log.warning("model %s: ref names version %s, whose record is unusable (%s); "
-                        "treating the model as unpublished", name, vid, exc)
-            return None
+        with translate_oserror("cannot read the current version", model=name):
+            vid = self.versions.current(name)
+            if not vid:
+                return None
+            try:
+                return self.versions.get(name, vid)
+            except (NotFoundError, IntegrityError, UnsafePathError) as exc:
+                log.warning("model %s: ref names version %s, whose record is unusable (%s); "
+                            "treating the model as unpublished", name, vid, exc)
+                return None
 
     def kept(self, name: str, *, now: float | None = None) -> list[str]:
         """Version ids to keep: the current one, the newest ``keep_versions`` overall,

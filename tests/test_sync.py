@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ from shardsync.daemon.errors import (
     FetchTimeoutError,
     IntegrityError,
     ManifestError,
+    ShardsyncError,
     UnsafePathError,
     UpstreamError,
 )
@@ -623,3 +625,25 @@ async def test_unsafe_paths_are_refused_and_nothing_is_written_outside(
     assert [e.path for e in origin.requests()] == ["m/model.json"]  # no shard was asked for
     assert not (site / "m1").exists()
     assert list((state / "partial").iterdir()) == []
+
+
+async def test_an_io_error_reading_the_stored_manifest_fails_the_sync_naming_the_model(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # On a 304 of the manifest the store's copy is read: make that read(2) fail for
+    # for real by bind-mounting /proc/self/mem over the object file: it is a regular
+    # file, so the object counts as held, but it is the memory of the (exited) mount
+    # process, so read(2) fails (ESRCH) -- a bare OSError before the fix.
+    assert origin.root is not None
+    model = big_model(origin.root, BIG_TOTAL, seed=3, name="m")
+    url = origin.url_for("m/model.json")
+    async with open_syncer(tmp_path) as env:
+        assert (await sync(env, "m1", url)).ok
+        obj = next(p for p in object_files(env.state) if p.name == sha256(model.manifest))
+        subprocess.run(["mount", "--bind", "/proc/self/mem", str(obj)], check=True)
+        try:
+            result = await sync(env, "m1", url)
+        finally:
+            subprocess.run(["umount", "-l", str(obj)], check=True)
+    assert isinstance(result.error, ShardsyncError)
+    assert "m1" in str(result.error)
