@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,6 @@ from shardsync.store.paths import check_name
 
 from .errors import ConfigError, ManifestError, NotFoundError, UnsafePathError
 from .tfjs import DEFAULT_MAX_TOTAL, manifest_filename
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python < 3.11: the same parser, as a package
-    import tomli as tomllib
 
 __all__ = [
     "DEFAULTS",

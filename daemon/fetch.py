@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import email.utils
 import functools
+import logging
 import random
 import re
 import time
@@ -165,7 +166,11 @@ def tune_for_downloads() -> None:
     * glibc returns large freed buffers to the OS and faults them back in (71k page
       faults per GiB); raising the mmap and trim thresholds keeps them (7.6k).
     """
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_NUM_BYTES
+    conn = getattr(httpcore, "AsyncHTTP11Connection", None)
+    if conn is not None and hasattr(conn, "READ_NUM_BYTES"):
+        conn.READ_NUM_BYTES = READ_NUM_BYTES
+    else:  # a private attribute: a newer httpcore may not have it
+        logging.getLogger(__name__).debug("httpcore has no READ_NUM_BYTES; read size not tuned")
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc: nothing to tune
