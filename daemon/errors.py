@@ -17,6 +17,8 @@ httpx exceptions are translated to these in one place, ``shardsync.daemon.fetch`
 
 from __future__ import annotations
 
+from typing import Any
+
 from shardsync.store.errors import (
     IntegrityError,
     LockedError,
@@ -71,7 +73,7 @@ class UpstreamError(ShardsyncError):
     """The origin answered with something unusable. ``status`` is the HTTP status, if any."""
 
     def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None,
-                 **where) -> None:
+                 **where: Any) -> None:
         super().__init__(reason, **where)
         self.status = status
         self.retry_after = retry_after

@@ -277,7 +277,7 @@ def _model_kind(doc: dict[str, Any], fail: Any) -> str:
         return "graph-model" if "node" in topology else "layers-model"
     if fmt not in _KINDS:
         raise fail(f"unknown format {fmt!r} (expected one of {', '.join(_KINDS)})")
-    return fmt
+    return str(fmt)
 
 
 def _parse_group(index: int, raw: Any, fail: Any) -> Group:

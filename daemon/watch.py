@@ -29,7 +29,7 @@ _CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, path: str, token: trio.lowlevel.TrioToken, poke: trio.MemorySendChannel
+    def __init__(self, path: str, token: trio.lowlevel.TrioToken, poke: trio.MemorySendChannel[None]
                  ) -> None:
         self._path = path
         self._token = token
@@ -52,7 +52,7 @@ class _Handler(FileSystemEventHandler):
             pass  # a poke is already pending: one reload covers both
 
 
-async def watch_file(path: Path, on_change: trio.MemorySendChannel,
+async def watch_file(path: Path, on_change: trio.MemorySendChannel[None],
                      *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Send ``None`` on ``on_change`` after each (debounced) change of ``path``, until cancelled.
 
