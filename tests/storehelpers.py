@@ -20,7 +20,7 @@ import stat
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +29,20 @@ from shardsync.store import FileEntry, Store, Version
 
 __all__ = [
     "ModelFiles",
+    "assert_published",
     "assert_store_ok",
     "decode_shard",
     "make_model",
     "object_files",
     "object_path",
     "publish_model",
+    "published_files",
     "random_model",
     "record_model",
     "run_script",
     "sha256",
     "store_problems",
+    "tfjs_model",
     "tmp_leftovers",
     "tree_snapshot",
     "versioned_model",
@@ -72,6 +75,57 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# Bytes per element of each dtype a test model may use (as TF.js counts them).
+_ELEMENT = {"float32": 4, "int32": 4, "bool": 1, "uint8": 1, "uint16": 2, "float16": 2}
+
+def tfjs_model(
+    kind: str,
+    groups: Sequence[Mapping[str, bytes]],
+    *,
+    quantization: str | None = None,
+    manifest_name: str = "model.json",
+    tag: Any = None,
+) -> ModelFiles:
+    """A manifest of ``kind`` ("graph-model", "layers-model", "weights-manifest") whose
+    weight groups are ``groups`` (each: shard path -> bytes, in order).
+
+    Each group holds one float32 weight filling its bytes, stored as ``quantization``
+    ("uint8", "uint16", "float16") when given, so its element size is the quantized one.
+    ``tag`` goes into the topology, so two models with equal shards have different
+    manifests.
+    """
+    size = _ELEMENT[quantization or "float32"]
+    raw_groups = []
+    for i, shards in enumerate(groups):
+        total = sum(len(b) for b in shards.values())
+        assert total % size == 0, f"group {i + 1}: {total} bytes are not whole elements"
+        weight: dict[str, Any] = {"name": f"layer{i}/kernel", "shape": [total // size],
+                                  "dtype": "float32"}
+        if quantization == "float16":
+            weight["quantization"] = {"dtype": "float16"}
+        elif quantization is not None:
+            weight["quantization"] = {"dtype": quantization, "scale": 0.004, "min": -0.5}
+        raw_groups.append({"paths": list(shards), "weights": [weight]})
+    doc: Any
+    if kind == "weights-manifest":
+        doc = raw_groups
+    elif kind == "graph-model":
+        doc = {"format": "graph-model", "generatedBy": "tests", "convertedBy": None,
+               "modelTopology": {"node": [{"name": "x", "op": "Placeholder"}], "tag": tag},
+               "weightsManifest": raw_groups}
+    elif kind == "layers-model":
+        layers = [{"class_name": "Dense", "config": {"name": f"layer{i}", "units": 1}}
+                  for i in range(len(groups))]
+        doc = {"format": "layers-model", "generatedBy": "tests",
+               "modelTopology": {"class_name": "Sequential",
+                                 "config": {"name": str(tag), "layers": layers}},
+               "weightsManifest": raw_groups}
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    shards = {p: b for g in groups for p, b in g.items()}
+    return ModelFiles(manifest_name, json.dumps(doc, indent=1).encode(), shards)
+
+
 def make_model(
     shards: Mapping[str, bytes],
     *,
@@ -79,29 +133,11 @@ def make_model(
     bare: bool = False,
     tag: Any = None,
 ) -> ModelFiles:
-    """A TF.js manifest naming ``shards`` (in order) as one float32 weight group.
-
-    Shard sizes must add up to a multiple of 4. ``bare`` makes a bare weights manifest
-    (a JSON list of groups); otherwise a graph-model ``model.json`` whose
-    ``modelTopology`` carries ``tag`` (so two models with equal shards differ).
-    """
-    total = sum(len(b) for b in shards.values())
-    assert total % 4 == 0, "float32 weights need a multiple of 4 bytes"
-    group = {
-        "paths": list(shards),
-        "weights": [{"name": "w", "shape": [total // 4], "dtype": "float32"}],
-    }
-    doc: Any
-    if bare:
-        doc = [group]
-    else:
-        doc = {
-            "format": "graph-model",
-            "generatedBy": "storehelpers",
-            "modelTopology": {"node": [], "tag": tag},
-            "weightsManifest": [group],
-        }
-    return ModelFiles(manifest_name, json.dumps(doc, indent=2).encode(), dict(shards))
+    """A TF.js manifest naming ``shards`` (in order) as one float32 weight group: a
+    graph-model ``model.json``, or with ``bare`` a bare weights manifest (see
+    :func:`tfjs_model`, which this is the common case of)."""
+    return tfjs_model("weights-manifest" if bare else "graph-model", [shards],
+                      manifest_name=manifest_name, tag=tag)
 
 
 def versioned_model(
@@ -204,6 +240,13 @@ def _groups(doc: Any) -> list[Any]:
     return doc["weightsManifest"]
 
 
+# -- the published site: one checker, from the raw files ---------------------------------
+#
+# store_problems checks a store against its own records; published_files and
+# assert_published read a site as a web server serves it and compare it with what the
+# origin served. Both read the entry point the same way (_groups).
+
+
 def store_problems(state_dir: Path, site_dir: Path) -> list[str]:
     """Everything wrong with a store, read from the raw files (empty list: all good).
 
@@ -295,6 +338,43 @@ def _file_problems(name: str, path: Path, want: Mapping[str, Any]) -> list[str]:
         return [f"{name}: {path} has {len(data)} bytes {sha256(data)}, "
                 f"record says {want['size']} {want['digest']}"]
     return []
+
+
+def published_files(site: Path, name: str) -> tuple[str, dict[str, bytes], bytes]:
+    """Read ``site/name`` as a web server would serve it: (version, shard path -> bytes,
+    the version's manifest), following the entry point's paths.
+
+    Asserts that every path of the entry point points into one ``versions/<v>/``.
+    """
+    entry_path = site / name
+    entries = [p for p in entry_path.iterdir() if p.is_file()]
+    assert len(entries) == 1, f"{name}: expected one entry point, found {entries}"
+    doc = json.loads(entries[0].read_bytes())
+    groups = _groups(doc)
+    versions = set()
+    files: dict[str, bytes] = {}
+    for g in groups:
+        for p in g["paths"]:
+            head, v, rel = p.split("/", 2)
+            assert head == "versions", f"{name}: entry point path {p!r} is not under versions/"
+            versions.add(v)
+            files[rel] = (entry_path / p).read_bytes()
+    assert len(versions) == 1, f"{name}: entry point names several versions {versions}"
+    (version,) = versions
+    manifest = (entry_path / "versions" / version / entries[0].name).read_bytes()
+    return version, files, manifest
+
+
+def assert_published(site: Path, name: str, model: ModelFiles) -> str:
+    """Assert that ``site/name`` serves exactly ``model`` (bytes of every file, the origin's
+    manifest byte for byte in the version directory); return the version."""
+    version, files, manifest = published_files(site, name)
+    assert (site / name / model.manifest_name).is_file()
+    assert manifest == model.manifest, f"{name}: version {version} has another manifest"
+    assert set(files) == set(model.shards), f"{name}: {sorted(files)} != {sorted(model.shards)}"
+    for rel, data in model.shards.items():
+        assert sha256(files[rel]) == sha256(data), f"{name}: {rel} differs from the origin's"
+    return version
 
 
 def tmp_leftovers(*roots: Path) -> list[str]:

@@ -18,7 +18,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,13 @@ from typing import Any
 
 from e2e.webserver import NginxServer, run_nginx
 from origin import Origin
-from storehelpers import ModelFiles, sha256, write_model
+from storehelpers import (
+    ModelFiles,
+    assert_published,
+    published_files,
+    tfjs_model,
+    write_model,
+)
 
 from shardsync.daemon.demo.samples import make_big_model, write_samples
 from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
@@ -60,60 +66,9 @@ __all__ = [
 FAST = FetchPolicy(attempts=3, backoff_base=0.005, backoff_cap=0.02, retry_after_cap=5.0,
                    connect_timeout=5.0, read_timeout=5.0, rate_window=1.0)
 
-# Bytes per element of each dtype a test model may use (as TF.js counts them).
-_ELEMENT = {"float32": 4, "int32": 4, "bool": 1, "uint8": 1, "uint16": 2, "float16": 2}
-
 
 
 # -- models ----------------------------------------------------------------------------
-
-
-def tfjs_model(
-    kind: str,
-    groups: Sequence[Mapping[str, bytes]],
-    *,
-    quantization: str | None = None,
-    manifest_name: str = "model.json",
-    tag: Any = None,
-) -> ModelFiles:
-    """A manifest of ``kind`` ("graph-model", "layers-model", "weights-manifest") whose
-    weight groups are ``groups`` (each: shard path -> bytes, in order).
-
-    Each group holds one float32 weight filling its bytes, stored as ``quantization``
-    ("uint8", "uint16", "float16") when given, so its element size is the quantized one.
-    ``tag`` goes into the topology, so two models with equal shards have different
-    manifests.
-    """
-    size = _ELEMENT[quantization or "float32"]
-    raw_groups = []
-    for i, shards in enumerate(groups):
-        total = sum(len(b) for b in shards.values())
-        assert total % size == 0, f"group {i + 1}: {total} bytes are not whole elements"
-        weight: dict[str, Any] = {"name": f"layer{i}/kernel", "shape": [total // size],
-                                  "dtype": "float32"}
-        if quantization == "float16":
-            weight["quantization"] = {"dtype": "float16"}
-        elif quantization is not None:
-            weight["quantization"] = {"dtype": quantization, "scale": 0.004, "min": -0.5}
-        raw_groups.append({"paths": list(shards), "weights": [weight]})
-    doc: Any
-    if kind == "weights-manifest":
-        doc = raw_groups
-    elif kind == "graph-model":
-        doc = {"format": "graph-model", "generatedBy": "synchelpers", "convertedBy": None,
-               "modelTopology": {"node": [{"name": "x", "op": "Placeholder"}], "tag": tag},
-               "weightsManifest": raw_groups}
-    elif kind == "layers-model":
-        layers = [{"class_name": "Dense", "config": {"name": f"layer{i}", "units": 1}}
-                  for i in range(len(groups))]
-        doc = {"format": "layers-model", "generatedBy": "synchelpers",
-               "modelTopology": {"class_name": "Sequential",
-                                 "config": {"name": str(tag), "layers": layers}},
-               "weightsManifest": raw_groups}
-    else:
-        raise ValueError(f"unknown kind {kind!r}")
-    shards = {p: b for g in groups for p, b in g.items()}
-    return ModelFiles(manifest_name, json.dumps(doc, indent=1).encode(), shards)
 
 
 def model_files(directory: Path, manifest: str) -> ModelFiles:
@@ -147,46 +102,6 @@ def publish_on(origin: Origin, prefix: str, model: ModelFiles) -> str:
     assert origin.root is not None
     write_model(origin.root / prefix, model)
     return origin.url_for(f"{prefix}/{model.manifest_name}")
-
-
-# -- what got published -------------------------------------------------------------------
-
-
-def published_files(site: Path, name: str) -> tuple[str, dict[str, bytes], bytes]:
-    """Read ``site/name`` as a web server would serve it: (version, shard path -> bytes,
-    the version's manifest), following the entry point's paths.
-
-    Asserts that every path of the entry point points into one ``versions/<v>/``.
-    """
-    entry_path = site / name
-    entries = [p for p in entry_path.iterdir() if p.is_file()]
-    assert len(entries) == 1, f"{name}: expected one entry point, found {entries}"
-    doc = json.loads(entries[0].read_bytes())
-    groups = doc if isinstance(doc, list) else doc["weightsManifest"]
-    versions = set()
-    files: dict[str, bytes] = {}
-    for g in groups:
-        for p in g["paths"]:
-            head, v, rel = p.split("/", 2)
-            assert head == "versions", f"{name}: entry point path {p!r} is not under versions/"
-            versions.add(v)
-            files[rel] = (entry_path / p).read_bytes()
-    assert len(versions) == 1, f"{name}: entry point names several versions {versions}"
-    (version,) = versions
-    manifest = (entry_path / "versions" / version / entries[0].name).read_bytes()
-    return version, files, manifest
-
-
-def assert_published(site: Path, name: str, model: ModelFiles) -> str:
-    """Assert that ``site/name`` serves exactly ``model`` (bytes of every file, the origin's
-    manifest byte for byte in the version directory); return the version."""
-    version, files, manifest = published_files(site, name)
-    assert (site / name / model.manifest_name).is_file()
-    assert manifest == model.manifest, f"{name}: version {version} has another manifest"
-    assert set(files) == set(model.shards), f"{name}: {sorted(files)} != {sorted(model.shards)}"
-    for rel, data in model.shards.items():
-        assert sha256(files[rel]) == sha256(data), f"{name}: {rel} differs from the origin's"
-    return version
 
 
 def files_outside(root: Path, *inside: Path) -> set[str]:
