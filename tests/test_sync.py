@@ -222,19 +222,25 @@ async def test_a_second_model_sharing_shards_moves_no_shard_bytes(
     assert origin.bytes_sent("shared/b.json") > 0
 
 
+async def sync_together(env: SyncEnv, urls: dict[str, str]) -> dict[str, SyncResult]:
+    """Sync the models ``name -> url`` concurrently in one syncer; their results by name."""
+    results: dict[str, SyncResult] = {}
+
+    async def run(name: str, url: str) -> None:
+        results[name] = await sync(env, name, url)
+
+    async with trio.open_nursery() as nursery:
+        for name, url in urls.items():
+            nursery.start_soon(run, name, url)
+    return results
+
+
 async def test_models_sharing_shards_synced_together_fetch_each_once(
     origin: Origin, tmp_path: Path
 ) -> None:
     url_a, url_b, shards = two_models_sharing_shards(origin)
     async with open_syncer(tmp_path) as env:
-        results = {}
-
-        async def run(name: str, url: str) -> None:
-            results[name] = await sync(env, name, url)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "a", url_a)
-            nursery.start_soon(run, "b", url_b)
+        results = await sync_together(env, {"a": url_a, "b": url_b})
         assert results["a"].ok and results["b"].ok
         assert published_files(env.site, "a")[1] == published_files(env.site, "b")[1] == shards
     assert origin.bytes_sent("shared/*.bin") == sum(len(b) for b in shards.values())
@@ -276,14 +282,7 @@ async def test_a_shared_shard_failing_names_each_model_in_its_own_error(
     origin.fault_drip("shared/group1-shard1of2.bin", chunk=1, interval=0.2)
     policy = dataclasses.replace(FAST, min_rate=1024.0, rate_window=2.0)
     async with open_syncer(tmp_path, policy=policy) as env:
-        results = {}
-
-        async def run(name: str, url: str) -> None:
-            results[name] = await sync(env, name, url)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "a", url_a)
-            nursery.start_soon(run, "b", url_b)
+        results = await sync_together(env, {"a": url_a, "b": url_b})
     assert len(origin.requests("shared/group1-shard1of2.bin")) == 1  # asked once for both
     for name in "ab":
         err = results[name].error
