@@ -383,7 +383,7 @@ class Fetcher:
             ingest = await lazy.open()
             if r.status_code == 206 and resume_from:
                 start, total = _content_range(r, url)
-                if start != resume_from:
+                if start != resume_from or not _same_validators(ingest, got):
                     await _blocking(ingest.start, etag=None, last_modified=None,
                                     expected_size=None, offset=0)
                     raise _Restart
@@ -480,6 +480,21 @@ class Fetcher:
                 if delay is None or attempt >= policy.attempts:
                     raise
                 await trio.sleep(delay)
+
+
+def _same_validators(held: Ingest, got: Validators) -> bool:
+    """Whether a 206 comes from the file the partial holds the beginning of.
+
+    The server should have checked our If-Range, but proxies and CDNs that mishandle it
+    answer a 206 of a newer file: appending it would splice two versions into one file
+    whose size may well be right. A validator the 206 carries must equal the one the
+    partial has (an answer without validators cannot be checked this way).
+    """
+    if held.etag and got.etag:
+        return held.etag == got.etag
+    if held.last_modified and got.last_modified:
+        return held.last_modified == got.last_modified
+    return True
 
 
 def _retry_delay(exc: ShardsyncError, attempt: int, policy: FetchPolicy) -> float | None:

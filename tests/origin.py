@@ -61,6 +61,12 @@ class Origin(_demo.Origin):
         """Answer a request with a Range header with 200 and the whole body."""
         self._add("ignore_range", pattern, times)
 
+    def fault_ignore_if_range(self, pattern: str, *, times: int | None = None) -> None:
+        """Answer a Range request with 206 even when its If-Range no longer matches: the
+        current file's bytes from the asked offset, under the current ETag (a proxy or
+        CDN that mishandles If-Range)."""
+        self._add("ignore_if_range", pattern, times)
+
     def fault_html_fallback(self, pattern: str = "*", *, times: int | None = None) -> None:
         """Answer a missing file with 200, text/html and a small page (SPA fallback)."""
         self._add("html_fallback", pattern, times)

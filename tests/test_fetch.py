@@ -240,6 +240,26 @@ async def test_a_206_not_starting_at_the_partial_is_not_appended(
     assert log[1].headers["range"] == "bytes=300000-" and "range" not in log[2].headers
 
 
+async def test_a_206_of_another_version_is_not_spliced_onto_the_partial(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # A proxy that ignores If-Range answers the resume with a 206 of the new file, under
+    # its new ETag: its bytes from the offset must not be appended to the old beginning.
+    url = serve(origin)
+    origin.fault_drop(PATH, after=300_000, times=1)
+    async with fetcher(tmp_path, FetchPolicy(attempts=1)) as (f, store):
+        with pytest.raises(ConnectError):
+            await f.file(url, store)
+        new = DATA[::-1]
+        serve(origin, new)
+        origin.fault_ignore_if_range(PATH, times=1)
+        got = await f.file(url, store)
+    assert got.digest == sha256(new) and stored(tmp_path, got.digest) == new
+    log = origin.requests()
+    assert [e.status for e in log] == [200, 206, 200]
+    assert log[1].headers["if-range"] == etag_of(DATA) and "range" not in log[2].headers
+
+
 # -- where reading stops -------------------------------------------------------------------
 
 

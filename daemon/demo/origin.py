@@ -467,7 +467,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
         status, first, last = 200, 0, blob.size - 1
         rng = None if head else self.headers.get("Range")
-        if rng is not None and self._if_range_holds(blob) and o._take("ignore_range", rel) is None:
+        if_range_holds = self._if_range_holds(blob) or o._take("ignore_if_range", rel) is not None
+        if rng is not None and if_range_holds and o._take("ignore_range", rel) is None:
             chosen = _parse_range(rng, blob.size)
             if chosen == _UNSATISFIABLE:
                 return self._small(416, b"", {"Content-Range": f"bytes */{blob.size}"}, head)
