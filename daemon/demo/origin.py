@@ -1,14 +1,14 @@
 """An HTTP origin for ``shardsync demo`` and the tests: files, validators and ranges.
 
 shardsync's fetcher has to cope with real origins: ETags and Last-Modified, conditional
-requests, byte ranges, redirects to signed URLs, and servers that drop, stall, lie or
-throttle. :class:`Origin` serves a directory (plus in-memory files) over HTTP/1.1 with
-keep-alive on 127.0.0.1, with each of those behaviours switchable per path, and it counts
-what it sent, so tests can assert on the wire ("0 shard bytes moved", "a conditional
-request was sent") instead of on the client's word. It uses only the standard library and
-runs in daemon threads, so sync tests, trio tests and ``shardsync demo`` can all use it.
+requests, byte ranges, redirects to signed URLs. :class:`Origin` serves a directory (plus
+in-memory files) over HTTP/1.1 with keep-alive on 127.0.0.1, and counts what it sent, so
+the demo can show "0 body bytes" on the wire rather than on the client's word. It uses
+only the standard library and runs in daemon threads. Servers that drop, stall, lie or
+throttle are the test origin's work (``tests/origin.py``): it subclasses this one and
+switches faults on per path, which the handler here applies.
 
-``python -m shardsync.daemon.origin ROOT [--port N]`` serves a directory until Ctrl-C or
+``python -m shardsync.daemon.demo.origin ROOT [--port N]`` serves a directory until Ctrl-C or
 SIGTERM; its first line on stdout is the URL.
 """
 
@@ -592,7 +592,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def main(argv: list[str] | None = None) -> int:
     """Serve ROOT until Ctrl-C or SIGTERM; print the URL as the first line on stdout."""
     parser = argparse.ArgumentParser(
-        prog="python -m shardsync.daemon.origin",
+        prog="python -m shardsync.daemon.demo.origin",
         description="Serve a directory over HTTP/1.1 with ETags and ranges (a test origin).")
     parser.add_argument("root", type=Path, help="directory to serve")
     parser.add_argument("--host", default="127.0.0.1", help="address (default: %(default)s)")
