@@ -235,6 +235,17 @@ class Ingest:
             if auto_checkpoint and self.checkpoint_due:
                 self.checkpoint()
 
+    def tail(self, n: int) -> bytes:
+        """The last ``n`` bytes held (fewer if it holds fewer).
+
+        A resume asks the origin for these again and compares them before appending:
+        a server whose 206 carries other bytes than it promised is caught here.
+        """
+        with translate_oserror("cannot read partial download", file=self.url):
+            self._check_open()
+            n = min(n, self.offset)
+            return os.pread(self._fd, n, self.offset - n)
+
     @property
     def checkpoint_due(self) -> bool:
         """True once CHECKPOINT_BYTES were written since the last checkpoint."""

@@ -67,6 +67,11 @@ class Origin(_demo.Origin):
         CDN that mishandles If-Range)."""
         self._add("ignore_if_range", pattern, times)
 
+    def fault_range_body_from_start(self, pattern: str, *, times: int | None = None) -> None:
+        """On a 206, announce the range asked for but send the file's bytes from offset 0
+        (right headers, wrong body)."""
+        self._add("range_body_from_start", pattern, times)
+
     def fault_html_fallback(self, pattern: str = "*", *, times: int | None = None) -> None:
         """Answer a missing file with 200, text/html and a small page (SPA fallback)."""
         self._add("html_fallback", pattern, times)

@@ -27,7 +27,13 @@ from shardsync.daemon.errors import (
     IntegrityError,
     UpstreamError,
 )
-from shardsync.daemon.fetch import Fetcher, FetchPolicy, Validators, make_client
+from shardsync.daemon.fetch import (
+    Fetcher,
+    FetchPolicy,
+    Validators,
+    make_client,
+    resume_start,
+)
 from shardsync.store import Store
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, every offset recognisable
@@ -120,10 +126,11 @@ async def test_a_dropped_transfer_resumes_with_range_and_if_range(
         got = await f.file(url, store, max_size=len(DATA))
     assert got.digest == sha256(DATA) and stored(tmp_path, got.digest) == DATA
     first, retry = origin.requests()
-    assert retry.headers["range"] == "bytes=300000-"
+    assert retry.headers["range"] == f"bytes={resume_start(300_000)}-"
     assert retry.headers["if-range"] == etag_of(DATA)
     assert retry.status == 206
-    assert origin.bytes_sent() == got.received == len(DATA)
+    overlap = 300_000 - resume_start(300_000)  # re-asked and compared, not appended
+    assert origin.bytes_sent() == got.received == len(DATA) + overlap
 
 
 def etag_of(data: bytes) -> str:
@@ -180,8 +187,8 @@ async def test_a_cancel_keeps_the_partial_and_the_next_try_resumes(
         got = await f.file(url, store)
     assert got.digest == sha256(DATA)
     (req,) = origin.requests()
-    assert req.headers["range"] == f"bytes={partial.durable}-" and req.status == 206
-    assert req.body_bytes == len(DATA) - partial.durable
+    assert req.headers["range"] == f"bytes={resume_start(partial.durable)}-" and req.status == 206
+    assert req.body_bytes == len(DATA) - resume_start(partial.durable)
 
 
 async def test_a_200_to_a_range_request_starts_over(origin: Origin, tmp_path: Path) -> None:
@@ -237,7 +244,8 @@ async def test_a_206_not_starting_at_the_partial_is_not_appended(
     assert got.digest == sha256(DATA) and stored(tmp_path, got.digest) == DATA
     log = origin.requests()
     assert [e.status for e in log] == [200, 206, 200]
-    assert log[1].headers["range"] == "bytes=300000-" and "range" not in log[2].headers
+    assert log[1].headers["range"] == f"bytes={resume_start(300_000)}-"
+    assert "range" not in log[2].headers
 
 
 async def test_a_206_of_another_version_is_not_spliced_onto_the_partial(
@@ -258,6 +266,24 @@ async def test_a_206_of_another_version_is_not_spliced_onto_the_partial(
     log = origin.requests()
     assert [e.status for e in log] == [200, 206, 200]
     assert log[1].headers["if-range"] == etag_of(DATA) and "range" not in log[2].headers
+
+
+async def test_a_206_with_the_wrong_body_is_caught_by_the_overlap(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # Right headers (the asked range, the same ETag), but the body is the file from offset
+    # 0 again: the bytes re-asked before the partial's end differ, so the file starts over.
+    url = serve(origin)
+    origin.fault_drop(PATH, after=300_000, times=1)
+    async with fetcher(tmp_path, FetchPolicy(attempts=1)) as (f, store):
+        with pytest.raises(ConnectError):
+            await f.file(url, store)
+        origin.fault_range_body_from_start(PATH, times=1)
+        got = await f.file(url, store)
+    assert got.digest == sha256(DATA) and stored(tmp_path, got.digest) == DATA
+    log = origin.requests()
+    assert [e.status for e in log] == [200, 206, 200]
+    assert log[1].headers["range"] == f"bytes={resume_start(300_000)}-"
 
 
 # -- where reading stops -------------------------------------------------------------------
@@ -379,7 +405,7 @@ async def test_every_try_failing_gives_the_last_error(origin: Origin, tmp_path: 
     assert info.value.file == url
     # Every try resumed where the previous one broke off.
     assert [e.headers.get("range") for e in origin.requests()] == [
-        None, "bytes=1000-", "bytes=2000-"]
+        None, f"bytes={resume_start(1000)}-", f"bytes={resume_start(1500)}-"]
 
 
 @pytest.mark.parametrize("status", [403, 404, 410])
@@ -428,8 +454,9 @@ async def test_redirects_are_followed_and_the_partial_keeps_the_canonical_url(
         got = await f.file(url, store)
     assert got.digest == sha256(DATA)
     last = origin.requests("cdn/blob.bin")[-1]
-    assert last.target.endswith("sig=2") and last.headers["range"] == "bytes=300000-"
-    assert origin.bytes_sent("cdn/blob.bin") == len(DATA)
+    assert last.target.endswith("sig=2")
+    assert last.headers["range"] == f"bytes={resume_start(300_000)}-"
+    assert origin.bytes_sent("cdn/blob.bin") == len(DATA) + 300_000 - resume_start(300_000)
 
 
 async def test_a_redirect_loop_is_an_upstream_error(origin: Origin, tmp_path: Path) -> None:

@@ -466,6 +466,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._head(304, hdrs)
 
         status, first, last = 200, 0, blob.size - 1
+        body_from: int | None = None  # a fault: the body starts here, not at ``first``
         rng = None if head else self.headers.get("Range")
         if_range_holds = self._if_range_holds(blob) or o._take("ignore_if_range", rel) is not None
         if rng is not None and if_range_holds and o._take("ignore_range", rel) is None:
@@ -478,6 +479,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if bad is not None:
                     first = min(max(first + bad["shift"], 0), last)
                 hdrs["Content-Range"] = f"bytes {first}-{last}/{blob.size}"
+                if o._take("range_body_from_start", rel) is not None:
+                    body_from = 0
         length = last - first + 1
         if head:
             hdrs["Content-Length"] = str(length)
@@ -499,10 +502,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             limit = cut if limit is None else min(limit, cut)
         self._head(status, hdrs)
 
+        start = first if body_from is None else body_from
         if endless is None and drip is None and limit is None and blob.path is not None:
-            self._sendfile(blob.path, first, length)
+            self._sendfile(blob.path, start, length)
             return
-        self._write(blob.read(first, length), endless=endless is not None, limit=limit,
+        self._write(blob.read(start, length), endless=endless is not None, limit=limit,
                     drip=drip)
         if endless is not None or limit is not None:
             self.close_connection = True
