@@ -1,6 +1,6 @@
 """Errors of the daemon side: config, manifests and the network.
 
-They extend the tree in :mod:`shardsync.store.errors` (re-exported here, so the
+They extend the tree in :mod:`shardsync.store` (re-exported here, so the
 daemon imports all errors from one place)::
 
     ShardsyncError
@@ -17,7 +17,7 @@ httpx exceptions are translated to these in one place, ``shardsync.daemon.fetch`
 
 from __future__ import annotations
 
-from shardsync.store.errors import (
+from shardsync.store import (
     IntegrityError,
     LockedError,
     NotFoundError,

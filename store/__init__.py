@@ -1,11 +1,14 @@
 """shardsync.store: the content-addressed store and atomic publishing.
 
 A synchronous library: no network, no trio. The daemon (and the CLI) hold one
-:class:`Store`; everything else here is what it is built from.
+:class:`Store`; everything else here is what it is built from. This package's
+``__all__`` is its whole surface: nothing outside it imports the modules inside.
 """
 
 from __future__ import annotations
 
+from .atomic import TMP_PREFIX, write_all, write_atomic
+from .entry import manifest_groups, rewrite_paths, shard_relpath
 from .errors import (
     IntegrityError,
     LockedError,
@@ -14,13 +17,15 @@ from .errors import (
     StorageError,
     UnsafePathError,
 )
-from .ingest import Ingest, IngestStatus
+from .ingest import Ingest, IngestStatus, boot_id
 from .objects import ObjectInfo
-from .store import GRACE_SECONDS, GcReport, Problem, Store
+from .paths import check_manifest_name, check_name, check_relpath
+from .store import GRACE_SECONDS, GcReport, Problem, Store, StoreStats
 from .versions import FileEntry, Version
 
 __all__ = [
     "GRACE_SECONDS",
+    "TMP_PREFIX",
     "FileEntry",
     "GcReport",
     "Ingest",
@@ -33,6 +38,16 @@ __all__ = [
     "ShardsyncError",
     "StorageError",
     "Store",
+    "StoreStats",
     "UnsafePathError",
     "Version",
+    "boot_id",
+    "check_manifest_name",
+    "check_name",
+    "check_relpath",
+    "manifest_groups",
+    "rewrite_paths",
+    "shard_relpath",
+    "write_all",
+    "write_atomic",
 ]

@@ -27,6 +27,7 @@ import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from .atomic import clean_tmp_at, exists_at, tmp_name
 from .entry import rewrite_paths
@@ -39,12 +40,12 @@ from .errors import (
     translate_oserror,
 )
 from .ingest import Ingest, IngestStatus, ingest_ref, read_status
-from .objects import Objects, hash_file
+from .objects import CHUNK, Objects, hash_file
 from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
 from .site import Site
 from .versions import FileEntry, Version, Versions
 
-__all__ = ["GRACE_SECONDS", "GcReport", "Problem", "Store"]
+__all__ = ["GRACE_SECONDS", "GcReport", "Problem", "Store", "StoreStats"]
 
 #: A version that stopped being current less than this long ago is never removed: a
 #: page that read the old entry point may still be fetching its shards (a slow kiosk
@@ -68,6 +69,15 @@ class GcReport:
     objects_kept: int = 0
     partials_removed: int = 0
     removed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Sizes of the store: what is stored, and what dedupe saved."""
+
+    objects: int  # objects stored
+    bytes: int  # bytes of all objects stored
+    saved: int  # bytes the recorded versions reference beyond the objects stored
 
 
 @dataclass(frozen=True)
@@ -240,6 +250,56 @@ class Store:
                 log.warning("model %s: ref names version %s, whose record is unusable (%s); "
                             "treating the model as unpublished", name, vid, exc)
                 return None
+
+    def has_object(self, digest: str) -> bool:
+        """Whether the store holds object ``digest`` (a stat; its bytes are not checked)."""
+        with translate_oserror("cannot look up object", file=digest):
+            return self.objects.has(digest)
+
+    def iter_object(self, digest: str, *, model: str | None = None) -> Iterator[bytes]:
+        """The bytes of object ``digest`` in blocks of at most CHUNK, as stored (not
+        re-hashed: see :meth:`read_object`). NotFoundError if there is none."""
+        where = {"model": model} if model else {}
+        with translate_oserror("cannot read object", file=digest, **where), \
+                self.objects.open(digest) as f:
+            while block := f.read(CHUNK):
+                yield block
+
+    def model_names(self) -> list[str]:
+        """Every model the store has a record or a ref of."""
+        with translate_oserror("cannot list models", file=self.state_dir):
+            return self.versions.names()
+
+    def current_id(self, name: str) -> str | None:
+        """The id of the current version of a model (the ref alone), or None."""
+        with translate_oserror("cannot read the current version", model=name):
+            return self.versions.current(name)
+
+    def history(self, name: str) -> list[dict[str, Any]]:
+        """``[{"version", "from", "until"}]`` of a model, oldest first (``until`` None:
+        current); versions pruned since may be named."""
+        with translate_oserror("cannot read the history", model=name):
+            return self.versions.history(name)
+
+    def version(self, name: str, version_id: str) -> Version:
+        """A recorded version; NotFoundError if there is no record (pruned), IntegrityError
+        if it is damaged."""
+        with translate_oserror("cannot read version record", model=name, file=version_id):
+            return self.versions.get(name, version_id)
+
+    def stats(self) -> StoreStats:
+        """Count the objects and their bytes, and what the records reference beyond them
+        (a walk of every object and record: not cheap)."""
+        with translate_oserror("cannot compute store statistics", file=self.state_dir):
+            sizes = {o.digest: o.size for o in self.objects.walk()}
+            referenced = 0
+            unique: set[str] = set()
+            for v in self.versions.all():
+                for e in (v.manifest, *v.files):
+                    referenced += e.size
+                    unique.add(e.digest)
+        return StoreStats(objects=len(sizes), bytes=sum(sizes.values()),
+                          saved=max(0, referenced - sum(sizes.get(d, 0) for d in unique)))
 
     def kept(self, name: str, *, now: float | None = None) -> list[str]:
         """Version ids to keep: the current one, the newest ``keep_versions`` overall,
