@@ -24,9 +24,11 @@ from .atomic import (
     clean_tmp,
     clean_tmp_at,
     exists_at,
+    list_at,
     read_at,
     rmtree_at,
     tmp_name,
+    unlink_durably,
     write_atomic,
 )
 from .objects import Objects
@@ -148,18 +150,8 @@ class Site:
 
     def entries(self, name: str) -> list[str]:
         """The files directly in ``<name>/`` (entry points), temporaries aside."""
-        try:
-            fd = self.model_dir(name)
-        except FileNotFoundError:
-            return []
-        try:
-            return sorted(
-                e for e in os.listdir(fd)
-                if not e.startswith(TMP_PREFIX)
-                and stat.S_ISREG(os.stat(e, dir_fd=fd, follow_symlinks=False).st_mode)
-            )
-        finally:
-            os.close(fd)
+        return list_at(self._fd, check_name(name), lambda fd, e: not e.startswith(TMP_PREFIX)
+                       and stat.S_ISREG(os.stat(e, dir_fd=fd, follow_symlinks=False).st_mode))
 
     def clean_temporaries(self) -> None:
         """Remove temporaries of dead writers in site_dir, ``<name>/`` and ``<name>/versions``."""
@@ -172,9 +164,7 @@ class Site:
         with contextlib.suppress(FileNotFoundError):
             fd = self.model_dir(name)
             try:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(manifest_name, dir_fd=fd)
-                os.fsync(fd)
+                unlink_durably(fd, manifest_name)
             finally:
                 os.close(fd)
 
@@ -182,14 +172,8 @@ class Site:
 
     def version_ids(self, name: str) -> list[str]:
         """Complete version directories of a model (temporary builds are not listed)."""
-        try:
-            fd = open_dir_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}")
-        except FileNotFoundError:
-            return []
-        try:
-            return sorted(e for e in os.listdir(fd) if not e.startswith(TMP_PREFIX))
-        finally:
-            os.close(fd)
+        return list_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}",
+                       lambda _fd, e: not e.startswith(TMP_PREFIX))
 
     def remove_version(self, name: str, version_id: str) -> None:
         """Remove a version directory: renamed away first (atomic), then deleted, so a

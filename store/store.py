@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .atomic import clean_tmp_at, exists_at, tmp_name
+from .atomic import clean_tmp_at, exists_at, list_at, tmp_name, unlink_durably
 from .entry import rewrite_paths
 from .errors import (
     IntegrityError,
@@ -389,21 +389,12 @@ class Store:
     def _clean_temporaries(self) -> None:
         """Remove ``.tmp-*`` names left by writers that died, in every directory we write."""
         dirs = ["partial", "refs", "history", "snapshots"]
-        dirs += [f"snapshots/{n}" for n in self._listdirs(self._fd, "snapshots")]
+        with contextlib.suppress(OSError, ShardsyncError):  # best effort, like clean_tmp_at
+            dirs += [f"snapshots/{n}" for n in list_at(self._fd, "snapshots")
+                     if not n.startswith(".")]
         for rel in dirs:
             clean_tmp_at(self._fd, rel)
         self.site.clean_temporaries()
-
-    @staticmethod
-    def _listdirs(dir_fd: int, rel: str) -> list[str]:
-        try:
-            fd = open_dir_at(dir_fd, rel)
-        except (OSError, ShardsyncError):
-            return []
-        try:
-            return [e for e in os.listdir(fd) if not e.startswith(".")]
-        finally:
-            os.close(fd)
 
     def _require_objects(self, version: Version) -> None:
         for entry in (version.manifest, *version.files):
@@ -627,9 +618,7 @@ class Store:
         except FileNotFoundError:
             return
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(base, dir_fd=dfd)
-            os.fsync(dfd)
+            unlink_durably(dfd, base)
         finally:
             os.close(dfd)
 
