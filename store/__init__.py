@@ -17,10 +17,12 @@ from .errors import (
     StorageError,
     UnsafePathError,
 )
+from .gc import GcReport, StoreStats
 from .ingest import Ingest, IngestStatus, boot_id
 from .objects import ObjectInfo
 from .paths import check_manifest_name, check_name, check_relpath
-from .store import GRACE_SECONDS, GcReport, Problem, Store, StoreStats
+from .store import GRACE_SECONDS, Store
+from .verify import Problem
 from .versions import FileEntry, Version
 
 __all__ = [

@@ -38,7 +38,8 @@ from .objects import CHUNK
 if TYPE_CHECKING:
     from .objects import Objects
 
-__all__ = ["CHECKPOINT_BYTES", "Ingest", "IngestStatus", "boot_id", "ingest_ref"]
+__all__ = ["CHECKPOINT_BYTES", "Ingest", "IngestStatus", "boot_id", "ingest_ref", "read_status",
+           "remove_orphans", "statuses"]
 
 #: Bytes written between two automatic checkpoints (fdatasync + sidecar). Bounds what a
 #: power cut can cost per file to 16 MiB while keeping fsyncs rare (PERF.md: fsync per
@@ -350,3 +351,29 @@ def read_status(partial_fd: int, name: str) -> IngestStatus | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def statuses(partial_fd: int) -> list[IngestStatus]:
+    """Every partial download in ``partial_fd`` with a readable sidecar, by ref."""
+    out = []
+    for name in sorted(os.listdir(partial_fd)):
+        if name.endswith(".json") and not name.startswith("."):
+            st = read_status(partial_fd, name)
+            if st is not None:
+                out.append(st)
+    return out
+
+
+def remove_orphans(partial_fd: int, *, dry_run: bool = False) -> int:
+    """Remove (unless ``dry_run``) each ``<ref>.data`` or ``<ref>.json`` without the
+    other half; return how many. A pair is the resume point of a download: it stays."""
+    names = set(os.listdir(partial_fd))
+    n = 0
+    for name in sorted(names):
+        stem, _, ext = name.rpartition(".")
+        other = stem + (".json" if ext == "data" else ".data")
+        if ext in ("data", "json") and other not in names:
+            n += 1
+            if not dry_run:
+                os.unlink(name, dir_fd=partial_fd)
+    return n

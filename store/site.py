@@ -31,11 +31,18 @@ from .atomic import (
     unlink_durably,
     write_atomic,
 )
-from .objects import Objects
+from .errors import UnsafePathError
+from .objects import Objects, hash_file
 from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
-from .versions import Version
+from .versions import FileEntry, Version
 
-__all__ = ["VERSIONS_DIR", "Site"]
+__all__ = ["MISSING", "NOT_REGULAR", "UNSAFE", "VERSIONS_DIR", "Site"]
+
+# Why a published file is not its bytes (Site.check_published); repair tests for these
+# exact values.
+MISSING = "published file is missing"
+UNSAFE = "a directory on its path is a symlink or not a directory; not following it"
+NOT_REGULAR = "published file is not a regular file"
 
 # A hardlink fails with these where a copy would work: another filesystem (EXDEV),
 # a filesystem without links or one refusing them (EPERM, ENOTSUP), too many links (EMLINK).
@@ -167,6 +174,123 @@ class Site:
                 unlink_durably(fd, manifest_name)
             finally:
                 os.close(fd)
+
+    # -- published files, one at a time (verify, repair, re-publish) ---------------
+
+    def _published_dir(self, version: Version, relpath: str) -> tuple[int, str]:
+        """(fd of the directory holding published file ``relpath``, its base name).
+
+        Walked from the site fd with O_NOFOLLOW: FileNotFoundError if a directory is
+        missing, UnsafePathError if one is a symlink or not a directory. The caller
+        closes the fd.
+        """
+        parent, _, base = relpath.rpartition("/")
+        rel = f"{VERSIONS_DIR}/{version.id}" + (f"/{parent}" if parent else "")
+        mfd = self.model_dir(version.name)
+        try:
+            return open_dir_at(mfd, rel), base
+        finally:
+            os.close(mfd)
+
+    def check_published(self, version: Version, entry: FileEntry, objects: Objects, *,
+                        rehash: bool = False) -> str | None:
+        """Why the published file of ``entry`` is not its bytes, or None if it is.
+
+        A hardlink of the (just verified) object is not re-hashed unless ``rehash``.
+        Nothing but a regular file below real directories is ever opened (a FIFO would
+        block a read, a symlink lead outside site_dir).
+        """
+        try:
+            dfd, base = self._published_dir(version, entry.path)
+        except FileNotFoundError:
+            return MISSING
+        except UnsafePathError:
+            return UNSAFE
+        try:
+            try:
+                st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return MISSING
+            if not stat.S_ISREG(st.st_mode):
+                return NOT_REGULAR
+            if st.st_size != entry.size:
+                return f"size is {st.st_size}, expected {entry.size}"
+            if not rehash:
+                obj = objects.stat(entry.digest)
+                if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
+                    return None  # the object itself, hardlinked, and the object was verified
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            try:
+                fd = os.open(base, flags, dir_fd=dfd)
+            except FileNotFoundError:
+                return MISSING
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # became a symlink since the stat
+                    return NOT_REGULAR
+                raise
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return NOT_REGULAR  # swapped since the stat
+                actual = hash_file(f)
+        finally:
+            os.close(dfd)
+        if actual != entry.digest:
+            return f"content hashes to {actual}, expected {entry.digest}"
+        return None
+
+    def unlink_published(self, version: Version, entry: FileEntry) -> None:
+        """Remove one published file (its directory walked without following symlinks)."""
+        try:
+            dfd, base = self._published_dir(version, entry.path)
+        except FileNotFoundError:
+            return
+        try:
+            unlink_durably(dfd, base)
+        finally:
+            os.close(dfd)
+
+    def fill(self, version: Version, objects: Objects) -> None:
+        """Put back files missing from an existing version directory (verify --repair
+        removes files whose object was corrupt; publishing the version again restores
+        them once the object is good). A symlink on the way raises UnsafePathError."""
+        for entry in (version.manifest, *version.files):
+            try:
+                dfd, base = self._published_dir(version, entry.path)
+            except FileNotFoundError:
+                pass
+            else:
+                try:
+                    st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+                        continue
+                except FileNotFoundError:
+                    pass
+                finally:
+                    os.close(dfd)
+            self.replace_published(version, entry, objects)
+
+    def replace_published(self, version: Version, entry: FileEntry, objects: Objects) -> None:
+        """Put one published file back from its object: placed under a temp name, renamed."""
+        parent, _, base = entry.path.rpartition("/")
+        rel = f"{VERSIONS_DIR}/{version.id}" + (f"/{parent}" if parent else "")
+        mfd = self.model_dir(version.name)
+        try:
+            dfd = open_dir_at(mfd, rel, create=True)
+        finally:
+            os.close(mfd)
+        try:
+            tmp = tmp_name(base)
+            try:
+                self.place(objects, entry.digest, dfd, tmp)
+                os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                # clean_tmp spares our own pid's temporaries: remove it here
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     # -- listing and removal -----------------------------------------------------
 
