@@ -7,9 +7,9 @@ A synchronous library: no network, no trio. The daemon (and the CLI) hold one
 
 from __future__ import annotations
 
-from .atomic import TMP_PREFIX, write_all, write_atomic
-from .entry import manifest_groups, rewrite_paths, shard_relpath
-from .errors import (
+from ._atomic import TMP_PREFIX, write_all, write_atomic
+from ._entry import manifest_groups, rewrite_paths, shard_relpath
+from ._errors import (
     IntegrityError,
     LockedError,
     NotFoundError,
@@ -17,13 +17,13 @@ from .errors import (
     StorageError,
     UnsafePathError,
 )
-from .gc import GcReport, StoreStats
-from .ingest import Ingest, IngestStatus, boot_id
-from .objects import ObjectInfo
-from .paths import check_manifest_name, check_name, check_relpath
-from .store import GRACE_SECONDS, Store
-from .verify import Problem
-from .versions import FileEntry, Version
+from ._gc import GcReport, StoreStats
+from ._ingest import Ingest, IngestStatus, boot_id
+from ._objects import ObjectInfo
+from ._paths import check_manifest_name, check_name, check_relpath
+from ._store import GRACE_SECONDS, Store
+from ._verify import Problem
+from ._versions import FileEntry, Version
 
 __all__ = [
     "GRACE_SECONDS",

@@ -13,7 +13,7 @@ from storehelpers import publish_model, versioned_model
 import shardsync.daemon
 import shardsync.store
 from shardsync.store import NotFoundError, StorageError, Store, StoreStats
-from shardsync.store.objects import CHUNK
+from shardsync.store._objects import CHUNK
 
 STORE = "shardsync.store"
 DAEMON_DIR = Path(shardsync.daemon.__file__).parent
@@ -64,7 +64,7 @@ def surface_violations(source: str, importer: str, *, is_package: bool = False) 
 @pytest.mark.parametrize("source", [
     "import shardsync.store.objects",
     "import shardsync.store.objects as o",
-    "from shardsync.store.objects import CHUNK",
+    "from shardsync.store._objects import CHUNK",
     "from shardsync.store import objects",
     "from ..store.errors import StorageError",
     "from ..store import paths",

@@ -8,7 +8,7 @@
 * ``<name>/<manifest>``: the entry point, the manifest with its weight paths
   pointing into ``versions/<version>/``; replaced by one atomic rename.
 
-Every directory is opened below the site fd with O_NOFOLLOW (:mod:`.paths`), so a
+Every directory is opened below the site fd with O_NOFOLLOW (:mod:`._paths`), so a
 symlink planted inside site_dir is never followed outward.
 """
 
@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 
-from .atomic import (
+from ._atomic import (
     TMP_PREFIX,
     clean_tmp,
     clean_tmp_at,
@@ -31,10 +31,10 @@ from .atomic import (
     unlink_durably,
     write_atomic,
 )
-from .errors import UnsafePathError
-from .objects import Objects, hash_file
-from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
-from .versions import FileEntry, Version
+from ._errors import UnsafePathError
+from ._objects import Objects, hash_file
+from ._paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
+from ._versions import FileEntry, Version
 
 __all__ = ["MISSING", "NOT_REGULAR", "UNSAFE", "VERSIONS_DIR", "Site"]
 

@@ -26,9 +26,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .atomic import clean_tmp_at, exists_at, list_at
-from .entry import rewrite_paths
-from .errors import (
+from ._atomic import clean_tmp_at, exists_at, list_at
+from ._entry import rewrite_paths
+from ._errors import (
     IntegrityError,
     LockedError,
     NotFoundError,
@@ -36,13 +36,13 @@ from .errors import (
     UnsafePathError,
     translate_oserror,
 )
-from .gc import GcReport, StoreStats, collect, count
-from .ingest import Ingest, IngestStatus, ingest_ref, statuses
-from .objects import CHUNK, Objects
-from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
-from .site import Site
-from .verify import Problem, Verifier
-from .versions import FileEntry, Version, Versions
+from ._gc import GcReport, StoreStats, collect, count
+from ._ingest import Ingest, IngestStatus, ingest_ref, statuses
+from ._objects import CHUNK, Objects
+from ._paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
+from ._site import Site
+from ._verify import Problem, Verifier
+from ._versions import FileEntry, Version, Versions
 
 __all__ = ["GRACE_SECONDS", "Store"]
 
@@ -119,7 +119,7 @@ class Store:
         """The partial download of ``url`` (resumed if one exists); LockedError if busy.
 
         A crash or cancel leaves the partial on disk for the next open; see
-        :mod:`shardsync.store.ingest` for how much of it is trusted.
+        :mod:`shardsync.store._ingest` for how much of it is trusted.
         """
         with translate_oserror("cannot open partial download", file=url):
             return Ingest(self.objects, self._partial_fd, url)

@@ -13,7 +13,7 @@ import errno
 import os
 import re
 
-from .errors import UnsafePathError
+from ._errors import UnsafePathError
 
 __all__ = [
     "NAME_RE",

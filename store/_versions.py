@@ -23,10 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .atomic import exists_at, list_at, read_at, rmtree_at, unlink_durably, write_atomic
-from .errors import IntegrityError, NotFoundError, UnsafePathError
-from .objects import check_digest
-from .paths import check_manifest_name, check_name, check_relpath, open_dir_at
+from ._atomic import exists_at, list_at, read_at, rmtree_at, unlink_durably, write_atomic
+from ._errors import IntegrityError, NotFoundError, UnsafePathError
+from ._objects import check_digest
+from ._paths import check_manifest_name, check_name, check_relpath, open_dir_at
 
 __all__ = ["FileEntry", "Version", "Versions", "tree_digest"]
 

@@ -1,8 +1,8 @@
 """gc and stats: what the version records reference, against the objects stored.
 
-:meth:`Store.gc <.store.Store.gc>` runs :func:`collect` (remove objects no record
+:meth:`Store.gc <._store.Store.gc>` runs :func:`collect` (remove objects no record
 references, and orphaned partial files) holding the store exclusively, so that no
-publish or ingest runs meanwhile; :meth:`Store.stats <.store.Store.stats>` runs
+publish or ingest runs meanwhile; :meth:`Store.stats <._store.Store.stats>` runs
 :func:`count`. Both translate OSError there.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .ingest import remove_orphans
-from .objects import Objects
-from .versions import Versions
+from ._ingest import remove_orphans
+from ._objects import Objects
+from ._versions import Versions
 
 __all__ = ["GcReport", "StoreStats", "collect", "count"]
 

@@ -15,8 +15,8 @@ import shutil
 import stat
 from collections.abc import Callable
 
-from .errors import UnsafePathError
-from .paths import open_dir_at
+from ._errors import UnsafePathError
+from ._paths import open_dir_at
 
 __all__ = [
     "TMP_PREFIX",

@@ -1,7 +1,7 @@
 """verify and repair: re-hash every object, check every record and published file.
 
-:class:`Verifier` works on the parts of a :class:`~.store.Store` (its objects,
-version records and site); :meth:`Store.verify <.store.Store.verify>` runs it under
+:class:`Verifier` works on the parts of a :class:`~._store.Store` (its objects,
+version records and site); :meth:`Store.verify <._store.Store.verify>` runs it under
 the store's locks and error translation.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import IntegrityError, NotFoundError, UnsafePathError
-from .objects import Objects
-from .site import MISSING, UNSAFE, Site
-from .versions import Version, Versions
+from ._errors import IntegrityError, NotFoundError, UnsafePathError
+from ._objects import Objects
+from ._site import MISSING, UNSAFE, Site
+from ._versions import Version, Versions
 
 __all__ = ["Problem", "Verifier"]
 
@@ -45,7 +45,7 @@ class Problem:
 
 class Verifier:
     """One verify pass over a store's parts; ``entry_bytes`` gives the entry point a
-    version must have (:meth:`Store.entry_bytes <.store.Store.entry_bytes>`)."""
+    version must have (:meth:`Store.entry_bytes <._store.Store.entry_bytes>`)."""
 
     def __init__(self, objects: Objects, versions: Versions, site: Site,
                  entry_bytes: Callable[[Version], bytes]) -> None:
@@ -55,7 +55,7 @@ class Verifier:
         self.entry_bytes = entry_bytes
 
     def run(self, *, repair: bool = False) -> list[Problem]:
-        """Every problem found (see :meth:`Store.verify <.store.Store.verify>`)."""
+        """Every problem found (see :meth:`Store.verify <._store.Store.verify>`)."""
         problems: list[Problem] = []
         bad: set[str] = set()
         for info in list(self.objects.walk()):

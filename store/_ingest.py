@@ -31,12 +31,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .atomic import unlink_durably, write_all, write_atomic
-from .errors import IntegrityError, LockedError, translate_oserror
-from .objects import CHUNK
+from ._atomic import unlink_durably, write_all, write_atomic
+from ._errors import IntegrityError, LockedError, translate_oserror
+from ._objects import CHUNK
 
 if TYPE_CHECKING:
-    from .objects import Objects
+    from ._objects import Objects
 
 __all__ = ["CHECKPOINT_BYTES", "Ingest", "IngestStatus", "boot_id", "ingest_ref", "read_status",
            "remove_orphans", "statuses"]

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .atomic import clean_tmp, tmp_name, unlink_durably, write_all
-from .errors import IntegrityError, NotFoundError, UnsafePathError
-from .paths import open_dir_at
+from ._atomic import clean_tmp, tmp_name, unlink_durably, write_all
+from ._errors import IntegrityError, NotFoundError, UnsafePathError
+from ._paths import open_dir_at
 
 __all__ = ["CHUNK", "ObjectInfo", "Objects", "check_digest", "hash_file"]
 
