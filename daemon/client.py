@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from shardsync.store.errors import NotFoundError, ShardsyncError
+from shardsync.store import NotFoundError, ShardsyncError
 
 from .units import format_bytes
 

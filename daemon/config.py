@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from shardsync.store.paths import check_name
+from shardsync.store import check_name
 
 from .errors import ConfigError, ManifestError, NotFoundError, UnsafePathError
 from .tfjs import DEFAULT_MAX_TOTAL, manifest_filename

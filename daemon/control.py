@@ -80,7 +80,7 @@ from typing import Any
 import h11
 import trio
 
-from shardsync.store.errors import LockedError, ShardsyncError, StorageError
+from shardsync.store import LockedError, ShardsyncError, StorageError
 
 __all__ = [
     "IDLE_TIMEOUT",

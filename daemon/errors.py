@@ -1,6 +1,6 @@
 """Errors of the daemon side: config, manifests and the network.
 
-They extend the tree in :mod:`shardsync.store.errors` (re-exported here, so the
+They extend the tree in :mod:`shardsync.store` (re-exported here, so the
 daemon imports all errors from one place)::
 
     ShardsyncError
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardsync.store.errors import (
+from shardsync.store import (
     IntegrityError,
     LockedError,
     NotFoundError,

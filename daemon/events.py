@@ -32,7 +32,7 @@ change; a cursor older than the oldest kept event gets everything kept and
 ``truncated: true``, which the caller can surface ("some events were dropped").
 
 One process at a time: the file is locked (``flock``) while open; a second opener
-gets :class:`~shardsync.store.errors.LockedError`. An :class:`EventLog` is not
+gets :class:`~shardsync.store.LockedError`. An :class:`EventLog` is not
 thread-safe: use it from the trio thread (or from a program without trio).
 """
 
@@ -51,9 +51,7 @@ from typing import Any
 
 import trio
 
-from shardsync.store.atomic import write_atomic
-from shardsync.store.errors import LockedError, StorageError
-from shardsync.store.ingest import boot_id
+from shardsync.store import LockedError, StorageError, boot_id, write_all, write_atomic
 
 __all__ = ["DEFAULT_LIMIT", "DEFAULT_MAX_BYTES", "Event", "EventBatch", "EventLog"]
 
@@ -329,9 +327,7 @@ class EventLog:
             # Locked before it takes the log's name, so no other process can slip in.
             _lock(fd, tmp)
             data = b"".join(line + b"\n" for line in self._lines[start:])
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
             os.rename(tmp, self.path)
         except BaseException:

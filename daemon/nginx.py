@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 
-from shardsync.store.atomic import TMP_PREFIX
+from shardsync.store import TMP_PREFIX
 
 from .errors import ConfigError
 

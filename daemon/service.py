@@ -49,12 +49,11 @@ from typing import Any
 import trio
 
 from shardsync.store import GRACE_SECONDS, Store
-from shardsync.store.errors import translate_oserror
 
 from . import __version__
 from .config import Config, load_config
 from .control import HTTPError, Request, Response, Router, serve_control
-from .errors import ConfigError, LockedError, NotFoundError, ShardsyncError
+from .errors import ConfigError, LockedError, NotFoundError, ShardsyncError, StorageError
 from .events import EventLog
 from .fetch import Fetcher, make_client, tune_for_downloads
 from .metrics import Exposition
@@ -193,12 +192,15 @@ class Service:
             self.scheduler = Scheduler(self.syncer, self.gate, self._on_result)
             await nursery.start(self.scheduler.run)
             await nursery.start(self._signals)
-            with translate_oserror("cannot create the control socket's directory",
-                                   file=str(Path(config.socket).parent)):
+            try:
                 Path(config.socket).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError.from_oserror(
+                    exc, "cannot create the control socket's directory",
+                    file=str(Path(config.socket).parent)) from exc
             await nursery.start(serve_control, config.socket, self._router())
             self.scheduler.apply(config.models)
-            for name in set(self.store.versions.names()) - {m.name for m in config.models}:
+            for name in set(self.store.model_names()) - {m.name for m in config.models}:
                 self._schedule_removal(name)
             await nursery.start(self._watch_config)
             nursery.start_soon(self.notifier.run_watchdog, self._making_progress)
@@ -407,7 +409,7 @@ class Service:
     def _current_version(self, name: str) -> str | None:
         assert self.store
         if name not in self._versions:  # not synced yet since start: ask the store once
-            self._versions[name] = self.store.versions.current(name)
+            self._versions[name] = self.store.current_id(name)
         return self._versions[name]
 
     def status(self) -> dict[str, Any]:
@@ -440,9 +442,9 @@ class Service:
         doc = self._model_json(st)
         current = doc["version"]
         versions = []
-        for h in reversed(self.store.versions.history(st.config.name)):
+        for h in reversed(self.store.history(st.config.name)):
             try:
-                v = self.store.versions.get(st.config.name, h["version"])
+                v = self.store.version(st.config.name, h["version"])
             except (NotFoundError, ShardsyncError):
                 continue  # pruned
             versions.append({"version": v.id, "current": v.id == current, "since": h["from"],
@@ -519,12 +521,5 @@ class Service:
 
     def _compute_stats(self) -> dict[str, int]:
         assert self.store
-        sizes = {o.digest: o.size for o in self.store.objects.walk()}
-        referenced = 0
-        unique: set[str] = set()
-        for v in self.store.versions.all():
-            for e in (v.manifest, *v.files):
-                referenced += e.size
-                unique.add(e.digest)
-        return {"objects": len(sizes), "bytes": sum(sizes.values()),
-                "saved": max(0, referenced - sum(sizes.get(d, 0) for d in unique))}
+        s = self.store.stats()
+        return {"objects": s.objects, "bytes": s.bytes, "saved": s.saved}

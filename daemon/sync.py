@@ -33,7 +33,6 @@ from typing import Any
 import trio
 
 from shardsync.store import FileEntry, Store, Version
-from shardsync.store.objects import CHUNK
 
 from .config import ModelConfig
 from .errors import ShardsyncError
@@ -136,7 +135,7 @@ class Syncer:
         """Canonical URL -> the file the store holds for it, from every current version."""
         if self._known is None:
             self._known = {}
-            for name in self.store.versions.names():
+            for name in self.store.model_names():
                 version = self.store.current(name)
                 if version is not None:
                     self._learn(version)
@@ -164,7 +163,7 @@ class Syncer:
             progress.state = "error"
             log.warning("%s", result.error)
         result.received = progress.received
-        current = self.store.versions.current(model.name)
+        current = self.store.current_id(model.name)
         result.version = current
         return result
 
@@ -314,14 +313,12 @@ class Syncer:
 
     def _chunks(self, digests: list[str]) -> Iterator[bytes]:
         for digest in digests:
-            with self.store.objects.open(digest) as f:
-                while block := f.read(CHUNK):
-                    yield block
+            yield from self.store.iter_object(digest)
 
 
 def _validators(known: FileEntry | None, store: Store) -> Validators | None:
     """Validators to ask with, if the store still holds the file they describe."""
-    if known is None or not store.objects.has(known.digest):
+    if known is None or not store.has_object(known.digest):
         return None
     v = Validators(known.meta.get("etag"), known.meta.get("last_modified"))
     return v or None

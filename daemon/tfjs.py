@@ -11,7 +11,7 @@ group's shards must add up to. TF.js itself never checks that (a short shard or 
 :func:`shard_url` builds a shard's URL exactly as TF.js does, so that shardsync
 fetches what a browser would fetch. What the store needs of the format (where the
 groups are, what a shard path may be, the rewritten entry point) lives in
-:mod:`shardsync.store.entry`; this module only adds what the daemon needs.
+:mod:`shardsync.store`; this module only adds what the daemon needs.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from shardsync.store.entry import manifest_groups, rewrite_paths, shard_relpath
-from shardsync.store.paths import check_manifest_name
+from shardsync.store import check_manifest_name, manifest_groups, rewrite_paths, shard_relpath
 
 from .errors import IntegrityError, ManifestError, UnsafePathError
 
@@ -104,7 +103,7 @@ class Weight:
 class Group:
     """One weight group: its shards (in order) hold its weights' bytes, concatenated.
 
-    ``paths`` are relative file paths as :func:`shardsync.store.entry.shard_relpath`
+    ``paths`` are relative file paths as :func:`shardsync.store.shard_relpath`
     gives them. ``expected_size`` is the exact total of the shards, or None when a
     string weight makes it known only by walking the data. ``index`` is the group's
     position in the manifest (0-based); messages call it "weight group index+1".

@@ -1,12 +1,15 @@
 """shardsync.store: the content-addressed store and atomic publishing.
 
 A synchronous library: no network, no trio. The daemon (and the CLI) hold one
-:class:`Store`; everything else here is what it is built from.
+:class:`Store`; everything else here is what it is built from. This package's
+``__all__`` is its whole surface: nothing outside it imports the modules inside.
 """
 
 from __future__ import annotations
 
-from .errors import (
+from ._atomic import TMP_PREFIX, write_all, write_atomic
+from ._entry import manifest_groups, rewrite_paths, shard_relpath
+from ._errors import (
     IntegrityError,
     LockedError,
     NotFoundError,
@@ -14,13 +17,17 @@ from .errors import (
     StorageError,
     UnsafePathError,
 )
-from .ingest import Ingest, IngestStatus
-from .objects import ObjectInfo
-from .store import GRACE_SECONDS, GcReport, Problem, Store
-from .versions import FileEntry, Version
+from ._gc import GcReport, StoreStats
+from ._ingest import Ingest, IngestStatus, boot_id
+from ._objects import ObjectInfo
+from ._paths import check_manifest_name, check_name, check_relpath
+from ._store import GRACE_SECONDS, Store
+from ._verify import Problem
+from ._versions import FileEntry, Version
 
 __all__ = [
     "GRACE_SECONDS",
+    "TMP_PREFIX",
     "FileEntry",
     "GcReport",
     "Ingest",
@@ -33,6 +40,16 @@ __all__ = [
     "ShardsyncError",
     "StorageError",
     "Store",
+    "StoreStats",
     "UnsafePathError",
     "Version",
+    "boot_id",
+    "check_manifest_name",
+    "check_name",
+    "check_relpath",
+    "manifest_groups",
+    "rewrite_paths",
+    "shard_relpath",
+    "write_all",
+    "write_atomic",
 ]

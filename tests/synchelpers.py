@@ -37,8 +37,7 @@ from storehelpers import (
 from shardsync.daemon.demo.samples import make_big_model, write_samples
 from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
 from shardsync.daemon.sync import Syncer
-from shardsync.store import Store
-from shardsync.store.entry import manifest_groups, shard_relpath
+from shardsync.store import Store, manifest_groups, shard_relpath
 
 __all__ = [
     "Hit",

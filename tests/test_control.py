@@ -33,7 +33,7 @@ from shardsync.daemon.control import (
 )
 from shardsync.daemon.events import EventLog
 from shardsync.daemon.metrics import CONTENT_TYPE
-from shardsync.store.errors import LockedError, NotFoundError, ShardsyncError
+from shardsync.store import LockedError, NotFoundError, ShardsyncError
 
 # ---------------------------------------------------------------- fixtures and helpers
 
@@ -590,7 +590,7 @@ def test_activation_refuses_a_connected_socket(sockdir):
             "os.dup2(int(sys.argv[1]), 3)\n"
             "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
             "from shardsync.daemon.control import activation_socket\n"
-            "from shardsync.store.errors import ShardsyncError\n"
+            "from shardsync.store import ShardsyncError\n"
             "try:\n    activation_socket()\nexcept ShardsyncError as e:\n    print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(conn.fileno())],
                           pass_fds=(conn.fileno(),), capture_output=True, text=True, check=True)
@@ -713,7 +713,7 @@ async def test_client_permission_denied(served):
     assert os.geteuid() == 0, "this test drops CAP_DAC_OVERRIDE with setpriv; run it as root"
     os.chmod(served.path, 0)  # with no capability to override it, even the owner is refused
     code = ("from shardsync.daemon.client import get_json\n"
-            "from shardsync.store.errors import ShardsyncError\n"
+            "from shardsync.store import ShardsyncError\n"
             "try:\n    get_json(__import__('sys').argv[1], '/v1/status')\n"
             "except ShardsyncError as e:\n    print(e)\n")
     proc = await trio.run_process(

@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from shardsync.daemon.events import Event, EventBatch, EventLog
-from shardsync.store.errors import LockedError
+from shardsync.store import LockedError
 
 
 def _lines(path):

@@ -29,7 +29,7 @@ from storehelpers import (
 )
 
 from shardsync.store import FileEntry, ShardsyncError, Store, UnsafePathError, Version
-from shardsync.store.paths import check_name, check_relpath, open_dir, open_dir_at
+from shardsync.store._paths import check_name, check_relpath, open_dir, open_dir_at
 
 UNSAFE = [
     "", "..", "../x", "a/../b", "a/..", ".", "./a", "a/./b",
@@ -289,7 +289,7 @@ def test_manifest_name_that_cannot_be_an_entry_point_is_refused_before_writing(
 
 _MAKE_DIRS = """
 import os, sys
-from shardsync.store.paths import open_dir, open_dir_at
+from shardsync.store._paths import open_dir, open_dir_at
 fd = open_dir(sys.argv[1])
 os.close(open_dir_at(fd, sys.argv[2], create=True))
 """

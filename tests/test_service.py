@@ -45,8 +45,7 @@ from shardsync.daemon.config import ConfigError
 from shardsync.daemon.fetch import READ_NUM_BYTES, resume_start
 from shardsync.daemon.notify import Notifier
 from shardsync.daemon.service import GRACE_ENV, grace_from_env
-from shardsync.store import GRACE_SECONDS
-from shardsync.store.errors import NotFoundError, ShardsyncError
+from shardsync.store import GRACE_SECONDS, NotFoundError, ShardsyncError
 
 #: SIGTERM to exit: the unit's contract (TimeoutStopSec leaves room above it).
 STOP_WITHIN = 10.0

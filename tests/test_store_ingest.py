@@ -20,7 +20,7 @@ import pytest
 from storehelpers import object_files, object_path, sha256
 
 from shardsync.store import IntegrityError, LockedError, Store
-from shardsync.store.ingest import CHECKPOINT_BYTES, boot_id, ingest_ref
+from shardsync.store._ingest import CHECKPOINT_BYTES, boot_id, ingest_ref
 
 URL = "https://example.com/models/m/group1-shard1of1.bin"
 

@@ -23,7 +23,7 @@ from storehelpers import (
 )
 
 from shardsync.store import IntegrityError, NotFoundError, Store
-from shardsync.store.objects import check_digest
+from shardsync.store._objects import check_digest
 
 
 def test_put_bytes_returns_sha256_and_stores_under_fanout(store: Store, dirs) -> None:

@@ -89,7 +89,7 @@ def test_a_dangling_ref_is_no_current_version_and_the_next_publish_heals_it(
     model = versioned_model(1)
     version = publish_model(store, "m", model)
     _dangle(state, version, how)
-    with caplog.at_level(logging.WARNING, logger="shardsync.store.store"):
+    with caplog.at_level(logging.WARNING, logger="shardsync.store._store"):
         assert store.current("m") is None
     assert any("m" in r.getMessage() and version.id in r.getMessage() for r in caplog.records)
     # what the next sync does: publish the version it fetched (here the same one)

@@ -1,4 +1,4 @@
-"""Tests of shardsync.daemon.tfjs (and the entry-point rewrite in shardsync.store.entry).
+"""Tests of shardsync.daemon.tfjs (and the entry-point rewrite in shardsync.store).
 
 Real manifests from /work/shared's fixtures (copied into daemon/demo/sample_data/) and hostile
 ones built here; group checks run on the real shard bytes, streamed in small chunks.
@@ -23,7 +23,7 @@ from shardsync.daemon.tfjs import (
     rewrite_paths,
     shard_url,
 )
-from shardsync.store.entry import manifest_groups, shard_relpath
+from shardsync.store import manifest_groups, shard_relpath
 
 SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "demo" / "sample_data"
 
@@ -429,8 +429,8 @@ def test_entry_helpers():
 
 def test_public_surface():
     import shardsync.daemon.tfjs as tfjs
-    import shardsync.store.entry as entry
+    import shardsync.store as store
 
-    for module in (tfjs, entry):
+    for module in (tfjs, store):
         assert all(hasattr(module, name) for name in module.__all__), module.__name__
-    assert tfjs.rewrite_paths is entry.rewrite_paths  # one implementation, in the store
+    assert tfjs.rewrite_paths is store.rewrite_paths  # one implementation, in the store

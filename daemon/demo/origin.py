@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from shardsync.store.errors import UnsafePathError
-from shardsync.store.paths import check_relpath
+from shardsync.store import UnsafePathError, check_relpath
 
 __all__ = ["LogEntry", "Origin", "main"]
 

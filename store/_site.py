@@ -8,7 +8,7 @@
 * ``<name>/<manifest>``: the entry point, the manifest with its weight paths
   pointing into ``versions/<version>/``; replaced by one atomic rename.
 
-Every directory is opened below the site fd with O_NOFOLLOW (:mod:`.paths`), so a
+Every directory is opened below the site fd with O_NOFOLLOW (:mod:`._paths`), so a
 symlink planted inside site_dir is never followed outward.
 """
 
@@ -19,21 +19,30 @@ import errno
 import os
 import stat
 
-from .atomic import (
+from ._atomic import (
     TMP_PREFIX,
     clean_tmp,
     clean_tmp_at,
     exists_at,
+    list_at,
     read_at,
     rmtree_at,
     tmp_name,
+    unlink_durably,
     write_atomic,
 )
-from .objects import Objects
-from .paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
-from .versions import Version
+from ._errors import UnsafePathError
+from ._objects import Objects, hash_file
+from ._paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
+from ._versions import FileEntry, Version
 
-__all__ = ["VERSIONS_DIR", "Site"]
+__all__ = ["MISSING", "NOT_REGULAR", "UNSAFE", "VERSIONS_DIR", "Site"]
+
+# Why a published file is not its bytes (Site.check_published); repair tests for these
+# exact values.
+MISSING = "published file is missing"
+UNSAFE = "a directory on its path is a symlink or not a directory; not following it"
+NOT_REGULAR = "published file is not a regular file"
 
 # A hardlink fails with these where a copy would work: another filesystem (EXDEV),
 # a filesystem without links or one refusing them (EPERM, ENOTSUP), too many links (EMLINK).
@@ -148,18 +157,8 @@ class Site:
 
     def entries(self, name: str) -> list[str]:
         """The files directly in ``<name>/`` (entry points), temporaries aside."""
-        try:
-            fd = self.model_dir(name)
-        except FileNotFoundError:
-            return []
-        try:
-            return sorted(
-                e for e in os.listdir(fd)
-                if not e.startswith(TMP_PREFIX)
-                and stat.S_ISREG(os.stat(e, dir_fd=fd, follow_symlinks=False).st_mode)
-            )
-        finally:
-            os.close(fd)
+        return list_at(self._fd, check_name(name), lambda fd, e: not e.startswith(TMP_PREFIX)
+                       and stat.S_ISREG(os.stat(e, dir_fd=fd, follow_symlinks=False).st_mode))
 
     def clean_temporaries(self) -> None:
         """Remove temporaries of dead writers in site_dir, ``<name>/`` and ``<name>/versions``."""
@@ -172,24 +171,133 @@ class Site:
         with contextlib.suppress(FileNotFoundError):
             fd = self.model_dir(name)
             try:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(manifest_name, dir_fd=fd)
-                os.fsync(fd)
+                unlink_durably(fd, manifest_name)
             finally:
                 os.close(fd)
+
+    # -- published files, one at a time (verify, repair, re-publish) ---------------
+
+    def _published_dir(self, version: Version, relpath: str) -> tuple[int, str]:
+        """(fd of the directory holding published file ``relpath``, its base name).
+
+        Walked from the site fd with O_NOFOLLOW: FileNotFoundError if a directory is
+        missing, UnsafePathError if one is a symlink or not a directory. The caller
+        closes the fd.
+        """
+        parent, _, base = relpath.rpartition("/")
+        rel = f"{VERSIONS_DIR}/{version.id}" + (f"/{parent}" if parent else "")
+        mfd = self.model_dir(version.name)
+        try:
+            return open_dir_at(mfd, rel), base
+        finally:
+            os.close(mfd)
+
+    def check_published(self, version: Version, entry: FileEntry, objects: Objects, *,
+                        rehash: bool = False) -> str | None:
+        """Why the published file of ``entry`` is not its bytes, or None if it is.
+
+        A hardlink of the (just verified) object is not re-hashed unless ``rehash``.
+        Nothing but a regular file below real directories is ever opened (a FIFO would
+        block a read, a symlink lead outside site_dir).
+        """
+        try:
+            dfd, base = self._published_dir(version, entry.path)
+        except FileNotFoundError:
+            return MISSING
+        except UnsafePathError:
+            return UNSAFE
+        try:
+            try:
+                st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return MISSING
+            if not stat.S_ISREG(st.st_mode):
+                return NOT_REGULAR
+            if st.st_size != entry.size:
+                return f"size is {st.st_size}, expected {entry.size}"
+            if not rehash:
+                obj = objects.stat(entry.digest)
+                if (st.st_dev, st.st_ino) == (obj.st_dev, obj.st_ino):
+                    return None  # the object itself, hardlinked, and the object was verified
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            try:
+                fd = os.open(base, flags, dir_fd=dfd)
+            except FileNotFoundError:
+                return MISSING
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # became a symlink since the stat
+                    return NOT_REGULAR
+                raise
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    return NOT_REGULAR  # swapped since the stat
+                actual = hash_file(f)
+        finally:
+            os.close(dfd)
+        if actual != entry.digest:
+            return f"content hashes to {actual}, expected {entry.digest}"
+        return None
+
+    def unlink_published(self, version: Version, entry: FileEntry) -> None:
+        """Remove one published file (its directory walked without following symlinks)."""
+        try:
+            dfd, base = self._published_dir(version, entry.path)
+        except FileNotFoundError:
+            return
+        try:
+            unlink_durably(dfd, base)
+        finally:
+            os.close(dfd)
+
+    def fill(self, version: Version, objects: Objects) -> None:
+        """Put back files missing from an existing version directory (verify --repair
+        removes files whose object was corrupt; publishing the version again restores
+        them once the object is good). A symlink on the way raises UnsafePathError."""
+        for entry in (version.manifest, *version.files):
+            try:
+                dfd, base = self._published_dir(version, entry.path)
+            except FileNotFoundError:
+                pass
+            else:
+                try:
+                    st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+                    if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+                        continue
+                except FileNotFoundError:
+                    pass
+                finally:
+                    os.close(dfd)
+            self.replace_published(version, entry, objects)
+
+    def replace_published(self, version: Version, entry: FileEntry, objects: Objects) -> None:
+        """Put one published file back from its object: placed under a temp name, renamed."""
+        parent, _, base = entry.path.rpartition("/")
+        rel = f"{VERSIONS_DIR}/{version.id}" + (f"/{parent}" if parent else "")
+        mfd = self.model_dir(version.name)
+        try:
+            dfd = open_dir_at(mfd, rel, create=True)
+        finally:
+            os.close(mfd)
+        try:
+            tmp = tmp_name(base)
+            try:
+                self.place(objects, entry.digest, dfd, tmp)
+                os.rename(tmp, base, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                # clean_tmp spares our own pid's temporaries: remove it here
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     # -- listing and removal -----------------------------------------------------
 
     def version_ids(self, name: str) -> list[str]:
         """Complete version directories of a model (temporary builds are not listed)."""
-        try:
-            fd = open_dir_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}")
-        except FileNotFoundError:
-            return []
-        try:
-            return sorted(e for e in os.listdir(fd) if not e.startswith(TMP_PREFIX))
-        finally:
-            os.close(fd)
+        return list_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}",
+                       lambda _fd, e: not e.startswith(TMP_PREFIX))
 
     def remove_version(self, name: str, version_id: str) -> None:
         """Remove a version directory: renamed away first (atomic), then deleted, so a

@@ -12,10 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from .errors import UnsafePathError
+from ._errors import UnsafePathError
 
 __all__ = [
     "NAME_RE",
@@ -23,8 +21,6 @@ __all__ = [
     "check_manifest_name",
     "check_name",
     "check_relpath",
-    "dir_at",
-    "fsync_dir",
     "open_dir",
     "open_dir_at",
 ]
@@ -150,18 +146,3 @@ def open_dir_at(dir_fd: int, relpath: str, *, create: bool = False, mode: int = 
     except BaseException:
         os.close(fd)
         raise
-
-
-@contextmanager
-def dir_at(dir_fd: int, relpath: str, *, create: bool = False) -> Iterator[int]:
-    """Context manager form of :func:`open_dir_at`."""
-    fd = open_dir_at(dir_fd, relpath, create=create)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(fd: int) -> None:
-    """fsync a directory fd, so that renames and links in it survive a power cut."""
-    os.fsync(fd)

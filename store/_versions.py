@@ -23,10 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .atomic import exists_at, read_at, rmtree_at, write_atomic
-from .errors import IntegrityError, NotFoundError, UnsafePathError
-from .objects import check_digest
-from .paths import check_manifest_name, check_name, check_relpath, open_dir_at
+from ._atomic import exists_at, list_at, read_at, rmtree_at, unlink_durably, write_atomic
+from ._errors import IntegrityError, NotFoundError, UnsafePathError
+from ._objects import check_digest
+from ._paths import check_manifest_name, check_name, check_relpath, open_dir_at
 
 __all__ = ["FileEntry", "Version", "Versions", "tree_digest"]
 
@@ -179,17 +179,9 @@ class Versions:
 
     def ids(self, name: str) -> list[str]:
         """Every recorded version id of a model."""
-        try:
-            fd = open_dir_at(self._state_fd, f"snapshots/{check_name(name)}")
-        except FileNotFoundError:
-            return []
-        try:
-            return sorted(
-                e.removesuffix(".json") for e in os.listdir(fd)
-                if e.endswith(".json") and not e.startswith(".")
-            )
-        finally:
-            os.close(fd)
+        return [e.removesuffix(".json")
+                for e in list_at(self._state_fd, f"snapshots/{check_name(name)}")
+                if e.endswith(".json") and not e.startswith(".")]
 
     def all(self) -> list[Version]:
         """Every recorded version of every model."""
@@ -199,11 +191,7 @@ class Versions:
         """Every model with a record or a ref."""
         out = set()
         for sub in ("snapshots", "refs"):
-            fd = open_dir_at(self._state_fd, sub)
-            try:
-                out.update(e for e in os.listdir(fd) if not e.startswith("."))
-            finally:
-                os.close(fd)
+            out.update(e for e in list_at(self._state_fd, sub) if not e.startswith("."))
         return sorted(out)
 
     def drop(self, name: str, version_id: str) -> None:
@@ -211,9 +199,7 @@ class Versions:
         with contextlib.suppress(FileNotFoundError):
             fd = open_dir_at(self._state_fd, f"snapshots/{check_name(name)}")
             try:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(_check_id(version_id) + ".json", dir_fd=fd)
-                os.fsync(fd)
+                unlink_durably(fd, _check_id(version_id) + ".json")
             finally:
                 os.close(fd)
 
@@ -274,9 +260,7 @@ class Versions:
         for sub, entry in (("refs", name), ("history", name + ".json")):
             fd = open_dir_at(self._state_fd, sub)
             try:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry, dir_fd=fd)
-                os.fsync(fd)
+                unlink_durably(fd, entry)
             finally:
                 os.close(fd)
 

@@ -13,18 +13,21 @@ import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 
-from .errors import UnsafePathError
-from .paths import open_dir_at
+from ._errors import UnsafePathError
+from ._paths import open_dir_at
 
 __all__ = [
     "TMP_PREFIX",
     "clean_tmp",
     "clean_tmp_at",
     "exists_at",
+    "list_at",
     "read_at",
     "rmtree_at",
     "tmp_name",
+    "unlink_durably",
     "write_all",
     "write_atomic",
 ]
@@ -123,6 +126,32 @@ def rmtree_at(dir_fd: int, name: str) -> None:
         shutil.rmtree(name, dir_fd=dir_fd)
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+def unlink_durably(dir_fd: int, *names: str) -> None:
+    """Remove each of ``names`` in ``dir_fd`` that is there (missing is fine), then
+    fsync the directory once, so that the removals survive a power cut."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+    os.fsync(dir_fd)
+
+
+def list_at(dir_fd: int, relpath: str,
+            keep: Callable[[int, str], bool] | None = None) -> list[str]:
+    """The sorted names in directory ``relpath`` below ``dir_fd``; none if it is missing.
+
+    The directory is walked to as by :func:`open_dir_at` (never through a symlink:
+    UnsafePathError). ``keep(fd, name)``, given the listed directory's fd, filters.
+    """
+    try:
+        fd = open_dir_at(dir_fd, relpath)
+    except FileNotFoundError:
+        return []
+    try:
+        return sorted(e for e in os.listdir(fd) if keep is None or keep(fd, e))
+    finally:
+        os.close(fd)
 
 
 def clean_tmp(dir_fd: int) -> int:

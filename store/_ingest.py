@@ -31,14 +31,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .atomic import write_all, write_atomic
-from .errors import IntegrityError, LockedError, translate_oserror
-from .objects import CHUNK
+from ._atomic import unlink_durably, write_all, write_atomic
+from ._errors import IntegrityError, LockedError, translate_oserror
+from ._objects import CHUNK
 
 if TYPE_CHECKING:
-    from .objects import Objects
+    from ._objects import Objects
 
-__all__ = ["CHECKPOINT_BYTES", "Ingest", "IngestStatus", "boot_id", "ingest_ref"]
+__all__ = ["CHECKPOINT_BYTES", "Ingest", "IngestStatus", "boot_id", "ingest_ref", "read_status",
+           "remove_orphans", "statuses"]
 
 #: Bytes written between two automatic checkpoints (fdatasync + sidecar). Bounds what a
 #: power cut can cost per file to 16 MiB while keeping fsyncs rare (PERF.md: fsync per
@@ -119,10 +120,7 @@ class Ingest:
     # -- state -------------------------------------------------------------------
 
     def _discard_committed(self) -> None:
-        for name in (self._meta_name, self._data_name):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=self._dir_fd)
-        os.fsync(self._dir_fd)
+        unlink_durably(self._dir_fd, self._meta_name, self._data_name)
         old = self._fd
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._fd = os.open(self._data_name, flags, 0o600, dir_fd=self._dir_fd)
@@ -158,14 +156,8 @@ class Ingest:
 
     def _read_meta(self) -> dict[str, Any] | None:
         try:
-            fd = os.open(self._meta_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=self._dir_fd)
+            return _read_sidecar(self._dir_fd, self._meta_name)
         except FileNotFoundError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as f:
-                meta = json.loads(f.read())
-            return meta if isinstance(meta, dict) else None
-        except (ValueError, OSError):  # a damaged sidecar: start this file over
             return None
 
     def _write_meta(self) -> None:
@@ -341,12 +333,24 @@ class Ingest:
         self.close()
 
 
-def read_status(partial_fd: int, name: str) -> IngestStatus | None:
-    """Parse one sidecar (``<ref>.json``); None if it is damaged."""
+def _read_sidecar(partial_fd: int, name: str) -> dict[str, Any] | None:
+    """The decoded sidecar ``name``; None if it is damaged (unreadable, not JSON, not an
+    object). An OSError of opening it (missing, a planted symlink) is raised."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=partial_fd)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=partial_fd)
         with os.fdopen(fd, "rb") as f:
-            m = json.loads(f.read())
+            meta = json.loads(f.read())
+    except (ValueError, OSError):  # a damaged sidecar: its download starts over
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def read_status(partial_fd: int, name: str) -> IngestStatus | None:
+    """Parse one sidecar (``<ref>.json``); None if it is damaged or gone."""
+    try:
+        m = _read_sidecar(partial_fd, name)
+        if m is None:
+            return None
         return IngestStatus(
             ref=name.removesuffix(".json"),
             url=m["url"],
@@ -358,3 +362,29 @@ def read_status(partial_fd: int, name: str) -> IngestStatus | None:
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def statuses(partial_fd: int) -> list[IngestStatus]:
+    """Every partial download in ``partial_fd`` with a readable sidecar, by ref."""
+    out = []
+    for name in sorted(os.listdir(partial_fd)):
+        if name.endswith(".json") and not name.startswith("."):
+            st = read_status(partial_fd, name)
+            if st is not None:
+                out.append(st)
+    return out
+
+
+def remove_orphans(partial_fd: int, *, dry_run: bool = False) -> int:
+    """Remove (unless ``dry_run``) each ``<ref>.data`` or ``<ref>.json`` without the
+    other half; return how many. A pair is the resume point of a download: it stays."""
+    names = set(os.listdir(partial_fd))
+    n = 0
+    for name in sorted(names):
+        stem, _, ext = name.rpartition(".")
+        other = stem + (".json" if ext == "data" else ".data")
+        if ext in ("data", "json") and other not in names:
+            n += 1
+            if not dry_run:
+                os.unlink(name, dir_fd=partial_fd)
+    return n

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .atomic import clean_tmp, tmp_name, write_all
-from .errors import IntegrityError, NotFoundError, UnsafePathError
-from .paths import open_dir_at
+from ._atomic import clean_tmp, tmp_name, unlink_durably, write_all
+from ._errors import IntegrityError, NotFoundError, UnsafePathError
+from ._paths import open_dir_at
 
 __all__ = ["CHUNK", "ObjectInfo", "Objects", "check_digest", "hash_file"]
 
@@ -241,10 +241,7 @@ class Objects:
         """Remove an object (gc and repair only). Missing is fine."""
         fan_fd = open_dir_at(self._fd, check_digest(digest)[:2], create=True)
         try:
-            os.unlink(digest, dir_fd=fan_fd)
-            os.fsync(fan_fd)
-        except FileNotFoundError:
-            pass
+            unlink_durably(fan_fd, digest)
         finally:
             os.close(fan_fd)
 

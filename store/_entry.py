@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import IntegrityError, UnsafePathError
-from .paths import check_relpath
+from ._errors import IntegrityError, UnsafePathError
+from ._paths import check_relpath
 
 __all__ = ["manifest_groups", "rewrite_paths", "shard_relpath"]
 
@@ -54,7 +54,7 @@ def shard_relpath(path: str) -> str:
     """Return the relative file path that the manifest path ``path`` names.
 
     A leading ``./`` (as TF.js's browser save writes it) is dropped; the rest must be
-    a safe relative path (:func:`shardsync.store.paths.check_relpath`) without
+    a safe relative path (:func:`shardsync.store.check_relpath`) without
     ``?``, ``#`` or ``%``. Raises UnsafePathError (``file`` names the path) otherwise.
     """
     if not isinstance(path, str):
