@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardsync.daemon.tfjs import rewrite_paths
 from shardsync.store import Store
 
 __all__ = ["Round", "main", "run_round"]
@@ -100,7 +101,7 @@ def run_round(files: Sequence[Path], work: Path, n: int) -> tuple[Round, bool]:
 
     dropped = drop_caches() and dropped
     state = work / f"store-{n}"
-    with Store(state / "state", state / "site") as store:
+    with Store(state / "state", state / "site", entry_point=rewrite_paths) as store:
         t3 = time.perf_counter()
         digests = {f.name: store.put_file(f) for f in files}
         t4 = time.perf_counter()

@@ -18,13 +18,15 @@ from .config import Config
 from .fetch import Fetcher, make_client, tune_for_downloads
 from .progress import ProgressDisplay
 from .sync import Progress, Syncer, SyncResult
+from .tfjs import rewrite_paths
 
 __all__ = ["open_store", "sync_models"]
 
 
 def open_store(config: Config) -> Store:
     """The store ``config`` names, opened (and recovered) for a one-shot command."""
-    return Store(config.state_dir, config.site_dir, keep_versions=config.keep_versions)
+    return Store(config.state_dir, config.site_dir, entry_point=rewrite_paths,
+                 keep_versions=config.keep_versions)
 
 
 async def sync_models(config: Config, store: Store, names: Sequence[str],

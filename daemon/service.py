@@ -60,6 +60,7 @@ from .metrics import Exposition
 from .notify import Notifier
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
+from .tfjs import rewrite_paths
 from .watch import watch_file
 
 __all__ = ["GRACE_ENV", "STALL_LIMIT", "Service", "grace_from_env", "run_service"]
@@ -168,7 +169,8 @@ class Service:
         config = self.config
         tune_for_downloads()
         self.store = await trio.to_thread.run_sync(
-            lambda: Store(config.state_dir, config.site_dir, keep_versions=config.keep_versions,
+            lambda: Store(config.state_dir, config.site_dir, entry_point=rewrite_paths,
+                          keep_versions=config.keep_versions,
                           grace=self.grace))
         self.events = EventLog.open(Path(config.state_dir) / "events.jsonl")
         try:

@@ -8,7 +8,6 @@ A synchronous library: no network, no trio. The daemon (and the CLI) hold one
 from __future__ import annotations
 
 from ._atomic import TMP_PREFIX, write_all, write_atomic
-from ._entry import manifest_groups, rewrite_paths, shard_relpath
 from ._errors import (
     IntegrityError,
     LockedError,
@@ -21,11 +20,12 @@ from ._gc import GcReport, StoreStats
 from ._ingest import Ingest, IngestStatus, boot_id
 from ._objects import ObjectInfo
 from ._paths import check_manifest_name, check_name, check_relpath
-from ._store import GRACE_SECONDS, Store
+from ._store import GRACE_SECONDS, EntryPoint, Store
 from ._verify import Problem
 from ._versions import FileEntry, Version
 
 __all__ = [
+    "EntryPoint",
     "GRACE_SECONDS",
     "TMP_PREFIX",
     "FileEntry",
@@ -47,9 +47,6 @@ __all__ = [
     "check_manifest_name",
     "check_name",
     "check_relpath",
-    "manifest_groups",
-    "rewrite_paths",
-    "shard_relpath",
     "write_all",
     "write_atomic",
 ]

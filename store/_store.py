@@ -23,11 +23,10 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._atomic import clean_tmp_at, exists_at, list_at
-from ._entry import rewrite_paths
 from ._errors import (
     IntegrityError,
     LockedError,
@@ -44,12 +43,15 @@ from ._site import Site
 from ._verify import Problem, Verifier
 from ._versions import FileEntry, Version, Versions
 
-__all__ = ["GRACE_SECONDS", "Store"]
+__all__ = ["GRACE_SECONDS", "EntryPoint", "Store"]
 
 #: A version that stopped being current less than this long ago is never removed: a
 #: page that read the old entry point may still be fetching its shards (a slow kiosk
 #: on a busy CPU takes seconds; five minutes leaves a wide margin).
 GRACE_SECONDS = 300.0
+
+#: Renders an entry point: (the origin's manifest bytes, "versions/<id>/") -> its bytes.
+EntryPoint = Callable[[bytes, str], bytes]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,13 @@ class Store:
     run one after the other, so a prune never removes the version the other is about
     to make current. Lock files stay (removing one would let a waiter and a newcomer
     lock different files).
+
+    ``entry_point`` renders a version's entry point: given the origin's manifest bytes
+    and the prefix ``versions/<id>/``, the bytes a page loads. The store knows no model
+    format; the daemon passes ``shardsync.daemon.tfjs.rewrite_paths``. It has no
+    default on purpose: :meth:`recover` and ``verify(repair=True)`` rewrite every entry
+    point that differs from what it renders, so a store opened with a wrong default
+    would "repair" every published model into a broken one.
     """
 
     def __init__(
@@ -73,6 +82,7 @@ class Store:
         state_dir: str | os.PathLike[str],
         site_dir: str | os.PathLike[str],
         *,
+        entry_point: EntryPoint,
         keep_versions: int = 2,
         grace: float = GRACE_SECONDS,
     ) -> None:
@@ -81,6 +91,7 @@ class Store:
         self.state_dir = os.path.abspath(state_dir)
         self.keep_versions = keep_versions
         self.grace = grace
+        self._entry_point = entry_point
         with translate_oserror("cannot open the store", file=self.state_dir):
             self._fd = open_dir(self.state_dir, create=True)
             self._lock_fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600,
@@ -254,7 +265,7 @@ class Store:
     def entry_bytes(self, version: Version) -> bytes:
         """The entry point of a version: its manifest with paths under ``versions/<id>/``."""
         manifest = self.objects.read_verified(version.manifest.digest)
-        return rewrite_paths(manifest, f"{VERSIONS_DIR}/{version.id}/")
+        return self._entry_point(manifest, f"{VERSIONS_DIR}/{version.id}/")
 
     def publish(self, version: Version, *, now: float | None = None) -> None:
         """Make ``version`` current (see the module docstring for the order of steps).

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from origin import Origin
+from storehelpers import store_at
 
 from shardsync.store import Store
 
@@ -29,5 +30,5 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
     """A Store on ``dirs`` with default settings, closed after the test."""
-    with Store(*dirs) as s:
+    with store_at(*dirs) as s:
         yield s

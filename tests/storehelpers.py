@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shardsync.daemon.tfjs import rewrite_paths
 from shardsync.store import FileEntry, Store, Version
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "record_model",
     "run_script",
     "sha256",
+    "store_at",
     "store_problems",
     "tfjs_model",
     "tmp_leftovers",
@@ -69,6 +71,11 @@ class ModelFiles:
     @property
     def size(self) -> int:
         return len(self.manifest) + sum(len(b) for b in self.shards.values())
+
+
+def store_at(state_dir: Path, site_dir: Path, **kwargs: Any) -> Store:
+    """A Store on these directories publishing TF.js entry points, as the daemon opens it."""
+    return Store(state_dir, site_dir, entry_point=rewrite_paths, **kwargs)
 
 
 def sha256(data: bytes) -> str:

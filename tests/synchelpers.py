@@ -30,6 +30,7 @@ from storehelpers import (
     ModelFiles,
     assert_published,
     published_files,
+    store_at,
     tfjs_model,
     write_model,
 )
@@ -37,7 +38,8 @@ from storehelpers import (
 from shardsync.daemon.demo.samples import make_big_model, write_samples
 from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
 from shardsync.daemon.sync import Syncer
-from shardsync.store import Store, manifest_groups, shard_relpath
+from shardsync.daemon.tfjs import manifest_groups, shard_relpath
+from shardsync.store import Store
 
 __all__ = [
     "Hit",
@@ -134,7 +136,7 @@ async def open_syncer(
     """A Store in ``root/state`` publishing into ``root/site`` (no grace period, so
     ``keep_versions`` alone decides what is kept) and a Syncer with ``policy``."""
     state, site = root / "state", root / "site"
-    with Store(state, site, keep_versions=keep_versions, grace=0) as store:
+    with store_at(state, site, keep_versions=keep_versions, grace=0) as store:
         async with make_client(policy) as client:
             syncer = Syncer(store, Fetcher(client, policy), concurrency=concurrency,
                             max_model_bytes=max_model_bytes)

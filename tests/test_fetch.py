@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 from origin import Origin
-from storehelpers import object_path, sha256
+from storehelpers import object_path, sha256, store_at
 from synchelpers import FAST
 
 from shardsync.daemon.errors import (
@@ -45,7 +45,7 @@ async def fetcher(
     tmp_path: Path, policy: FetchPolicy = FAST
 ) -> AsyncIterator[tuple[Fetcher, Store]]:
     """A Fetcher with ``policy`` over its own client, and a Store in ``tmp_path``."""
-    with Store(tmp_path / "state", tmp_path / "site") as store:
+    with store_at(tmp_path / "state", tmp_path / "site") as store:
         async with make_client(policy) as client:
             yield Fetcher(client, policy), store
 

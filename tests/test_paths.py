@@ -24,6 +24,7 @@ from storehelpers import (
     record_model,
     run_script,
     sha256,
+    store_at,
     tree_snapshot,
     versioned_model,
 )
@@ -210,7 +211,7 @@ def test_symlink_as_object_fanout_refuses_publish(dirs, outside, impostor: bool)
     """
     state, site = dirs
     model = versioned_model(1)
-    with Store(state, site) as store:
+    with store_at(state, site) as store:
         version = record_model(store, "m", model)
     shard = next(iter(model.shards.values()))
     digest = sha256(shard)
@@ -220,7 +221,7 @@ def test_symlink_as_object_fanout_refuses_publish(dirs, outside, impostor: bool)
     if impostor:
         (outside / digest).write_bytes(b"\0" * len(shard))
     before = tree_snapshot(outside)
-    with Store(state, site) as store:
+    with store_at(state, site) as store:
         with pytest.raises(UnsafePathError):
             store.publish(version)
         assert store.current("m") is None
@@ -231,7 +232,7 @@ def test_symlink_as_object_fanout_refuses_publish(dirs, outside, impostor: bool)
 @pytest.mark.parametrize("sub", ["snapshots/m", "refs", "history", "tmp", "partial"])
 def test_symlink_in_state_dir_is_not_followed(dirs, outside, sub: str) -> None:
     state, site = dirs
-    with Store(state, site):
+    with store_at(state, site):
         pass
     target = state / sub
     if target.exists():
@@ -240,18 +241,18 @@ def test_symlink_in_state_dir_is_not_followed(dirs, outside, sub: str) -> None:
     target.symlink_to(outside, target_is_directory=True)
     before = tree_snapshot(outside)
     with pytest.raises(UnsafePathError):
-        with Store(state, site) as store:
+        with store_at(state, site) as store:
             publish_model(store, "m", versioned_model(1))
     assert tree_snapshot(outside) == before
 
 
 def test_symlink_as_ref_file_is_never_written_through(dirs, outside) -> None:
     state, site = dirs
-    with Store(state, site):
+    with store_at(state, site):
         pass
     (state / "refs" / "m").symlink_to(outside / "precious.txt")
     before = tree_snapshot(outside)
-    with Store(state, site) as store:
+    with store_at(state, site) as store:
         try:
             publish_model(store, "m", versioned_model(1))
         except ShardsyncError:
@@ -365,7 +366,8 @@ def test_verify_repair_never_unlinks_or_writes_through_a_planted_version_symlink
 _VERIFY_WITH_FIFO = """
 import sys
 from shardsync.store import Store
-with Store(sys.argv[1], sys.argv[2]) as s:
+from shardsync.daemon.tfjs import rewrite_paths
+with Store(sys.argv[1], sys.argv[2], entry_point=rewrite_paths) as s:
     for p in s.verify(repair=True):
         print(p.kind, p.path, p.repaired)
 """

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from storehelpers import publish_model, random_model, store_problems, tmp_leftovers
+from storehelpers import publish_model, random_model, store_at, store_problems, tmp_leftovers
 
 from shardsync.store import ShardsyncError, Store
 
@@ -34,6 +34,7 @@ import random, sys
 sys.path.insert(0, sys.argv[4])
 from storehelpers import make_model, random_model, sha256
 from shardsync.store import ShardsyncError, Store
+from shardsync.daemon.tfjs import rewrite_paths
 
 state, site, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(seed)
@@ -58,7 +59,7 @@ def ingest(store, url):
     assert ing.commit(len(data), sha256(data)) == sha256(data)
     return data
 
-with Store(state, site, keep_versions=2, grace=0) as store:
+with Store(state, site, keep_versions=2, grace=0, entry_point=rewrite_paths) as store:
     print("ready", flush=True)
     i = 0
     while True:
@@ -138,7 +139,7 @@ def test_sigkill_at_random_points_leaves_a_consistent_store(tmp_path: Path) -> N
             child.stderr.close()
         assert child.returncode == -signal.SIGKILL, f"run {run}: child failed:\n{err}"
 
-        with Store(state, site, keep_versions=2, grace=0) as store:  # must open
+        with store_at(state, site, keep_versions=2, grace=0) as store:  # must open
             found = _after_kill(store, state, site)
             for name in store.versions.names():
                 cur = store.current(name)

@@ -26,6 +26,7 @@ from storehelpers import (
     publish_model,
     record_model,
     sha256,
+    store_at,
     versioned_model,
 )
 from synchelpers import run_cli, write_config
@@ -36,7 +37,7 @@ from shardsync.store import LockedError, Problem, Store
 @pytest.fixture
 def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
     """This file's store keeps one version and no grace: pruning shows at once."""
-    with Store(*dirs, keep_versions=1, grace=0) as s:
+    with store_at(*dirs, keep_versions=1, grace=0) as s:
         yield s
 
 
@@ -136,7 +137,8 @@ def test_gc_removes_orphaned_partial_files_only(store: Store, dirs) -> None:
 _HOLDER = """
 import sys
 from shardsync.store import Store
-with Store(sys.argv[1], sys.argv[2]):
+from shardsync.daemon.tfjs import rewrite_paths
+with Store(sys.argv[1], sys.argv[2], entry_point=rewrite_paths):
     print("open", flush=True)
     sys.stdin.read()
 """
@@ -287,7 +289,7 @@ def test_repair_reports_the_corrupt_object_it_deleted_as_repaired(tmp_path: Path
     # never contacted: the model is published below, and nothing of it needs fetching
     config = write_config(conf, {"m": "http://127.0.0.1:9/m/model.json"})
     state, site = conf / "state", conf / "site"
-    with Store(state, site) as store:
+    with store_at(state, site) as store:
         publish_model(store, "m", versioned_model(1))
         orphan = os.urandom(3000)
         store.put_bytes(orphan)
@@ -300,7 +302,7 @@ def test_repair_reports_the_corrupt_object_it_deleted_as_repaired(tmp_path: Path
     assert [(p["kind"], p["path"], p["repaired"]) for p in doc["problems"]] == [
         ("object-corrupt", sha256(orphan), True)]
     assert not object_path(state, sha256(orphan)).exists()
-    with Store(state, site) as store:
+    with store_at(state, site) as store:
         assert store.verify() == []
         flip_byte(object_path(state, sha256(versioned_model(1).manifest)), 10)
         [corrupt] = [p for p in store.verify() if p.kind == "object-corrupt"]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from storehelpers import object_files, object_path, sha256
+from storehelpers import object_files, object_path, sha256, store_at
 
 from shardsync.store import IntegrityError, LockedError, Store
 from shardsync.store._ingest import CHECKPOINT_BYTES, boot_id, ingest_ref
@@ -130,7 +130,7 @@ def test_second_open_of_same_url_is_locked(store: Store, dirs) -> None:
     first.write(b"x" * 100)
     with pytest.raises(LockedError):
         store.open_ingest(URL)
-    with Store(*dirs) as other:  # another open of the store is another writer too
+    with store_at(*dirs) as other:  # another open of the store is another writer too
         with pytest.raises(LockedError):
             other.open_ingest(URL)
     with store.open_ingest(URL + "?other") as second:  # other URLs are independent
@@ -178,10 +178,11 @@ def test_automatic_checkpoint_makes_the_sidecar_claim_written_bytes(store: Store
 _WRITER = """
 import random, sys
 from shardsync.store import Store
+from shardsync.daemon.tfjs import rewrite_paths
 BLOCK = 256 * 1024
 state, site, url = sys.argv[1:4]
 size, every = int(sys.argv[4]), int(sys.argv[5])
-with Store(state, site) as s:
+with Store(state, site, entry_point=rewrite_paths) as s:
     ing = s.open_ingest(url)
     if ing.offset == 0:
         ing.start(etag='"e"', last_modified=None, expected_size=size)
@@ -232,7 +233,7 @@ def test_killed_writer_resumes_at_full_size_in_same_boot(dirs) -> None:
     _kill(proc)
     on_disk = data_file(dirs[0]).stat().st_size
     assert on_disk > 0  # the child had written its first block when it said so
-    with Store(*dirs) as store:
+    with store_at(*dirs) as store:
         ing = store.open_ingest(URL)
         assert ing.offset == on_disk  # same boot: everything write(2) took is trusted
         assert ing.etag == '"e"' and ing.expected_size == len(data)
@@ -260,7 +261,7 @@ def test_sidecar_never_claims_more_than_the_file_holds(dirs) -> None:
         assert meta["boot_id"] == boot_id()
         if on_disk == size:
             break
-    with Store(*dirs) as store:
+    with store_at(*dirs) as store:
         ing = store.open_ingest(URL)
         assert ing.digest == sha256(data[:ing.offset])
         ing.start(etag=ing.etag, last_modified=None, expected_size=size, offset=ing.offset)
@@ -281,7 +282,7 @@ def test_other_boot_resumes_only_from_durable(dirs) -> None:
     assert data_file(dirs[0]).stat().st_size == size
     meta["boot_id"] = "00000000-0000-0000-0000-000000000000"
     sidecar(dirs[0]).write_text(json.dumps(meta))
-    with Store(*dirs) as store:
+    with store_at(*dirs) as store:
         ing = store.open_ingest(URL)
         assert ing.offset == CHECKPOINT_BYTES
         assert data_file(dirs[0]).stat().st_size == CHECKPOINT_BYTES
@@ -305,6 +306,7 @@ def test_damaged_sidecar_starts_over(store: Store, dirs) -> None:
 _KILLED_IN_COMMIT = """
 import os, signal, sys
 from shardsync.store import Store
+from shardsync.daemon.tfjs import rewrite_paths
 state, site, url, victim = sys.argv[1:5]
 real_unlink = os.unlink
 
@@ -313,7 +315,7 @@ def unlink(name, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_unlink(name, *args, **kwargs)
 
-with Store(state, site) as s:
+with Store(state, site, entry_point=rewrite_paths) as s:
     data = bytes(range(256)) * 400
     ing = s.open_ingest(url)
     ing.start(etag='"c"', last_modified=None, expected_size=len(data))
@@ -339,7 +341,7 @@ def test_kill_inside_commit_leaves_the_object_intact(dirs, victim: str) -> None:
     obj = object_path(dirs[0], digest)
     assert obj.read_bytes() == data  # the commit itself got through
     assert data_file(dirs[0]).exists()  # and the partial was not yet removed
-    with Store(*dirs) as store:
+    with store_at(*dirs) as store:
         ing = store.open_ingest(URL)
         assert obj.read_bytes() == data
         ing.start(etag='"new"', last_modified=None, expected_size=None, offset=0)  # a 200

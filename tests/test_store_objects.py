@@ -19,6 +19,7 @@ from storehelpers import (
     object_path,
     record_model,
     sha256,
+    store_at,
     tree_snapshot,
 )
 
@@ -162,20 +163,21 @@ def test_delete_removes_and_tolerates_missing(store: Store, dirs) -> None:
 
 
 def test_leftover_temporaries_are_removed_on_open(dirs) -> None:
-    with Store(*dirs):
+    with store_at(*dirs):
         pass
     leftover = dirs[0] / "tmp" / ".tmp-obj-deadbeef0000"
     leftover.write_bytes(b"half an object")
-    with Store(*dirs):
+    with store_at(*dirs):
         assert not leftover.exists()
 
 
 _PUT_SCRIPT = """
 import random, sys
 from shardsync.store import Store
+from shardsync.daemon.tfjs import rewrite_paths
 blobs = [random.Random(i).randbytes(256 * 1024) for i in range(40)]
 random.Random(int(sys.argv[3])).shuffle(blobs)  # every process in its own order
-with Store(sys.argv[1], sys.argv[2]) as s:
+with Store(sys.argv[1], sys.argv[2], entry_point=rewrite_paths) as s:
     for b in blobs:
         print(s.put_bytes(b), flush=True)
 """
@@ -200,6 +202,7 @@ def test_concurrent_puts_from_processes_leave_one_object_each(dirs) -> None:
 _PAUSED_PUT = """
 import os, sys
 from shardsync.store import Store
+from shardsync.daemon.tfjs import rewrite_paths
 real_link = os.link
 
 def link(*args, **kwargs):  # pause between the temporary's write and its link
@@ -207,7 +210,7 @@ def link(*args, **kwargs):  # pause between the temporary's write and its link
     sys.stdin.readline()
     return real_link(*args, **kwargs)
 
-with Store(sys.argv[1], sys.argv[2]) as s:
+with Store(sys.argv[1], sys.argv[2], entry_point=rewrite_paths) as s:
     os.link = link
     print(s.put_bytes(b"written while another process opens the store"), flush=True)
 """
@@ -216,7 +219,7 @@ with Store(sys.argv[1], sys.argv[2]) as s:
 def test_opening_the_store_does_not_break_a_put_in_another_process(dirs) -> None:
     """``shardsync verify`` or ``gc`` opening the store while the service is putting an
     object: the service's put must still succeed."""
-    with Store(*dirs):
+    with store_at(*dirs):
         pass
     proc = subprocess.Popen([sys.executable, "-c", _PAUSED_PUT, str(dirs[0]), str(dirs[1])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -224,7 +227,7 @@ def test_opening_the_store_does_not_break_a_put_in_another_process(dirs) -> None
     assert proc.stdout is not None and proc.stdin is not None
     try:
         assert proc.stdout.readline() == "linking\n"
-        with Store(*dirs):  # another process opens the store meanwhile
+        with store_at(*dirs):  # another process opens the store meanwhile
             pass
         proc.stdin.write("go\n")
         proc.stdin.flush()

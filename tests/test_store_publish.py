@@ -25,6 +25,7 @@ from storehelpers import (
     random_model,
     record_model,
     sha256,
+    store_at,
     tmp_leftovers,
     tree_snapshot,
     versioned_model,
@@ -120,7 +121,7 @@ def test_published_files_are_hardlinks_of_objects(store: Store, dirs) -> None:
 def test_keep_versions_and_grace(dirs) -> None:
     """keep_versions=1, grace=300 s: the current one plus any that stopped < 300 s ago."""
     state, site = dirs
-    with Store(state, site, keep_versions=1, grace=300) as store:
+    with store_at(state, site, keep_versions=1, grace=300) as store:
         v: dict[int, str] = {}
 
         def publish(i: int, now: float) -> None:
@@ -147,7 +148,7 @@ def test_keep_versions_and_grace(dirs) -> None:
 
 def test_keep_versions_two_without_grace(dirs) -> None:
     state, site = dirs
-    with Store(state, site, keep_versions=2, grace=0) as store:
+    with store_at(state, site, keep_versions=2, grace=0) as store:
         ids = [publish_model(store, "m", versioned_model(i), now=1000.0 * i).id
                for i in range(1, 5)]
         assert version_dirs(site, "m") == records(state, "m") == {ids[3], ids[2]}
@@ -157,7 +158,7 @@ def test_keep_versions_two_without_grace(dirs) -> None:
 def test_current_version_is_never_pruned(dirs) -> None:
     """Even with the clock gone backwards, the version just published stays."""
     state, site = dirs
-    with Store(state, site, keep_versions=1, grace=0) as store:
+    with store_at(state, site, keep_versions=1, grace=0) as store:
         publish_model(store, "m", versioned_model(1), now=5000)
         v2 = publish_model(store, "m", versioned_model(2), now=1000)
         assert v2.id in version_dirs(site, "m")
@@ -169,7 +170,7 @@ def test_current_version_is_never_pruned(dirs) -> None:
 
 def test_rollback_to_a_kept_version(dirs) -> None:
     state, site = dirs
-    with Store(state, site, keep_versions=2, grace=0) as store:
+    with store_at(state, site, keep_versions=2, grace=0) as store:
         v1 = publish_model(store, "m", versioned_model(1), now=1000)
         publish_model(store, "m", versioned_model(2), now=2000)
         store.publish(v1, now=3000)
@@ -221,12 +222,12 @@ def test_missing_object_fails_and_previous_stays_published(store: Store, dirs) -
 def test_recover_writes_the_entry_point_after_a_crash_before_it(dirs) -> None:
     """Crash between the ref update and the entry-point rename, simulated by hand."""
     state, site = dirs
-    with Store(state, site) as store:
+    with store_at(state, site) as store:
         publish_model(store, "m", versioned_model(1))
         v2 = record_model(store, "m", versioned_model(2))
         store.versions.set_current("m", v2.id)  # ref and history say v2; site still v1
     assert entry_doc(site, "m") != expected_entry(versioned_model(2), v2.id)
-    with Store(state, site) as store:
+    with store_at(state, site) as store:
         assert entry_doc(site, "m") == expected_entry(versioned_model(2), v2.id)
         assert store.current("m") == v2
     assert_store_ok(state, site)
@@ -236,11 +237,11 @@ def test_recover_after_a_crash_with_a_renamed_manifest(dirs) -> None:
     """As above, but the new version's manifest has another name: the old entry goes."""
     state, site = dirs
     new = versioned_model(2, manifest_name="model-v2.json")
-    with Store(state, site) as store:
+    with store_at(state, site) as store:
         publish_model(store, "m", versioned_model(1))
         v2 = record_model(store, "m", new)
         store.versions.set_current("m", v2.id)
-    with Store(state, site):
+    with store_at(state, site):
         assert entry_doc(site, "m", "model-v2.json") == expected_entry(new, v2.id)
         assert not (site / "m" / "model.json").exists()
     assert_store_ok(state, site)
@@ -255,7 +256,7 @@ def test_half_removed_version_is_complete_when_published_again(dirs) -> None:
     complete version, not an entry point naming files that are gone.
     """
     state, site = dirs
-    with Store(state, site, keep_versions=2, grace=0) as store:
+    with store_at(state, site, keep_versions=2, grace=0) as store:
         v1 = publish_model(store, "m", versioned_model(1), now=1000)
         publish_model(store, "m", versioned_model(2), now=2000)
         vdir = site / "m" / "versions" / v1.id
@@ -287,7 +288,7 @@ def test_cross_filesystem_publish_falls_back_to_copies(tmp_path: Path, tmpfs_sit
     state = tmp_path / "state"
     state.mkdir()
     assert os.stat(state).st_dev != os.stat(tmpfs_site).st_dev
-    with Store(state, tmpfs_site) as store:
+    with store_at(state, tmpfs_site) as store:
         model = random_model(random.Random(5), shards=3, subdir="w")
         version = publish_model(store, "m", model)
         n_files = 1 + len(model.shards)
@@ -324,7 +325,7 @@ def test_a_build_that_fails_leaves_no_temporary_tree(tmp_path: Path) -> None:
     ``.tmp-`` tree is removed at once (clean_tmp spares our own pid's temporaries,
     so without that every retry of the running service would leave one more)."""
     state = tmp_path / "state"
-    with mounted_tmpfs(tmp_path / "site", "1m") as site, Store(state, site) as store:
+    with mounted_tmpfs(tmp_path / "site", "1m") as site, store_at(state, site) as store:
         model = make_model({f"s{i}.bin": os.urandom(512 * 1024) for i in range(3)})
         version = record_model(store, "m", model)
         for _ in range(3):
@@ -341,7 +342,7 @@ def test_a_repair_that_fails_leaves_no_temporary_file(tmp_path: Path) -> None:
     """verify --repair puts a published file back under a temporary name; ENOSPC
     there must not leave the temporary behind."""
     state = tmp_path / "state"
-    with mounted_tmpfs(tmp_path / "site", "2m") as site, Store(state, site) as store:
+    with mounted_tmpfs(tmp_path / "site", "2m") as site, store_at(state, site) as store:
         model = make_model({f"s{i}.bin": os.urandom(256 * 1024) for i in range(3)})
         version = publish_model(store, "m", model)
         (site / "m" / "versions" / version.id / "s1.bin").unlink()

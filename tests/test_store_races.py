@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from storehelpers import assert_store_ok, publish_model, record_model, versioned_model
+from storehelpers import assert_store_ok, publish_model, record_model, store_at, versioned_model
 
 from shardsync.store import Store
 
@@ -49,7 +49,7 @@ def test_two_threads_publishing_one_model_keep_the_store_consistent(
     state, site = dirs
     caplog.set_level(logging.WARNING, logger="shardsync.store")
     errors: list[BaseException] = []
-    with Store(*dirs, keep_versions=1, grace=0) as store:
+    with store_at(*dirs, keep_versions=1, grace=0) as store:
         versions = [record_model(store, "m", versioned_model(n)) for n in (1, 2)]
         start = threading.Barrier(2)
 
@@ -80,7 +80,8 @@ sys.path.insert(0, sys.argv[4])
 import pytest
 from storehelpers import publish_model, versioned_model
 from shardsync.store import Store
-with Store(sys.argv[1], sys.argv[2], keep_versions=1, grace=0) as store:
+from shardsync.daemon.tfjs import rewrite_paths
+with Store(sys.argv[1], sys.argv[2], keep_versions=1, grace=0, entry_point=rewrite_paths) as store:
     model = versioned_model(int(sys.argv[3]))
     print("ready", flush=True)
     sys.stdin.readline()
@@ -91,7 +92,7 @@ with Store(sys.argv[1], sys.argv[2], keep_versions=1, grace=0) as store:
 
 def test_two_processes_publishing_one_model_keep_the_store_consistent(dirs) -> None:
     state, site = dirs
-    with Store(*dirs, keep_versions=1, grace=0) as store:
+    with store_at(*dirs, keep_versions=1, grace=0) as store:
         publish_model(store, "m", versioned_model(1))
     here = str(Path(__file__).parent)
     procs = [
@@ -118,6 +119,6 @@ def test_two_processes_publishing_one_model_keep_the_store_consistent(dirs) -> N
         assert p.returncode == 0, err
         assert DANGLING not in err
     assert_store_ok(state, site)
-    with Store(*dirs, keep_versions=1, grace=0) as store:
+    with store_at(*dirs, keep_versions=1, grace=0) as store:
         assert _check_current(store, site) == []
         assert store.verify() == []

@@ -20,9 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storehelpers import assert_store_ok, decode_shard, publish_model, versioned_model
-
-from shardsync.store import Store
+from storehelpers import assert_store_ok, decode_shard, publish_model, store_at, versioned_model
 
 #: Versions published during the test: enough for many loads across many updates.
 VERSIONS = 30
@@ -84,7 +82,7 @@ class Reader:
 
 def test_loads_during_updates_are_whole_and_never_mixed(tmp_path: Path) -> None:
     state, site = tmp_path / "state", tmp_path / "site"
-    with Store(state, site, keep_versions=2) as store:  # default grace
+    with store_at(state, site, keep_versions=2) as store:  # default grace
         publish_model(store, "m", versioned_model(1, subdir="w"))
         stop = threading.Event()
         a_paused, published = threading.Semaphore(0), threading.Semaphore(0)

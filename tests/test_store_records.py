@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from storehelpers import assert_store_ok, publish_model, versioned_model
+from storehelpers import assert_store_ok, publish_model, store_at, versioned_model
 
 from shardsync.store import FileEntry, IntegrityError, StorageError, Store, Version
 
@@ -121,7 +121,7 @@ def test_verify_reports_a_dangling_ref_and_repair_drops_ref_and_history(
 
 def test_verify_reports_a_damaged_record_of_an_older_version(dirs) -> None:
     state, site = dirs
-    with Store(*dirs, keep_versions=2, grace=0) as store:
+    with store_at(*dirs, keep_versions=2, grace=0) as store:
         old = publish_model(store, "m", versioned_model(1), now=1000.0)
         publish_model(store, "m", versioned_model(2), now=2000.0)
         record_file(state, old).write_bytes(b"{")

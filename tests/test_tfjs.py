@@ -19,11 +19,12 @@ from shardsync.daemon.tfjs import (
     Weight,
     check_group_bytes,
     manifest_filename,
+    manifest_groups,
     parse_manifest,
     rewrite_paths,
+    shard_relpath,
     shard_url,
 )
-from shardsync.store import manifest_groups, shard_relpath
 
 SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "demo" / "sample_data"
 
@@ -433,4 +434,5 @@ def test_public_surface():
 
     for module in (tfjs, store):
         assert all(hasattr(module, name) for name in module.__all__), module.__name__
-    assert tfjs.rewrite_paths is store.rewrite_paths  # one implementation, in the store
+    # The store knows no model format: the entry-point rewrite is the daemon's, injected.
+    assert not hasattr(store, "rewrite_paths") and callable(tfjs.rewrite_paths)
