@@ -28,10 +28,8 @@ A cancel (shutdown) closes the ingest, which checkpoints it: the next run resume
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import email.utils
 import functools
-import logging
 import random
 import re
 import time
@@ -39,7 +37,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import httpcore
 import httpx
 import trio
 
@@ -54,6 +51,7 @@ from .errors import (
     SlowTransferError,
     UpstreamError,
 )
+from .tuning import tune_for_downloads
 
 __all__ = [
     "Client",
@@ -63,16 +61,7 @@ __all__ = [
     "ManifestFetch",
     "Validators",
     "make_client",
-    "tune_for_downloads",
 ]
-
-#: Socket read size. httpcore reads 64 KiB per call by default; the per-chunk cost of
-#: the httpx/httpcore/h11/trio stack dominates a download (~60 µs per chunk, PERF.md),
-#: so fewer, larger reads are the biggest single gain. Each read is copied ~3 times on
-#: its way through h11, per download in flight: measured on a 1 GiB cold sync (4 in
-#: flight), 1 MiB reads peaked at ~59 MB RSS, 512 KiB at ~45 MB (goal < 60) for ~2 %
-#: more CPU, 256 KiB at ~41 MB for ~13 % more.
-READ_NUM_BYTES = 512 * 1024
 
 #: Most bytes hashed and written in one step of the event loop: a status request waits
 #: behind those steps. bench/service_bench.py, 512 MiB download, same quiet session:
@@ -81,10 +70,6 @@ READ_NUM_BYTES = 512 * 1024
 LOOP_SLICE = 256 * 1024
 
 T = TypeVar("T")
-
-# mallopt(3) parameter numbers (glibc malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
 
 #: Starts from zero allowed per file after the origin refused a resume (416, a 206 at the
 #: wrong offset). A restart sends no Range, so it cannot be refused again unless a later
@@ -157,26 +142,6 @@ class Fetched:
     size: int
     validators: Validators
     received: int  # body bytes received over the network, resumes and retries included
-
-
-def tune_for_downloads() -> None:
-    """Process-wide settings that PERF.md measured to matter for large downloads.
-
-    * httpcore reads READ_NUM_BYTES per socket read (it has no public setting).
-    * glibc returns large freed buffers to the OS and faults them back in (71k page
-      faults per GiB); raising the mmap and trim thresholds keeps them (7.6k).
-    """
-    conn = getattr(httpcore, "AsyncHTTP11Connection", None)
-    if conn is not None and hasattr(conn, "READ_NUM_BYTES"):
-        conn.READ_NUM_BYTES = READ_NUM_BYTES
-    else:  # a private attribute: a newer httpcore may not have it
-        logging.getLogger(__name__).debug("httpcore has no READ_NUM_BYTES; read size not tuned")
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024 * 1024)
-    libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024)
 
 
 class Client(httpx.AsyncClient):

@@ -56,11 +56,12 @@ from .config import Config, load_config
 from .control import HTTPError, Request, Response, Router, serve_control
 from .errors import ConfigError, LockedError, NotFoundError, ShardsyncError
 from .events import EventLog
-from .fetch import Fetcher, make_client, tune_for_downloads
+from .fetch import Fetcher, make_client
 from .metrics import Exposition
 from .notify import Notifier
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
+from .tuning import tune_for_downloads
 from .watch import watch_file
 
 __all__ = ["GRACE_ENV", "STALL_LIMIT", "Service", "grace_from_env", "run_service"]
