@@ -31,7 +31,7 @@ The routes the service declares (the glue owns the handlers)::
 Errors are ``{"error": "message"}`` with the HTTP status saying the kind.
 
 The status document (``GET /v1/status``), shared with ``shardsync status``
-(:func:`shardsync.daemon.client.format_status_table`)::
+(:func:`shardsync.daemon.statustable.format_status_table`)::
 
     {
       "service": {"version": "0.1.0", "uptime_s": 5025.3, "config": "/etc/shardsync.toml",
