@@ -53,10 +53,11 @@ from shardsync.store.errors import translate_oserror
 
 from . import __version__
 from .config import Config, load_config
-from .control import HTTPError, Request, Response, Router, serve_control
+from .control import serve_control
 from .errors import ConfigError, LockedError, NotFoundError, ShardsyncError
 from .events import EventLog
 from .fetch import Fetcher, make_client
+from .httpserver import HTTPError, Request, Response, Router
 from .metrics import Exposition
 from .notify import Notifier
 from .scheduler import Gate, ModelState, Scheduler
