@@ -15,7 +15,8 @@ import trio
 from shardsync.store import Store
 
 from .config import Config
-from .fetch import Fetcher, make_client
+from .fetch import Fetcher
+from .httpclient import make_client
 from .progress import ProgressDisplay
 from .sync import Progress, Syncer, SyncResult
 from .tuning import tune_for_downloads

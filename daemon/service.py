@@ -58,7 +58,8 @@ from .config import Config, load_config
 from .control import serve_control
 from .errors import ConfigError, LockedError, ShardsyncError
 from .events import EventLog
-from .fetch import Fetcher, make_client
+from .fetch import Fetcher
+from .httpclient import make_client
 from .notify import Notifier
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult

@@ -1,6 +1,6 @@
 """Process-wide tuning for large downloads (PERF.md): httpcore's read size, glibc malloc.
 
-Called once per process before downloading (:func:`shardsync.daemon.fetch.make_client`,
+Called once per process before downloading (:func:`shardsync.daemon.httpclient.make_client`,
 the service's startup, the one-shot sync); calling it again is harmless.
 """
 

@@ -29,7 +29,8 @@ from origin import Origin
 from storehelpers import ModelFiles, sha256, write_model
 
 from shardsync.daemon.demo.samples import make_big_model, write_samples
-from shardsync.daemon.fetch import Fetcher, FetchPolicy, make_client
+from shardsync.daemon.fetch import Fetcher
+from shardsync.daemon.httpclient import FetchPolicy, make_client
 from shardsync.daemon.sync import Syncer
 from shardsync.store import Store
 from shardsync.store.entry import manifest_groups, shard_relpath

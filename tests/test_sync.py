@@ -59,7 +59,7 @@ from shardsync.daemon.errors import (
     UnsafePathError,
     UpstreamError,
 )
-from shardsync.daemon.fetch import FetchPolicy
+from shardsync.daemon.httpclient import FetchPolicy
 from shardsync.daemon.sync import Progress, SyncResult
 
 #: Size of the multi-shard model: six 4 MiB converter shards and a short seventh,
