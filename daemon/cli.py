@@ -185,7 +185,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .client import format_status_table, get_json
+    from .client import get_json
+    from .statustable import format_status_table
 
     sock = args.socket or (_socket_of(args.config) if args.config else None)
     sock = sock or Path(str(DEFAULTS["socket"]))

@@ -8,14 +8,11 @@ is not running, or they lack permission on the socket. Error answers become
 :class:`NotFoundError` (404) or :class:`ShardsyncError` carrying the service's
 ``{"error": ...}`` message.
 
-:func:`format_status_table` renders the status document whose shape is fixed in
-:mod:`shardsync.daemon.control`.
+The status table ``shardsync status`` prints is :mod:`shardsync.daemon.statustable`.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,12 +20,9 @@ import httpx
 
 from shardsync.store import NotFoundError, ShardsyncError
 
-from .units import format_bytes
-
 __all__ = [
     "DEFAULT_TIMEOUT",
     "ControlClient",
-    "format_status_table",
     "get_json",
     "post_json",
 ]
@@ -37,8 +31,6 @@ __all__ = [
 DEFAULT_TIMEOUT = 10.0
 # Any host works over a Unix socket; this one matches DESIGN.md's curl examples.
 BASE_URL = "http://localhost"
-# Longest error text in the table, so one long traceback line does not wrap every row.
-_ERROR_WIDTH = 60
 
 
 class ControlClient:
@@ -145,96 +137,3 @@ def _decode(response: httpx.Response, method: str, path: str) -> Any:
     if response.status_code == 404:
         raise NotFoundError(message)
     raise ShardsyncError(f"{method} {path}: {message} (HTTP {response.status_code})")
-
-
-# ---------------------------------------------------------------- the status table
-
-_COLUMNS = ("MODEL", "STATE", "VERSION", "LAST SUCCESS", "NEXT CHECK", "PROGRESS", "LAST ERROR")
-
-
-def format_status_table(status: Mapping[str, Any], *, now: float | None = None) -> str:
-    """Render ``GET /v1/status`` as a header line and an aligned table, newline-terminated.
-
-    Times are shown relative to ``now`` (default: the current time): ``5m ago``,
-    ``in 25m``. A failed reload (``service.config_error``) gets a line of its own
-    under the header, in full: the operator must fix the file it names. Missing or
-    null fields show as ``-``, so an older or newer service still renders.
-    """
-    now = time.time() if now is None else now
-    service = status.get("service") or {}
-    head = [f"shardsync {service.get('version', '?')}"]
-    if service.get("pid") is not None:
-        head.append(f"pid {service['pid']}")
-    if service.get("uptime_s") is not None:
-        head.append(f"up {_duration(float(service['uptime_s']))}")
-    if service.get("config"):
-        head.append(f"config {service['config']}")
-    lines = [", ".join(head)]
-    if service.get("config_error"):
-        error = " ".join(str(service["config_error"]).split())
-        lines.append(f"config error, still running the previous config: {error}")
-    models = status.get("models") or []
-    if not models:
-        lines.append("no models configured")
-        return "\n".join(lines) + "\n"
-    rows = [_COLUMNS] + [_row(m, now) for m in models]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    for r in rows:
-        cells = [cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=False)] + [r[-1]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-def _row(model: Mapping[str, Any], now: float) -> tuple[str, ...]:
-    error = model.get("last_error")
-    if error:
-        error = " ".join(str(error).split())
-        if len(error) > _ERROR_WIDTH:
-            error = error[:_ERROR_WIDTH - 3] + "..."
-    version = model.get("version")
-    return (
-        str(model.get("name", "?")),
-        str(model.get("state") or "-"),
-        str(version)[:12] if version else "-",
-        _relative(model.get("last_success"), now),
-        _relative(model.get("next_check"), now),
-        _progress(model),
-        error or "-",
-    )
-
-
-def _progress(model: Mapping[str, Any]) -> str:
-    p = model.get("progress") or {}
-    if model.get("state") not in ("checking", "downloading", "publishing"):
-        return "-"
-    bytes_done, bytes_total = p.get("bytes_done") or 0, p.get("bytes_total") or 0
-    files_done, files_total = p.get("files_done") or 0, p.get("files_total") or 0
-    if not bytes_total and not files_total:
-        return "-"
-    parts = []
-    if bytes_total:
-        pct = math.floor(100 * bytes_done / bytes_total)
-        parts.append(f"{pct}% {format_bytes(bytes_done)}/{format_bytes(bytes_total)}")
-    if files_total:
-        parts.append(f"{files_done}/{files_total} files")
-    return ", ".join(parts)
-
-
-def _relative(t: Any, now: float) -> str:
-    if t is None:
-        return "-"
-    delta = float(t) - now
-    if abs(delta) < 1:
-        return "now"
-    return f"in {_duration(delta)}" if delta > 0 else f"{_duration(-delta)} ago"
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"

@@ -28,24 +28,17 @@ A cancel (shutdown) closes the ingest, which checkpoints it: the next run resume
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import email.utils
 import functools
-import logging
 import random
-import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import httpcore
 import httpx
 import trio
 
 from shardsync.store import Ingest, Store
 
-from . import __version__
 from .errors import (
     ConnectError,
     FetchTimeoutError,
@@ -54,25 +47,22 @@ from .errors import (
     SlowTransferError,
     UpstreamError,
 )
+from .httpanswers import (
+    Validators,
+    check_status,
+    conditional_headers,
+    content_length,
+    content_range,
+    refuse_html,
+)
+from .httpclient import Client, FetchPolicy
 
 __all__ = [
-    "Client",
-    "FetchPolicy",
     "Fetched",
     "Fetcher",
     "ManifestFetch",
     "Validators",
-    "make_client",
-    "tune_for_downloads",
 ]
-
-#: Socket read size. httpcore reads 64 KiB per call by default; the per-chunk cost of
-#: the httpx/httpcore/h11/trio stack dominates a download (~60 µs per chunk, PERF.md),
-#: so fewer, larger reads are the biggest single gain. Each read is copied ~3 times on
-#: its way through h11, per download in flight: measured on a 1 GiB cold sync (4 in
-#: flight), 1 MiB reads peaked at ~59 MB RSS, 512 KiB at ~45 MB (goal < 60) for ~2 %
-#: more CPU, 256 KiB at ~41 MB for ~13 % more.
-READ_NUM_BYTES = 512 * 1024
 
 #: Most bytes hashed and written in one step of the event loop: a status request waits
 #: behind those steps. bench/service_bench.py, 512 MiB download, same quiet session:
@@ -88,64 +78,11 @@ RESUME_OVERLAP = 64 * 1024
 
 T = TypeVar("T")
 
-# mallopt(3) parameter numbers (glibc malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
 #: Starts from zero allowed per file after the origin refused a resume (416, a 206 at the
 #: wrong offset). A restart sends no Range, so it cannot be refused again unless a later
 #: failure made a new partial; more than two means the origin is broken. Counted apart
 #: from ``attempts``, which budgets failures: a restart is the protocol, not a failure.
 _MAX_RESTARTS = 2
-
-_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-@dataclass(frozen=True)
-class FetchPolicy:
-    """Limits and retry behaviour of a :class:`Fetcher` (tests use small values)."""
-
-    #: Tries per file: rides out a short outage (with backoff, ~30 s in all) without
-    #: stalling a sync for long; the scheduler tries again later anyway.
-    attempts: int = 6
-    #: First backoff; doubles per retry, with full jitter.
-    backoff_base: float = 0.5
-    #: Largest backoff between two tries.
-    backoff_cap: float = 30.0
-    #: A Retry-After longer than this ends this sync's try instead of blocking it.
-    retry_after_cap: float = 300.0
-    #: TCP connect: a kiosk link is slow but a minute without a SYN-ACK is down.
-    connect_timeout: float = 20.0
-    #: No byte at all for this long is a stalled transfer.
-    read_timeout: float = 30.0
-    #: Least average throughput over ``rate_window`` (bytes/s): a drip-feeding server
-    #: must not hold a sync for hours. 8 KiB/s is below any link a kiosk could use.
-    min_rate: float = 8 * 1024
-    #: Window over which ``min_rate`` is measured; long enough to ride out a stall.
-    rate_window: float = 60.0
-    #: A manifest larger than this is refused (real model.json files are < 10 MB).
-    max_manifest_bytes: int = 64 * 1024 * 1024
-    #: All tries of one file together, waits included: ends this sync's try of a file
-    #: that would otherwise hold a download slot for hours. The partial stays, so a huge
-    #: file on a slow link still completes over several tries (an hour moves ~450 MB at
-    #: 1 Mbit/s).
-    file_deadline: float = 3600.0
-
-
-@dataclass(frozen=True)
-class Validators:
-    """What the origin said about a file's version: send back for a conditional request."""
-
-    etag: str | None = None
-    last_modified: str | None = None
-
-    def __bool__(self) -> bool:
-        return bool(self.etag or self.last_modified)
-
-    @classmethod
-    def of(cls, response: httpx.Response) -> Validators:
-        return cls(response.headers.get("etag"), response.headers.get("last-modified"))
-
 
 @dataclass(frozen=True)
 class ManifestFetch:
@@ -163,54 +100,6 @@ class Fetched:
     size: int
     validators: Validators
     received: int  # body bytes received over the network, resumes and retries included
-
-
-def tune_for_downloads() -> None:
-    """Process-wide settings that PERF.md measured to matter for large downloads.
-
-    * httpcore reads READ_NUM_BYTES per socket read (it has no public setting).
-    * glibc returns large freed buffers to the OS and faults them back in (71k page
-      faults per GiB); raising the mmap and trim thresholds keeps them (7.6k).
-    """
-    conn = getattr(httpcore, "AsyncHTTP11Connection", None)
-    if conn is not None and hasattr(conn, "READ_NUM_BYTES"):
-        conn.READ_NUM_BYTES = READ_NUM_BYTES
-    else:  # a private attribute: a newer httpcore may not have it
-        logging.getLogger(__name__).debug("httpcore has no READ_NUM_BYTES; read size not tuned")
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024 * 1024)
-    libc.mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024)
-
-
-class Client(httpx.AsyncClient):
-    """The client :func:`make_client` builds: an ``httpx.AsyncClient`` that also names
-    its connection pool (``pool``), so :class:`Fetcher` can send conditional checks to
-    it directly (see :meth:`Fetcher._get`). Any other client works too, without that."""
-
-    def __init__(self, *, pool: httpx.AsyncHTTPTransport, **kwargs: object) -> None:
-        super().__init__(transport=pool, **kwargs)  # type: ignore[arg-type]
-        self.pool = pool
-
-
-def make_client(policy: FetchPolicy | None = None, *, max_connections: int = 16) -> Client:
-    """The httpx client shardsync uses: redirects followed, identity encoding, timeouts."""
-    policy = policy or FetchPolicy()
-    tune_for_downloads()
-    limits = httpx.Limits(max_connections=max_connections,
-                          max_keepalive_connections=max_connections)
-    return Client(
-        pool=httpx.AsyncHTTPTransport(limits=limits, trust_env=False),
-        follow_redirects=True,
-        timeout=httpx.Timeout(
-            connect=policy.connect_timeout, read=policy.read_timeout,
-            write=policy.read_timeout, pool=None,
-        ),
-        headers={"User-Agent": f"shardsync/{__version__}", "Accept-Encoding": "identity"},
-        trust_env=False,  # a kiosk's proxy env must be configured for us on purpose
-    )
 
 
 class _Restart(Exception):
@@ -296,13 +185,13 @@ class Fetcher:
         """GET a manifest (conditionally when ``validators`` are given), with retries."""
 
         async def once() -> ManifestFetch:
-            headers = _conditional(validators)
+            headers = conditional_headers(validators)
             async with self._get(url, headers) as r:
                 if r.status_code == 304 and validators:
                     await _drain(r)  # the (empty) body's end: else the connection is closed
                     return ManifestFetch(None, validators)
-                _check_status(r, url)
-                _refuse_html(r, url)
+                check_status(r, url)
+                refuse_html(r, url)
                 cap = self.policy.max_manifest_bytes
                 data = bytearray()
                 async for chunk in r.aiter_raw():
@@ -371,7 +260,7 @@ class Fetcher:
             headers = {"Range": f"bytes={resume_from - len(overlap)}-",
                        "If-Range": held.etag or held.last_modified or ""}
         else:
-            headers = _conditional(validators)
+            headers = conditional_headers(validators)
         async with self._get(url, headers) as r:
             if r.status_code == 304 and validators and not resume_from:
                 # Read the (empty) body to its end, or httpcore closes the connection
@@ -385,12 +274,12 @@ class Fetcher:
                 await _blocking(held.start, etag=None, last_modified=None, expected_size=None,
                                 offset=0)
                 raise _Restart
-            _check_status(r, url)
-            _refuse_html(r, url)
+            check_status(r, url)
+            refuse_html(r, url)
             got = Validators.of(r)
             ingest = await lazy.open()
             if r.status_code == 206 and resume_from:
-                start, total = _content_range(r, url)
+                start, total = content_range(r, url)
                 if start != resume_from - len(overlap) or not _same_validators(ingest, got):
                     await _blocking(ingest.start, etag=None, last_modified=None,
                                     expected_size=None, offset=0)
@@ -400,7 +289,7 @@ class Fetcher:
                                 expected_size=total, offset=resume_from)
             elif r.status_code == 200:
                 overlap = b""
-                total = _content_length(r)
+                total = content_length(r)
                 await _blocking(ingest.start, etag=got.etag, last_modified=got.last_modified,
                                 expected_size=total, offset=0)
             else:
@@ -553,57 +442,3 @@ async def _drain(r: httpx.Response) -> None:
     """
     async for _ in r.aiter_raw():
         pass
-
-
-def _conditional(validators: Validators | None) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    if validators and validators.etag:
-        headers["If-None-Match"] = validators.etag
-    if validators and validators.last_modified:
-        headers["If-Modified-Since"] = validators.last_modified
-    return headers
-
-
-def _check_status(r: httpx.Response, url: str) -> None:
-    if r.status_code in (200, 206):
-        return
-    retry_after = _retry_after(r.headers.get("retry-after"))
-    reason = f"HTTP {r.status_code} {r.reason_phrase}".rstrip()
-    if r.status_code == 404:
-        reason = "not found on the origin (HTTP 404)"
-    raise UpstreamError(reason, status=r.status_code, retry_after=retry_after, file=url)
-
-
-def _refuse_html(r: httpx.Response, url: str) -> None:
-    """A web page where a model file should be: a missing file behind an SPA fallback."""
-    ctype = r.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() == "text/html":
-        raise UpstreamError(
-            "the server sent an HTML page instead of the file (a missing file behind a "
-            "catch-all page?)", status=r.status_code, file=url)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _content_length(r: httpx.Response) -> int | None:
-    value = r.headers.get("content-length")
-    return int(value) if value and value.isdigit() else None
-
-
-def _content_range(r: httpx.Response, url: str) -> tuple[int, int | None]:
-    m = _CONTENT_RANGE_RE.match(r.headers.get("content-range", ""))
-    if not m:
-        raise UpstreamError("206 without a valid Content-Range", status=206, file=url)
-    total = None if m.group(3) == "*" else int(m.group(3))
-    return int(m.group(1)), total

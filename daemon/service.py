@@ -5,7 +5,8 @@ socket, and only then tells systemd ``READY=1``. The main loop is a set of tasks
 one nursery: the model tasks (:mod:`.scheduler`), the control socket, the config
 watcher, the signal handler, the watchdog and the gc. Shutdown (SIGTERM, SIGINT)
 sends ``STOPPING=1`` and cancels the nursery: downloads stop where they are and
-their partials are checkpointed for the next start.
+their partials are checkpointed for the next start. What the control socket
+answers is :mod:`.api`'s, reading this service.
 
 Decisions beyond DESIGN.md:
 
@@ -51,16 +52,18 @@ import trio
 from shardsync.store import GRACE_SECONDS, Store
 
 from . import __version__
+from .api import ControlApi
 from .config import Config, load_config
-from .control import HTTPError, Request, Response, Router, serve_control
-from .errors import ConfigError, LockedError, NotFoundError, ShardsyncError, StorageError
+from .control import serve_control
+from .errors import ConfigError, LockedError, ShardsyncError, StorageError
 from .events import EventLog
-from .fetch import Fetcher, make_client, tune_for_downloads
-from .metrics import Exposition
+from .fetch import Fetcher
+from .httpclient import make_client
 from .notify import Notifier
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
 from .tfjs import rewrite_paths
+from .tuning import tune_for_downloads
 from .watch import watch_file
 
 __all__ = ["GRACE_ENV", "STALL_LIMIT", "Service", "grace_from_env", "run_service"]
@@ -85,9 +88,6 @@ STALL_LIMIT = 15 * 60.0
 #: Connections the service's HTTP pool may hold: room for `concurrency` to be raised by
 #: a reload up to half of this without a restart; idle ones cost nothing until used.
 POOL_CONNECTIONS = 64
-
-#: Longest long-poll a client may ask of /v1/events.
-MAX_POLL = 300.0
 
 #: The environment variable that overrides the grace period (see the module docstring).
 GRACE_ENV = "SHARDSYNC_GRACE_SECONDS"
@@ -161,6 +161,7 @@ class Service:
         # Current version per model, as the last sync left it: /v1/status must not read
         # every model's ref from disk on the event loop for each request.
         self._versions: dict[str, str | None] = {}
+        self.api = ControlApi(self)  # what the control socket serves
 
     # -- phases --------------------------------------------------------------------
 
@@ -200,7 +201,7 @@ class Service:
                 raise StorageError.from_oserror(
                     exc, "cannot create the control socket's directory",
                     file=str(Path(config.socket).parent)) from exc
-            await nursery.start(serve_control, config.socket, self._router())
+            await nursery.start(serve_control, config.socket, self.api.router())
             self.scheduler.apply(config.models)
             for name in set(self.store.model_names()) - {m.name for m in config.models}:
                 self._schedule_removal(name)
@@ -379,149 +380,3 @@ class Service:
         if self.config_error:
             text += "; config error, running the previous config"
         self.notifier.status(text)
-
-    # -- the control socket --------------------------------------------------------
-
-    def _router(self) -> Router:
-        r = Router()
-        r.add("GET", "/v1/health", self._h_health)
-        r.add("GET", "/v1/status", self._h_status)
-        r.add("GET", "/v1/models/{name}", self._h_model)
-        r.add("POST", "/v1/sync", self._h_sync_all)
-        r.add("POST", "/v1/models/{name}/sync", self._h_sync_one)
-        r.add("POST", "/v1/reload", self._h_reload)
-        r.add("GET", "/v1/events", self._h_events)
-        r.add("GET", "/metrics", self._h_metrics)
-        return r
-
-    def _model_json(self, st: ModelState) -> dict[str, Any]:
-        assert self.store
-        return {
-            "name": st.config.name,
-            "url": st.config.url,
-            "state": st.progress.state,
-            "version": self._current_version(st.config.name),
-            "last_check": st.last_check,
-            "last_success": st.last_success,
-            "next_check": st.next_check if st.progress.state in ("idle", "error") else None,
-            "last_error": st.last_error,
-            "progress": st.progress.to_json(),
-        }
-
-    def _current_version(self, name: str) -> str | None:
-        assert self.store
-        if name not in self._versions:  # not synced yet since start: ask the store once
-            self._versions[name] = self.store.current_id(name)
-        return self._versions[name]
-
-    def status(self) -> dict[str, Any]:
-        """The status document (see :mod:`.control` for its shape)."""
-        assert self.scheduler
-        return {
-            "service": {"version": __version__, "uptime_s": round(time.time() - self.started, 3),
-                        "config": str(self.config.path), "pid": os.getpid(),
-                        "config_error": self.config_error},
-            "models": [self._model_json(st) for st in self.scheduler.models.values()],
-        }
-
-    def _state(self, request: Request) -> ModelState:
-        assert self.scheduler
-        name = request.params["name"]
-        st = self.scheduler.models.get(name)
-        if st is None:
-            raise HTTPError(404, f"no model {name!r} in the running config")
-        return st
-
-    async def _h_health(self, request: Request) -> Response:
-        return Response.json({"ok": True, "version": __version__})
-
-    async def _h_status(self, request: Request) -> Response:
-        return Response.json(self.status())
-
-    async def _h_model(self, request: Request) -> Response:
-        assert self.store
-        st = self._state(request)
-        doc = self._model_json(st)
-        current = doc["version"]
-        versions = []
-        for h in reversed(self.store.history(st.config.name)):
-            try:
-                v = self.store.version(st.config.name, h["version"])
-            except (NotFoundError, ShardsyncError):
-                continue  # pruned
-            versions.append({"version": v.id, "current": v.id == current, "since": h["from"],
-                             "until": h["until"], "files": len(v.files) + 1, "bytes": v.size})
-        doc["versions"] = versions
-        return Response.json(doc)
-
-    async def _h_sync_all(self, request: Request) -> Response:
-        assert self.scheduler
-        return Response.json({"accepted": self.scheduler.wake()}, status=202)
-
-    async def _h_sync_one(self, request: Request) -> Response:
-        assert self.scheduler
-        st = self._state(request)
-        return Response.json({"accepted": self.scheduler.wake(st.config.name)}, status=202)
-
-    async def _h_reload(self, request: Request) -> Response:
-        error = await self.reload("a request on the control socket")
-        if error:
-            raise HTTPError(422, f"config not reloaded, the running one stays: {error}")
-        return Response.json({"ok": True, "models": [m.name for m in self.config.models]})
-
-    async def _h_events(self, request: Request) -> Response:
-        assert self.events
-        since = request.query_int("since", 0, minimum=0)
-        timeout = request.query_float("timeout", 30.0, minimum=0.0, maximum=MAX_POLL)
-        batch = await self.events.wait_since(since, timeout)
-        return Response.json(batch.to_json())
-
-    async def _h_metrics(self, request: Request) -> Response:
-        assert self.scheduler
-        stats = await self._store_stats()
-        m = Exposition()
-        for name, kind, help in (
-            ("shardsync_model_last_success_timestamp_seconds", "gauge",
-             "Unix time of the model's last successful check"),
-            ("shardsync_model_downloaded_bytes_total", "counter",
-             "Body bytes downloaded for the model since the service started"),
-            ("shardsync_model_errors_total", "counter",
-             "Failed checks of the model since the service started"),
-            ("shardsync_model_up_to_date", "gauge",
-             "1 if the model's last check succeeded, else 0"),
-        ):
-            m.declare(name, kind, help)  # type: ignore[arg-type]
-        for st in self.scheduler.models.values():
-            labels = {"model": st.config.name}
-            if st.last_success is not None:
-                m.gauge("shardsync_model_last_success_timestamp_seconds",
-                        "Unix time of the model's last successful check", st.last_success, labels)
-            in_flight = st.progress.received if st.progress.state not in ("idle", "error") \
-                else 0  # a sync in progress: its bytes count already, not only at its end
-            m.counter("shardsync_model_downloaded_bytes_total",
-                      "Body bytes downloaded for the model since the service started",
-                      st.bytes_total + in_flight, labels)
-            m.counter("shardsync_model_errors_total",
-                      "Failed checks of the model since the service started",
-                      st.errors_total, labels)
-            m.gauge("shardsync_model_up_to_date", "1 if the model's last check succeeded, else 0",
-                    1 if st.last_success and not st.last_error else 0, labels)
-        m.gauge("shardsync_store_objects", "Objects in the content-addressed store",
-                stats["objects"])
-        m.gauge("shardsync_store_bytes", "Bytes of all objects in the store", stats["bytes"])
-        m.gauge("shardsync_dedupe_saved_bytes",
-                "Bytes that kept versions reference beyond the objects stored (saved by dedupe)",
-                stats["saved"])
-        m.gauge("shardsync_config_error", "1 if the last reload failed (old config running)",
-                1 if self.config_error else 0)
-        return Response(200, m.render(), "text/plain; version=0.0.4; charset=utf-8")
-
-    async def _store_stats(self) -> dict[str, int]:
-        if self._stats is None:
-            self._stats = await trio.to_thread.run_sync(self._compute_stats)
-        return self._stats
-
-    def _compute_stats(self) -> dict[str, int]:
-        assert self.store
-        s = self.store.stats()
-        return {"objects": s.objects, "bytes": s.bytes, "saved": s.saved}

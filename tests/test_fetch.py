@@ -27,13 +27,8 @@ from shardsync.daemon.errors import (
     IntegrityError,
     UpstreamError,
 )
-from shardsync.daemon.fetch import (
-    Fetcher,
-    FetchPolicy,
-    Validators,
-    make_client,
-    resume_start,
-)
+from shardsync.daemon.fetch import Fetcher, Validators, resume_start
+from shardsync.daemon.httpclient import FetchPolicy, make_client
 from shardsync.store import Store
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, every offset recognisable

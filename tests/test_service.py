@@ -42,9 +42,10 @@ from synchelpers import (
 from test_metrics import parse as parse_metrics
 
 from shardsync.daemon.config import ConfigError
-from shardsync.daemon.fetch import READ_NUM_BYTES, resume_start
+from shardsync.daemon.fetch import resume_start
 from shardsync.daemon.notify import Notifier
 from shardsync.daemon.service import GRACE_ENV, grace_from_env
+from shardsync.daemon.tuning import READ_NUM_BYTES
 from shardsync.store import GRACE_SECONDS, NotFoundError, ShardsyncError
 
 #: SIGTERM to exit: the unit's contract (TimeoutStopSec leaves room above it).

@@ -1,0 +1,195 @@
+"""The control socket's API: the routes the service serves, their JSON, ``/metrics``.
+
+:class:`ControlApi` reads the running :class:`~shardsync.daemon.service.Service` it is
+given (its scheduler, store, event log, config) and changes nothing but through it
+(a wake-up, a reload). The routes and the status document's shape are listed in
+:mod:`shardsync.daemon.control`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import __version__
+from .errors import NotFoundError, ShardsyncError
+from .httpserver import HTTPError, Request, Response, Router
+from .metrics import CONTENT_TYPE, Exposition, Kind
+from .scheduler import ModelState
+
+if TYPE_CHECKING:
+    from shardsync.store import Store
+
+    from .service import Service
+
+__all__ = ["MAX_POLL", "METRICS", "ControlApi"]
+
+#: Longest long-poll a client may ask of /v1/events.
+MAX_POLL = 300.0
+
+#: The families ``GET /metrics`` serves, in order: name -> (kind, help text).
+METRICS: dict[str, tuple[Kind, str]] = {
+    "shardsync_model_last_success_timestamp_seconds":
+        ("gauge", "Unix time of the model's last successful check"),
+    "shardsync_model_downloaded_bytes_total":
+        ("counter", "Body bytes downloaded for the model since the service started"),
+    "shardsync_model_errors_total":
+        ("counter", "Failed checks of the model since the service started"),
+    "shardsync_model_up_to_date":
+        ("gauge", "1 if the model's last check succeeded, else 0"),
+    "shardsync_store_objects": ("gauge", "Objects in the content-addressed store"),
+    "shardsync_store_bytes": ("gauge", "Bytes of all objects in the store"),
+    "shardsync_dedupe_saved_bytes":
+        ("gauge", "Bytes that kept versions reference beyond the objects stored "
+                  "(saved by dedupe)"),
+    "shardsync_config_error": ("gauge", "1 if the last reload failed (old config running)"),
+}
+
+
+class ControlApi:
+    """The handlers behind the control socket, for one running ``service``."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        # The service's dict, shared: it records each sync's version, this reads it.
+        self._versions = service._versions
+
+    @property
+    def store(self) -> Store | None:
+        return self.service.store
+
+    def router(self) -> Router:
+        r = Router()
+        r.add("GET", "/v1/health", self._h_health)
+        r.add("GET", "/v1/status", self._h_status)
+        r.add("GET", "/v1/models/{name}", self._h_model)
+        r.add("POST", "/v1/sync", self._h_sync_all)
+        r.add("POST", "/v1/models/{name}/sync", self._h_sync_one)
+        r.add("POST", "/v1/reload", self._h_reload)
+        r.add("GET", "/v1/events", self._h_events)
+        r.add("GET", "/metrics", self._h_metrics)
+        return r
+
+    def _model_json(self, st: ModelState) -> dict[str, Any]:
+        assert self.store
+        return {
+            "name": st.config.name,
+            "url": st.config.url,
+            "state": st.progress.state,
+            "version": self._current_version(st.config.name),
+            "last_check": st.last_check,
+            "last_success": st.last_success,
+            "next_check": st.next_check if st.progress.state in ("idle", "error") else None,
+            "last_error": st.last_error,
+            "progress": st.progress.to_json(),
+        }
+
+    def _current_version(self, name: str) -> str | None:
+        assert self.store
+        if name not in self._versions:  # not synced yet since start: ask the store once
+            self._versions[name] = self.store.current_id(name)
+        return self._versions[name]
+
+    def status(self) -> dict[str, Any]:
+        """The status document (see :mod:`.control` for its shape)."""
+        assert self.service.scheduler
+        return {
+            "service": {"version": __version__,
+                        "uptime_s": round(time.time() - self.service.started, 3),
+                        "config": str(self.service.config.path), "pid": os.getpid(),
+                        "config_error": self.service.config_error},
+            "models": [self._model_json(st) for st in self.service.scheduler.models.values()],
+        }
+
+    def _state(self, request: Request) -> ModelState:
+        assert self.service.scheduler
+        name = request.params["name"]
+        st = self.service.scheduler.models.get(name)
+        if st is None:
+            raise HTTPError(404, f"no model {name!r} in the running config")
+        return st
+
+    async def _h_health(self, request: Request) -> Response:
+        return Response.json({"ok": True, "version": __version__})
+
+    async def _h_status(self, request: Request) -> Response:
+        return Response.json(self.status())
+
+    async def _h_model(self, request: Request) -> Response:
+        assert self.store
+        st = self._state(request)
+        doc = self._model_json(st)
+        current = doc["version"]
+        versions = []
+        for h in reversed(self.store.history(st.config.name)):
+            try:
+                v = self.store.version(st.config.name, h["version"])
+            except (NotFoundError, ShardsyncError):
+                continue  # pruned
+            versions.append({"version": v.id, "current": v.id == current, "since": h["from"],
+                             "until": h["until"], "files": len(v.files) + 1, "bytes": v.size})
+        doc["versions"] = versions
+        return Response.json(doc)
+
+    async def _h_sync_all(self, request: Request) -> Response:
+        assert self.service.scheduler
+        return Response.json({"accepted": self.service.scheduler.wake()}, status=202)
+
+    async def _h_sync_one(self, request: Request) -> Response:
+        assert self.service.scheduler
+        st = self._state(request)
+        return Response.json({"accepted": self.service.scheduler.wake(st.config.name)}, status=202)
+
+    async def _h_reload(self, request: Request) -> Response:
+        error = await self.service.reload("a request on the control socket")
+        if error:
+            raise HTTPError(422, f"config not reloaded, the running one stays: {error}")
+        return Response.json({"ok": True, "models": [m.name for m in self.service.config.models]})
+
+    async def _h_events(self, request: Request) -> Response:
+        assert self.service.events
+        since = request.query_int("since", 0, minimum=0)
+        timeout = request.query_float("timeout", 30.0, minimum=0.0, maximum=MAX_POLL)
+        batch = await self.service.events.wait_since(since, timeout)
+        return Response.json(batch.to_json())
+
+    async def _h_metrics(self, request: Request) -> Response:
+        assert self.service.scheduler
+        stats = await self._store_stats()
+        m = Exposition()
+        for name, (kind, help) in METRICS.items():  # every family, even without samples
+            m.declare(name, kind, help)
+
+        def sample(name: str, value: float, labels: dict[str, str] | None = None) -> None:
+            kind, help = METRICS[name]
+            (m.counter if kind == "counter" else m.gauge)(name, help, value, labels)
+
+        for st in self.service.scheduler.models.values():
+            labels = {"model": st.config.name}
+            if st.last_success is not None:
+                sample("shardsync_model_last_success_timestamp_seconds", st.last_success, labels)
+            in_flight = st.progress.received if st.progress.state not in ("idle", "error") \
+                else 0  # a sync in progress: its bytes count already, not only at its end
+            sample("shardsync_model_downloaded_bytes_total", st.bytes_total + in_flight, labels)
+            sample("shardsync_model_errors_total", st.errors_total, labels)
+            sample("shardsync_model_up_to_date",
+                   1 if st.last_success and not st.last_error else 0, labels)
+        sample("shardsync_store_objects", stats["objects"])
+        sample("shardsync_store_bytes", stats["bytes"])
+        sample("shardsync_dedupe_saved_bytes", stats["saved"])
+        sample("shardsync_config_error", 1 if self.service.config_error else 0)
+        return Response(200, m.render(), CONTENT_TYPE)
+
+    async def _store_stats(self) -> dict[str, int]:
+        # The service drops its cached totals (None) when a publish, gc or removal changes them.
+        if self.service._stats is None:
+            self.service._stats = await trio.to_thread.run_sync(self._compute_stats)
+        return self.service._stats
+
+    def _compute_stats(self) -> dict[str, int]:
+        assert self.store
+        s = self.store.stats()
+        return {"objects": s.objects, "bytes": s.bytes, "saved": s.saved}

@@ -1,0 +1,44 @@
+"""The status table ``shardsync status`` prints, from status documents written out here."""
+
+from __future__ import annotations
+
+from shardsync.daemon.statustable import format_status_table
+
+STATUS = {
+    "service": {"version": "0.1.0", "uptime_s": 5025.3, "config": "/etc/shardsync.toml",
+                "pid": 4242},
+    "models": [
+        {"name": "bodypix", "state": "downloading", "version": "3f2a9c01d2e4ffff",
+         "last_check": 999_000.0, "last_success": 992_800.0, "next_check": None,
+         "last_error": None,
+         "progress": {"bytes_done": 12 * 2**20, "bytes_total": 48 * 2**20,
+                      "files_done": 3, "files_total": 12}},
+        {"name": "face-api", "state": "error", "version": None, "last_check": 999_990.0,
+         "last_success": None, "next_check": 1_000_300.0,
+         "last_error": "HTTP 503 from https://example.com/model.json\n" + "x" * 100,
+         "progress": {"bytes_done": 0, "bytes_total": 0, "files_done": 0, "files_total": 0}},
+    ],
+}
+
+
+def test_status_table():
+    table = format_status_table(STATUS, now=1_000_000.0)
+    lines = table.splitlines()
+    assert lines[0] == "shardsync 0.1.0, pid 4242, up 1h 23m, config /etc/shardsync.toml"
+    assert lines[1].split() == ["MODEL", "STATE", "VERSION", "LAST", "SUCCESS", "NEXT", "CHECK",
+                                "PROGRESS", "LAST", "ERROR"]
+    assert lines[2].split() == ["bodypix", "downloading", "3f2a9c01d2e4", "2h", "0m", "ago", "-",
+                                "25%", "12.0", "MiB/48.0", "MiB,", "3/12", "files", "-"]
+    assert lines[3].split()[:6] == ["face-api", "error", "-", "-", "in", "5m"]
+    assert lines[3].endswith("...") and "\n" not in lines[3] and len(lines[3].split("-", 1)) == 2
+    # Columns line up: every row has "STATE" values starting at the same offset.
+    col = lines[1].index("STATE")
+    assert lines[2][col:].startswith("downloading") and lines[3][col:].startswith("error")
+    assert table.endswith("\n")
+
+
+def test_status_table_without_models_or_fields():
+    assert format_status_table({"service": {"version": "0.1.0"}, "models": []}) == (
+        "shardsync 0.1.0\nno models configured\n")
+    sparse = format_status_table({"models": [{"name": "m"}]}, now=0)
+    assert sparse.splitlines()[2].split() == ["m", "-", "-", "-", "-", "-", "-"]
