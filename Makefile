@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint bench deps clean
+.PHONY: demo test lint typecheck bench deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,16 @@ demo: $(VENV)/.installed
 deps:
 	bash tests/setup-deps.sh
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed typecheck
 	$(PY) -m ruff check .
+
+# mypy cannot follow setuptools' package-dir mapping (daemon/ -> shardsync.daemon), so it
+# checks a tree of two symlinks that names the packages as they install.
+typecheck: $(VENV)/.installed
+	mkdir -p .typecheck/shardsync
+	ln -sfn ../../daemon .typecheck/shardsync/daemon
+	ln -sfn ../../store .typecheck/shardsync/store
+	cd .typecheck && ../$(PY) -m mypy --config-file ../pyproject.toml -p shardsync
 
 test: $(VENV)/.installed deps lint
 	$(PY) -m pytest -q
@@ -33,4 +41,4 @@ bench: $(VENV)/.installed deps
 	$(PY) bench/service_bench.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .typecheck

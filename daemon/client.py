@@ -80,7 +80,8 @@ class ControlClient:
 
     def status(self) -> dict[str, Any]:
         """``GET /v1/status``."""
-        return self.get("/v1/status")
+        status: dict[str, Any] = self.get("/v1/status")
+        return status
 
     def close(self) -> None:
         self._client.close()

@@ -86,14 +86,15 @@ class Request:
     def query_int(self, name: str, default: int, *, minimum: int | None = None,
                   maximum: int | None = None) -> int:
         """Query parameter ``name`` as an int (``default`` if absent); HTTPError 400 if invalid."""
-        return self._query_number(name, default, int, minimum, maximum)
+        return int(self._query_number(name, default, int, minimum, maximum))
 
     def query_float(self, name: str, default: float, *, minimum: float | None = None,
                     maximum: float | None = None) -> float:
         """Query parameter ``name`` as a finite float; HTTPError 400 if invalid or out of range."""
-        return self._query_number(name, default, float, minimum, maximum)
+        return float(self._query_number(name, default, float, minimum, maximum))
 
-    def _query_number(self, name, default, convert, minimum, maximum):
+    def _query_number(self, name: str, default: float, convert: Callable[[str], float],
+                      minimum: float | None, maximum: float | None) -> float:
         raw = self.query.get(name)
         if raw is None:
             return default

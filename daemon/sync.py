@@ -306,10 +306,9 @@ class Syncer:
                 check_group_bytes(group, sum(files[p].size for p in group.paths),
                                   model=model.name)
             else:
-                digests = [files[p].digest for p in group.paths]
+                chunks = self._chunks([files[p].digest for p in group.paths])
                 await trio.to_thread.run_sync(
-                    lambda g=group, d=digests: check_group_bytes(
-                        g, self._chunks(d), model=model.name))
+                    functools.partial(check_group_bytes, group, chunks, model=model.name))
 
     def _chunks(self, digests: list[str]) -> Iterator[bytes]:
         for digest in digests:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._errors import IntegrityError, NotFoundError, UnsafePathError
 from ._objects import Objects
@@ -103,7 +104,7 @@ class Verifier:
 
     def _verify_version(self, version: Version, bad: set[str], repair: bool) -> list[Problem]:
         out: list[Problem] = []
-        where = {"model": version.name, "version": version.id}
+        where: dict[str, Any] = {"model": version.name, "version": version.id}
         published = (version.id in self.site.version_ids(version.name)
                      or self.versions.current(version.name) == version.id)
         for entry in (version.manifest, *version.files):

@@ -189,7 +189,7 @@ class Versions:
 
     def names(self) -> list[str]:
         """Every model with a record or a ref."""
-        out = set()
+        out: set[str] = set()
         for sub in ("snapshots", "refs"):
             out.update(e for e in list_at(self._state_fd, sub) if not e.startswith("."))
         return sorted(out)
