@@ -45,7 +45,7 @@ from shardsync.daemon.demo.samples import make_big_model
 
 __all__ = ["StatusClient", "cpu_seconds", "main", "percentile"]
 
-#: Throughputs in MB/s with 1 MB = 10**6 bytes, as PERF.md.
+#: Throughputs in MB/s with 1 MB = 10**6 bytes, as docs/performance.md.
 MB = 1_000_000
 
 #: Pause between two status requests: a dashboard polling hard, not a flood that would

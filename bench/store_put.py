@@ -35,7 +35,7 @@ from shardsync.store import Store
 
 __all__ = ["Round", "main", "run_round"]
 
-#: Throughputs are in MB/s with 1 MB = 10**6 bytes, the unit PERF.md uses.
+#: Throughputs are in MB/s with 1 MB = 10**6 bytes, the unit docs/performance.md uses.
 MB = 1_000_000
 
 #: Where the kernel takes "drop the page cache" requests (root only).
@@ -45,7 +45,8 @@ DROP_CACHES = "/proc/sys/vm/drop_caches"
 DEFAULT_SIZE_MB = 1024
 DEFAULT_FILES = 256
 
-#: Rounds whose median is reported: three, as the issue asks; the machine is noisy (PERF.md).
+#: Rounds whose median is reported: three, as the issue asks; the machine is noisy
+#: (docs/performance.md).
 DEFAULT_ROUNDS = 3
 
 

@@ -1,6 +1,6 @@
 """Benchmarks of `shardsync sync` against nginx on loopback, each beside its reference.
 
-What issue 3 asks to measure, in one run on one machine (PERF.md: the machine is
+What issue 3 asks to measure, in one run on one machine (docs/performance.md: the machine is
 shared and noisy, so only figures taken in the same run are compared):
 
 * cold sync of a model set (default 1 GiB in 4 MiB shards) by ``shardsync sync`` vs
@@ -41,7 +41,7 @@ from shardsync.daemon.demo.samples import CONVERTER_SHARD_SIZE, make_big_model
 __all__ = ["main"]
 
 MiB = 1024 * 1024
-MB = 1_000_000  # rates in MB/s, as PERF.md gives them
+MB = 1_000_000  # rates in MB/s, as docs/performance.md gives them
 
 #: Goals from issue 3.
 GOAL_RATIO = 0.8

@@ -1,6 +1,6 @@
 """The `shardsync` command: parses arguments, calls the library, turns errors into exit codes.
 
-Exit status (DESIGN.md): 0 all went well, 1 some model failed (the others were still
+Exit status (docs/design.md): 0 all went well, 1 some model failed (the others were still
 done), 2 bad usage or config. Only this module decides exit statuses; everything
 below it raises :class:`~shardsync.daemon.errors.ShardsyncError`.
 """

@@ -29,7 +29,7 @@ __all__ = [
 
 # The service answers from memory within milliseconds; 10 s without an answer means it is stuck.
 DEFAULT_TIMEOUT = 10.0
-# Any host works over a Unix socket; this one matches DESIGN.md's curl examples.
+# Any host works over a Unix socket; this one matches docs/design.md's curl examples.
 BASE_URL = "http://localhost"
 
 

@@ -1,12 +1,12 @@
 """The TOML config file: where things live, how often to check, which models to mirror.
 
-:func:`load_config` reads the file described in DESIGN.md ("Config") and
+:func:`load_config` reads the file described in docs/design.md ("Config") and
 ``config.example.toml`` into a frozen :class:`Config`, or raises one
 :class:`~shardsync.daemon.errors.ConfigError` naming the file, the key (``interval``,
 ``model[2].url``) and, where it can be found, the line. Nothing here acts on the
 config: the service keeps the last good one when a reload fails.
 
-Choices beyond DESIGN.md: a duration is a string of one or more ``<number><unit>``
+Choices beyond docs/design.md: a duration is a string of one or more ``<number><unit>``
 parts with unit ``s``, ``m``, ``h`` or ``d`` (``"90s"``, ``"1h30m"``, ``"1.5h"``), or a
 bare TOML number, read as seconds. ``[[model]]`` blocks are numbered from 1 in error
 keys (``model[1]`` is the first block), the way an operator counts them.
@@ -38,14 +38,15 @@ __all__ = [
     "parse_size",
 ]
 
-#: The defaults of DESIGN.md's config example, as written in a config file.
+#: The defaults of docs/design.md's config example, as written in a config file.
 DEFAULTS: dict[str, Any] = {
     "state_dir": "/var/lib/shardsync",           # FHS: persistent state of a service
     "site_dir": "/var/lib/shardsync/site",       # beside the state, on the same filesystem,
                                                  # so shards can be hardlinked, not copied
     "socket": "/run/shardsync/control.sock",     # FHS: runtime files; systemd's RuntimeDirectory
     "interval": "30m",                           # models change rarely; a check costs only 304s
-    "concurrency": 4,                            # PERF.md: 4 in flight beat 1 and 8 on 2 cores
+    # docs/performance.md, "Download concurrency": 4 in flight beat 1 and 8 on 2 cores.
+    "concurrency": 4,
     "keep_versions": 2,                          # the current version and one to roll back to
     "max_model_bytes": DEFAULT_MAX_TOTAL,        # see tfjs.DEFAULT_MAX_TOTAL
 }

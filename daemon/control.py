@@ -1,7 +1,7 @@
 """The control socket: a small HTTP/1.1 server on a Unix socket, for trio, built on h11.
 
 ``shardsync status``, ``curl --unix-socket`` and dashboards ask the running service
-what it is doing through this socket (DESIGN.md, "The control socket"). It serves
+what it is doing through this socket (docs/design.md, "The control socket"). It serves
 JSON over HTTP so that every tool that speaks HTTP can use it, and listens on a
 Unix socket so that file permissions (mode 0660: the service's user and group)
 decide who may ask; a peer without access never reaches the daemon.

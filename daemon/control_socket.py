@@ -27,7 +27,7 @@ __all__ = ["SOCKET_MODE", "activation_socket", "open_control_socket"]
 
 log = logging.getLogger(__name__)
 
-# DESIGN.md: the service's user and its group (the operators) may connect; nobody else.
+# docs/design.md: the service's user and its group (the operators) may connect; nobody else.
 SOCKET_MODE = 0o660
 # Local clients are few; the kernel caps it at net.core.somaxconn anyway.
 LISTEN_BACKLOG = 64

@@ -1,7 +1,7 @@
 """The nginx configuration that serves site_dir to kiosk pages the way TF.js needs.
 
 TF.js checks neither status codes nor sizes of weight shards, and the layout in
-site_dir (DESIGN.md) relies on caches keying shards by URL. So the web server in
+site_dir (docs/design.md) relies on caches keying shards by URL. So the web server in
 front of site_dir is part of correctness, not a detail left to the operator:
 
 - a missing file is a real 404 (no SPA fallback, no index page, no listing), so
@@ -127,7 +127,7 @@ def render_nginx_location(
     loc = _check_location(location)
     rx = re.escape(loc)
     versioned = [
-        # A file whose URL names its version never changes (DESIGN.md):
+        # A file whose URL names its version never changes (docs/design.md):
         # cache it for good. Only on success (no "always"): a 404 must not
         # stick in a cache, the version may be being published right now.
         *_headers(f"public, max-age={IMMUTABLE_MAX_AGE}, immutable", cache_always=False),

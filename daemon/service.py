@@ -8,7 +8,7 @@ sends ``STOPPING=1`` and cancels the nursery: downloads stop where they are and
 their partials are checkpointed for the next start. What the control socket
 answers is :mod:`.api`'s, reading this service.
 
-Decisions beyond DESIGN.md:
+Decisions beyond docs/design.md:
 
 * A config that fails to load on reload is reported (log, status ``config_error``,
   an event) and the running config stays. ``state_dir``, ``site_dir`` and ``socket``

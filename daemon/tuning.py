@@ -1,4 +1,6 @@
-"""Process-wide tuning for large downloads (PERF.md): httpcore's read size, glibc malloc.
+"""Process-wide tuning for large downloads: httpcore's read size, glibc malloc.
+
+Why these values: docs/performance.md, "Socket read size and the allocator".
 
 Called once per process before downloading (:func:`shardsync.daemon.httpclient.make_client`,
 the service's startup, the one-shot sync); calling it again is harmless.
@@ -14,7 +16,7 @@ import httpcore
 __all__ = ["READ_NUM_BYTES", "tune_for_downloads"]
 
 #: Socket read size. httpcore reads 64 KiB per call by default; the per-chunk cost of
-#: the httpx/httpcore/h11/trio stack dominates a download (~60 µs per chunk, PERF.md),
+#: the httpx/httpcore/h11/trio stack dominates a download (~60 µs per chunk, docs/performance.md),
 #: so fewer, larger reads are the biggest single gain. Each read is copied ~3 times on
 #: its way through h11, per download in flight: measured on a 1 GiB cold sync (4 in
 #: flight), 1 MiB reads peaked at ~59 MB RSS, 512 KiB at ~45 MB (goal < 60) for ~2 %
@@ -27,7 +29,7 @@ _M_MMAP_THRESHOLD = -3
 
 
 def tune_for_downloads() -> None:
-    """Process-wide settings that PERF.md measured to matter for large downloads.
+    """Process-wide settings that docs/performance.md measured to matter for large downloads.
 
     * httpcore reads READ_NUM_BYTES per socket read (it has no public setting).
     * glibc returns large freed buffers to the OS and faults them back in (71k page

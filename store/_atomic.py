@@ -39,7 +39,7 @@ TMP_PREFIX = ".tmp-"
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 #: write(2) calls of at most 256 KiB ran 4-5 GB/s into the page cache here, 1 MiB ones
-#: ~0.9 GB/s (PERF.md), so big buffers are written in slices of this size.
+#: ~0.9 GB/s (docs/performance.md), so big buffers are written in slices of this size.
 WRITE_SLICE = 256 * 1024
 
 

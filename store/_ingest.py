@@ -42,7 +42,7 @@ __all__ = ["CHECKPOINT_BYTES", "Ingest", "IngestStatus", "boot_id", "ingest_ref"
            "remove_orphans", "statuses"]
 
 #: Bytes written between two automatic checkpoints (fdatasync + sidecar). Bounds what a
-#: power cut can cost per file to 16 MiB while keeping fsyncs rare (PERF.md: fsync per
+#: power cut can cost per file to 16 MiB while keeping fsyncs rare (docs/performance.md: fsync per
 #: small write is what makes pulls slow). A process crash loses nothing, see above.
 CHECKPOINT_BYTES = 16 * 1024 * 1024
 

@@ -28,7 +28,7 @@ from ._paths import open_dir_at
 __all__ = ["CHUNK", "ObjectInfo", "Objects", "check_digest", "hash_file"]
 
 #: Read size for hashing and copying: 1 MiB reads keep per-call overhead small
-#: (hashlib runs ~1.5 GB/s here, PERF.md) while staying far below any memory concern.
+#: (hashlib runs ~1.5 GB/s here, docs/performance.md) while staying far below any memory concern.
 CHUNK = 1024 * 1024
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -25,7 +25,7 @@ __all__ = [
     "open_dir_at",
 ]
 
-#: Model names become directory names under site_dir (DESIGN.md).
+#: Model names become directory names under site_dir (docs/design.md).
 NAME_RE = re.compile(r"^[a-z0-9._-]+$")
 
 #: The per-model directory of site_dir holding the immutable version trees; no entry

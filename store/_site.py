@@ -1,4 +1,4 @@
-"""The site directory a web server serves: ``site_dir/<name>/...`` (DESIGN.md layout).
+"""The site directory a web server serves: ``site_dir/<name>/...`` (docs/design.md layout).
 
 * ``<name>/versions/<version>/``: the origin's manifest byte for byte and every shard
   at its original relative path, hardlinked from the object store (copied where a

@@ -7,7 +7,7 @@
 * ``history/<name>.json``: when each version became current and stopped being
   current, so publishing can keep a version a page may still be reading.
 
-A version id is the short form of the tree digest (DESIGN.md): SHA-256 over the
+A version id is the short form of the tree digest (docs/design.md): SHA-256 over the
 manifest's digest and every file's path and digest. Validators are not part of it:
 the same bytes under a new ETag are the same version.
 """

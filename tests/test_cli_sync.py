@@ -1,7 +1,7 @@
 """`shardsync sync`, `verify` and `gc` as an operator runs them: real processes, a real
 config file on disk, a real origin on 127.0.0.1.
 
-Exit statuses are DESIGN.md's: 0 all went well, 1 some model failed (the others are
+Exit statuses are docs/design.md's: 0 all went well, 1 some model failed (the others are
 still published), 2 bad usage or config. ``--json`` prints one JSON document on stdout.
 A `shardsync sync` killed with SIGKILL mid-download resumes on the next run without
 fetching again what it already had.

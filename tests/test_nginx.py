@@ -1,6 +1,6 @@
 """The nginx config from shardsync.daemon.nginx, checked against a real nginx.
 
-A hand-made site_dir in DESIGN.md's layout is served by nginx running exactly
+A hand-made site_dir in docs/design.md's layout is served by nginx running exactly
 the text ``render_nginx_config`` returns; every property the kiosk pages rely on
 is checked with real HTTP requests.
 """
@@ -23,7 +23,7 @@ SHARD = b"\x00\x01\x02weights\xff" * 100
 
 
 def _make_site(root: Path) -> Path:
-    """site_dir as DESIGN.md lays it out, plus traps a lax server would fall into."""
+    """site_dir as docs/design.md lays it out, plus traps a lax server would fall into."""
     site = root / "site"
     vdir = site / "face" / "versions" / V1
     vdir.mkdir(parents=True)

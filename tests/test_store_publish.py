@@ -1,4 +1,4 @@
-"""Publishing: the DESIGN.md site layout, hardlinks, pruning with a grace period, recovery.
+"""Publishing: the docs/design.md site layout, hardlinks, pruning with a grace period, recovery.
 
 Time-dependent pruning is driven through the ``now=`` parameters, never by sleeping.
 The cross-filesystem case mounts a real tmpfs as site_dir (tests run as root).
