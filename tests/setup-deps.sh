@@ -20,7 +20,7 @@ command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromi
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)      # tests/test_systemd.py
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)       # tests/test_control.py
-command -v strace >/dev/null 2>&1 || need+=(strace)             # tests/test_paths.py
+command -v strace >/dev/null 2>&1 || need+=(strace)             # tests/test_store_paths.py
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup-deps: please install: ${need[*]} (apt-get install ${need[*]})" >&2
