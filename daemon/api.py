@@ -63,14 +63,17 @@ class ControlApi:
 
     def router(self) -> Router:
         r = Router()
-        r.add("GET", "/v1/health", self._h_health)
-        r.add("GET", "/v1/status", self._h_status)
-        r.add("GET", "/v1/models/{name}", self._h_model)
-        r.add("POST", "/v1/sync", self._h_sync_all)
-        r.add("POST", "/v1/models/{name}/sync", self._h_sync_one)
-        r.add("POST", "/v1/reload", self._h_reload)
-        r.add("GET", "/v1/events", self._h_events)
-        r.add("GET", "/metrics", self._h_metrics)
+        for method, pattern, handler in (
+            ("GET", "/v1/health", self._h_health),
+            ("GET", "/v1/status", self._h_status),
+            ("GET", "/v1/models/{name}", self._h_model),
+            ("POST", "/v1/sync", self._h_sync_all),
+            ("POST", "/v1/models/{name}/sync", self._h_sync_one),
+            ("POST", "/v1/reload", self._h_reload),
+            ("GET", "/v1/events", self._h_events),
+            ("GET", "/metrics", self._h_metrics),
+        ):
+            r.add(method, pattern, handler)
         return r
 
     def _model_json(self, st: ModelState) -> dict[str, Any]:
