@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import trio
+from controlhelpers import short_sockdir, start_server
 from origin import Origin
 from storehelpers import store_at
 
@@ -32,3 +36,15 @@ def store(dirs: tuple[Path, Path]) -> Iterator[Store]:
     """A Store on ``dirs`` with default settings, closed after the test."""
     with store_at(*dirs) as s:
         yield s
+
+
+@pytest.fixture
+def sockdir() -> Iterator[str]:
+    """A short directory for Unix sockets (their paths are limited to 108 bytes)."""
+    yield from short_sockdir()
+
+
+@pytest.fixture
+async def served(nursery: trio.Nursery, sockdir: str) -> SimpleNamespace:
+    """The test control server (tests/controlhelpers.py) on a socket in ``sockdir``."""
+    return await start_server(nursery, os.path.join(sockdir, "control.sock"))

@@ -8,21 +8,9 @@ import sys
 
 import pytest
 import trio
-from controlhelpers import short_sockdir, start_server
 
 from shardsync.daemon.client import ControlClient, get_json, post_json
 from shardsync.store import NotFoundError, ShardsyncError
-
-
-@pytest.fixture
-def sockdir():
-    yield from short_sockdir()
-
-
-@pytest.fixture
-async def served(nursery, sockdir):
-    return await start_server(nursery, os.path.join(sockdir, "control.sock"))
-
 
 # ---------------------------------------------------------------- the client
 

@@ -15,23 +15,12 @@ import textwrap
 import pytest
 import trio
 import trio.testing
-from controlhelpers import App, RawHTTP, curl, short_sockdir, start_server
+from controlhelpers import App, RawHTTP, curl, start_server
 
 from shardsync.daemon.client import get_json
 from shardsync.daemon.control import serve_control
 from shardsync.daemon.control_socket import SOCKET_MODE, activation_socket
 from shardsync.store import LockedError, ShardsyncError
-
-
-@pytest.fixture
-def sockdir():
-    yield from short_sockdir()
-
-
-@pytest.fixture
-async def served(nursery, sockdir):
-    return await start_server(nursery, os.path.join(sockdir, "control.sock"))
-
 
 # ---------------------------------------------------------------- the socket file
 

@@ -10,23 +10,12 @@ import os
 import httpx
 import pytest
 import trio
-from controlhelpers import App, RawHTTP, curl, read_until_eof, short_sockdir, start_server
+from controlhelpers import App, RawHTTP, curl, read_until_eof
 
 from shardsync.daemon.control import serve_control
 from shardsync.daemon.events import EventLog
 from shardsync.daemon.httpserver import IDLE_TIMEOUT, HTTPError, Request, Response, Router
 from shardsync.daemon.metrics import CONTENT_TYPE
-
-
-@pytest.fixture
-def sockdir():
-    yield from short_sockdir()
-
-
-@pytest.fixture
-async def served(nursery, sockdir):
-    return await start_server(nursery, os.path.join(sockdir, "control.sock"))
-
 
 # ---------------------------------------------------------------- requests through curl and httpx
 
