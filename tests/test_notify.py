@@ -34,10 +34,13 @@ def abstract_receiver():
     sock.close()
 
 
-def test_path_socket_receives_exact_messages(path_receiver):
-    path, sock = path_receiver
-    n = Notifier.from_env({"NOTIFY_SOCKET": path})
+@pytest.mark.parametrize("receiver", ["path_receiver", "abstract_receiver"])
+def test_socket_receives_exact_messages(receiver, request):
+    address, sock = request.getfixturevalue(receiver)
+    n = Notifier.from_env({"NOTIFY_SOCKET": address})
     assert n.enabled
+    if address.startswith("@"):  # an abstract socket: a leading NUL, not a path
+        assert n.address == b"\0" + address[1:].encode()
     assert n.ready()
     assert sock.recv(4096) == b"READY=1"
     assert n.status("syncing 2 models\nsecond line")
@@ -46,15 +49,6 @@ def test_path_socket_receives_exact_messages(path_receiver):
     assert sock.recv(4096) == b"WATCHDOG=1"
     assert n.stopping()
     assert sock.recv(4096) == b"STOPPING=1"
-    n.close()
-
-
-def test_abstract_socket_receives_exact_messages(abstract_receiver):
-    address, sock = abstract_receiver
-    n = Notifier.from_env({"NOTIFY_SOCKET": address})
-    assert n.address == b"\0" + address[1:].encode()
-    assert n.ready()
-    assert sock.recv(4096) == b"READY=1"
     n.close()
 
 
