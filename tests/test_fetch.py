@@ -11,7 +11,7 @@ and what a cancel leaves behind (a partial to resume).
 from __future__ import annotations
 
 import email.utils
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -228,35 +228,20 @@ async def test_a_416_drops_the_partial(origin: Origin, tmp_path: Path) -> None:
     assert [e.status for e in origin.requests()] == [200, 416, 200]
 
 
-async def test_a_206_not_starting_at_the_partial_is_not_appended(
-    origin: Origin, tmp_path: Path
-) -> None:
-    url = serve(origin)
-    origin.fault_drop(PATH, after=300_000, times=1)
-    origin.fault_bad_content_range(PATH, shift=1, times=1)
-    async with fetcher(tmp_path) as (f, store):
-        got = await f.file(url, store)
-    assert got.digest == sha256(DATA) and stored(tmp_path, got.digest) == DATA
-    log = origin.requests()
-    assert [e.status for e in log] == [200, 206, 200]
-    assert log[1].headers["range"] == f"bytes={resume_start(300_000)}-"
-    assert "range" not in log[2].headers
-
-
-async def resume_a_dropped_download(
-    origin: Origin, tmp_path: Path, before_resume: Callable[[], bytes]
-) -> bytes:
-    """Drop the first download of PATH at 300 000 bytes, run ``before_resume`` (which sets
-    up what the resume meets and returns the bytes the file must end up as), resume it;
-    assert the stored file and that the resume's 206 was refused for a fresh 200."""
+async def resume_against(origin: Origin, tmp_path: Path, fault: str, new: bytes) -> bytes:
+    """Drop the first download of PATH at 300 000 bytes, then serve ``new`` and switch on
+    the fault ``fault`` (a method of the test origin) for the resume. Asserts that the
+    resume's 206 was refused for a fresh 200 and that the stored file is ``new``; returns
+    the resume's If-Range."""
     url = serve(origin)
     origin.fault_drop(PATH, after=300_000, times=1)
     async with fetcher(tmp_path, FetchPolicy(attempts=1)) as (f, store):
         with pytest.raises(ConnectError):
             await f.file(url, store)
-        want = before_resume()
+        serve(origin, new)
+        getattr(origin, fault)(PATH, times=1)
         got = await f.file(url, store)
-    assert got.digest == sha256(want) and stored(tmp_path, got.digest) == want
+    assert got.digest == sha256(new) and stored(tmp_path, got.digest) == new
     log = origin.requests()
     assert [e.status for e in log] == [200, 206, 200]
     assert log[1].headers["range"] == f"bytes={resume_start(300_000)}-"
@@ -264,17 +249,19 @@ async def resume_a_dropped_download(
     return log[1].headers["if-range"]
 
 
+async def test_a_206_not_starting_at_the_partial_is_not_appended(
+    origin: Origin, tmp_path: Path
+) -> None:
+    await resume_against(origin, tmp_path, "fault_bad_content_range", DATA)
+
+
 async def test_a_206_of_another_version_is_not_spliced_onto_the_partial(
     origin: Origin, tmp_path: Path
 ) -> None:
     # A proxy that ignores If-Range answers the resume with a 206 of the new file, under
     # its new ETag: its bytes from the offset must not be appended to the old beginning.
-    def new_file() -> bytes:
-        serve(origin, DATA[::-1])
-        origin.fault_ignore_if_range(PATH, times=1)
-        return DATA[::-1]
-
-    assert await resume_a_dropped_download(origin, tmp_path, new_file) == etag_of(DATA)
+    if_range = await resume_against(origin, tmp_path, "fault_ignore_if_range", DATA[::-1])
+    assert if_range == etag_of(DATA)
 
 
 async def test_a_206_with_the_wrong_body_is_caught_by_the_overlap(
@@ -282,11 +269,8 @@ async def test_a_206_with_the_wrong_body_is_caught_by_the_overlap(
 ) -> None:
     # Right headers (the asked range, the same ETag), but the body is the file from offset
     # 0 again: the bytes re-asked before the partial's end differ, so the file starts over.
-    def wrong_body() -> bytes:
-        origin.fault_range_body_from_start(PATH, times=1)
-        return DATA
-
-    assert await resume_a_dropped_download(origin, tmp_path, wrong_body) == etag_of(DATA)
+    if_range = await resume_against(origin, tmp_path, "fault_range_body_from_start", DATA)
+    assert if_range == etag_of(DATA)
 
 
 # -- where reading stops -------------------------------------------------------------------
