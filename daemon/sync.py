@@ -162,6 +162,14 @@ class Syncer:
             result.error = exc.with_context(model=model.name)
             progress.state = "error"
             log.warning("%s", result.error)
+        except Exception as exc:
+            # The last resort: a bug, or an input no check above foresaw. It stays this
+            # model's failure (a nursery would otherwise cancel every other model's sync).
+            log.debug("model %s: unexpected error", model.name, exc_info=True)
+            result.error = ShardsyncError(f"internal error: {type(exc).__name__}: {exc}",
+                                          model=model.name)
+            progress.state = "error"
+            log.error("%s", result.error)
         result.received = progress.received
         current = self.store.current_id(model.name)
         result.version = current

@@ -325,6 +325,8 @@ def parse_manifest(
         doc = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise fail(f"not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise fail("JSON nested too deeply to be a TF.js manifest") from None
 
     if isinstance(doc, list):
         kind = "weights-manifest"

@@ -64,6 +64,8 @@ def check_relpath(path: str) -> str:
         why = "backslash in path"
     elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         why = "NUL or control character in path"
+    elif any(0xD800 <= ord(c) <= 0xDFFF for c in path):
+        why = "lone surrogate in path (not valid Unicode, no file can have this name)"
     elif _SCHEME_RE.match(path):
         why = "path has a scheme"
     else:

@@ -35,7 +35,7 @@ from shardsync.store._paths import check_name, check_relpath, open_dir, open_dir
 UNSAFE = [
     "", "..", "../x", "a/../b", "a/..", ".", "./a", "a/./b",
     "/abs", "/", "//server/share",
-    "a\\b", "..\\x", "a\0b", "a\nb", "a\n", "a\x7fb",
+    "a\\b", "..\\x", "a\0b", "a\nb", "a\n", "a\x7fb", "a\ud800.bin", "\udfff",
     "a//b", "a/", "/a/",
     "http://evil.example/x.bin", "file:///etc/passwd", "C:\\x", "c:x", "data:,x",
     ".tmp-x", "a/.tmp-y",

@@ -608,8 +608,28 @@ async def test_failed_transfers_leave_their_partial_for_the_next_try(
 # -- unsafe manifests ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("manifest", [b"[" * 100_000, b'{"a": ' * 100_000])
+async def test_a_hostile_manifest_fails_its_model_and_the_others_publish(
+    origin: Origin, tmp_path: Path, manifest: bytes
+) -> None:
+    # Nested deeper than the parser's recursion limit: that model's error, not an
+    # exception out of the pass that would cancel the healthy model beside it.
+    good = small_model(tag="good")
+    url_good = publish_on(origin, "good", good)
+    origin.set_file("bad/model.json", manifest)
+    async with open_syncer(tmp_path) as env:
+        results = await sync_together(env, {"good": url_good,
+                                             "bad": origin.url_for("bad/model.json")})
+        assert results["good"].ok, results["good"].error
+        assert_published(env.site, "good", good)
+    err = results["bad"].error
+    assert isinstance(err, ManifestError) and err.model == "bad", repr(err)
+    assert "nested too deeply" in str(err)
+
+
 @pytest.mark.parametrize("path", ["../evil.bin", "../../../evil.bin", "sub/../../evil.bin",
-                                  "/tmp/evil.bin", "..\\evil.bin", "http://evil.example/x.bin"])
+                                  "/tmp/evil.bin", "..\\evil.bin", "http://evil.example/x.bin",
+                                  "a\ud800.bin"])
 async def test_unsafe_paths_are_refused_and_nothing_is_written_outside(
     origin: Origin, tmp_path: Path, path: str
 ) -> None:
