@@ -19,7 +19,8 @@ from shardsync.daemon.demo.samples import (
     write_layers_model,
     write_samples,
 )
-from shardsync.daemon.tfjs import Manifest, check_group_bytes, parse_manifest
+from shardsync.daemon.groupcheck import check_group_bytes
+from shardsync.daemon.tfjs import Manifest, parse_manifest
 
 SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "demo" / "sample_data"
 

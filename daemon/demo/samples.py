@@ -29,7 +29,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from ..tfjs import manifest_groups, shard_relpath
+from ..entrypoint import manifest_groups, shard_relpath
 
 __all__ = [
     "CONVERTER_SHARD_SIZE",
