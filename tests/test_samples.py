@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from shardsync.daemon.demo.recut import recut
 from shardsync.daemon.demo.samples import (
     SampleModel,
     encode_strings,
     layers_model_json,
     make_big_model,
-    recut,
     write_layers_model,
     write_samples,
 )
@@ -276,6 +276,8 @@ def test_big_model_follows_its_seed_and_handles_small_sizes(tmp_path):
 
 
 def test_public_surface():
+    import shardsync.daemon.demo.recut as recut_module
     import shardsync.daemon.demo.samples as samples
 
-    assert all(hasattr(samples, name) for name in samples.__all__)
+    for module in (samples, recut_module):
+        assert all(hasattr(module, name) for name in module.__all__), module.__name__
