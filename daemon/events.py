@@ -34,24 +34,28 @@ change; a cursor older than the oldest kept event gets everything kept and
 One process at a time: the file is locked (``flock``) while open; a second opener
 gets :class:`~shardsync.store.LockedError`. An :class:`EventLog` is not
 thread-safe: use it from the trio thread (or from a program without trio).
+
+What one line holds (:class:`Event`) and how a file is read back (locked, read,
+parsed, its reservation read) live in :mod:`.eventfile`; this module is the log
+that is open: ids, appends, cursors, rotation.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from shardsync.store import LockedError, StorageError, boot_id, write_all, write_atomic
+from shardsync.store import StorageError, boot_id, write_all, write_atomic
+
+from .eventfile import RESERVED_KEYS, Event, lock_exclusive, parse_lines, read_all, read_hwm
 
 __all__ = ["DEFAULT_LIMIT", "DEFAULT_MAX_BYTES", "Event", "EventBatch", "EventLog"]
 
@@ -65,39 +69,8 @@ DEFAULT_LIMIT = 1000
 #: (a busy service writes a few per model per check), and a restart skips at most that.
 ID_BLOCK = 1000
 
-# Keys every event has; extra fields may not reuse them.
-_RESERVED = frozenset({"id", "time", "type", "model"})
 # Group-readable: the control socket's group may read the history; nobody else.
 _FILE_MODE = 0o640
-
-
-@dataclass(frozen=True)
-class Event:
-    """One event. ``fields`` holds everything besides the four fixed keys."""
-
-    id: int
-    time: float
-    type: str
-    model: str | None = None
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """The event as the log and the control socket spell it (one flat object)."""
-        return {"id": self.id, "time": self.time, "type": self.type, "model": self.model,
-                **self.fields}
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> Event:
-        """Inverse of :meth:`to_json`; ``ValueError`` if ``id``/``time``/``type`` are not valid."""
-        ev_id, ev_time, ev_type = obj.get("id"), obj.get("time"), obj.get("type")
-        if not isinstance(ev_id, int) or isinstance(ev_id, bool) or ev_id < 1:
-            raise ValueError(f"bad event id {ev_id!r}")
-        if not isinstance(ev_time, int | float) or not isinstance(ev_type, str):
-            raise ValueError(f"event {ev_id} lacks a time or a type")
-        model = obj.get("model")
-        extra = {k: v for k, v in obj.items() if k not in _RESERVED}
-        return cls(ev_id, float(ev_time), ev_type, model if isinstance(model, str) else None,
-                   extra)
 
 
 @dataclass(frozen=True)
@@ -131,7 +104,7 @@ class EventLog:
         self._lines = lines  # their JSON lines, without the newline
         self._size = size  # bytes in the file: sum of len(line) + 1
         self._hwm_path = path + ".hwm"
-        self._hwm, hwm_boot = _read_hwm(self._hwm_path)
+        self._hwm, hwm_boot = read_hwm(self._hwm_path)
         last = ids[-1] if ids else 0
         # After a reboot, events up to the reservation may have been lost with their ids.
         self._last_id = last if hwm_boot == boot_id() else max(last, self._hwm)
@@ -157,9 +130,9 @@ class EventLog:
         except OSError as exc:
             raise StorageError.from_oserror(exc, "cannot open the event log", file=path) from exc
         try:
-            _lock(fd, path)
-            data = _read_all(fd, path)
-            ids, lines, good_end = _parse(data, path)
+            lock_exclusive(fd, path)
+            data = read_all(fd, path)
+            ids, lines, good_end = parse_lines(data, path)
             if good_end < len(data):
                 log.warning("event log %s: dropping %d bytes after the last whole event "
                             "(a write torn by a crash)", path, len(data) - good_end)
@@ -200,7 +173,7 @@ class EventLog:
         """
         if self._fd is None:
             raise ValueError(f"event log {self.path} is closed")
-        clash = _RESERVED.intersection(fields)
+        clash = RESERVED_KEYS.intersection(fields)
         if clash:
             raise ValueError(f"event fields may not be named {sorted(clash)}")
         event = Event(self._last_id + 1, round(time.time(), 3), type, model, fields)
@@ -325,7 +298,7 @@ class EventLog:
                      _FILE_MODE)
         try:
             # Locked before it takes the log's name, so no other process can slip in.
-            _lock(fd, tmp)
+            lock_exclusive(fd, tmp)
             data = b"".join(line + b"\n" for line in self._lines[start:])
             write_all(fd, data)
             os.fsync(fd)
@@ -353,60 +326,3 @@ class EventLog:
             log.warning("event log %s: cannot fsync its directory: %s", self.path, exc)
         log.info("event log %s rotated: dropped %d old events, kept %d from id %d",
                  self.path, dropped, len(self._ids), self._ids[0])
-
-
-def _read_hwm(path: str) -> tuple[int, str]:
-    """The reserved id high-water mark and the boot it was written in; (0, "") if none."""
-    try:
-        with open(path, "rb") as f:
-            hwm, _, boot = f.read().decode().strip().partition(" ")
-        return max(0, int(hwm or 0)), boot
-    except (OSError, ValueError):
-        return 0, ""
-
-
-def _lock(fd: int, path: str) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        raise LockedError("the event log is open in another process (is shardsync already "
-                          "running with this state_dir?)", file=path) from exc
-
-
-def _read_all(fd: int, path: str) -> bytes:
-    chunks = []
-    offset = 0
-    try:
-        while chunk := os.pread(fd, 1 << 20, offset):
-            chunks.append(chunk)
-            offset += len(chunk)
-    except OSError as exc:
-        raise StorageError.from_oserror(exc, "cannot read the event log", file=path) from exc
-    return b"".join(chunks)
-
-
-def _parse(data: bytes, path: str) -> tuple[list[int], list[bytes], int]:
-    """Whole, valid lines with increasing ids, and the offset just after the last of them."""
-    ids: list[int] = []
-    lines: list[bytes] = []
-    good_end = 0
-    pos = 0
-    skipped = 0
-    while (nl := data.find(b"\n", pos)) != -1:
-        line = data[pos:nl]
-        pos = nl + 1
-        try:
-            event = Event.from_json(json.loads(line))
-            if ids and event.id <= ids[-1]:
-                raise ValueError(f"id {event.id} does not increase")
-        except (ValueError, AttributeError, TypeError):
-            skipped += 1
-            continue
-        ids.append(event.id)
-        lines.append(line)
-        good_end = pos
-    # Bad lines before good_end stay in the file (until the next rotation) but are not served.
-    bad_inside = skipped - data[good_end:].count(b"\n")
-    if bad_inside:
-        log.warning("event log %s: skipped %d unreadable lines", path, bad_inside)
-    return ids, lines, good_end

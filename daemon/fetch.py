@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -55,7 +54,8 @@ from .httpanswers import (
     content_range,
     refuse_html,
 )
-from .httpclient import Client, FetchPolicy
+from .httpclient import Client, FetchPolicy, retry_delay
+from .resume import resume_start, same_validators
 
 __all__ = [
     "Fetched",
@@ -69,12 +69,6 @@ __all__ = [
 #: whole 512 KiB reads p99 6.5 ms at 420 MB/s; 256 KiB slices p99 4.4 ms at 428 MB/s;
 #: 128 KiB slices p99 3.5 ms but 377 MB/s.
 LOOP_SLICE = 256 * 1024
-
-#: Most bytes a resume asks for again before the partial's end, to compare with what is
-#: on disk before appending: a 206 with the right headers and the wrong body (from offset
-#: 0 again, zeros, another file) is caught, at the cost of this much more per resume and
-#: one read of the partial's tail. 64 KiB is well under one socket read.
-RESUME_OVERLAP = 64 * 1024
 
 T = TypeVar("T")
 
@@ -280,7 +274,7 @@ class Fetcher:
             ingest = await lazy.open()
             if r.status_code == 206 and resume_from:
                 start, total = content_range(r, url)
-                if start != resume_from - len(overlap) or not _same_validators(ingest, got):
+                if start != resume_from - len(overlap) or not same_validators(ingest, got):
                     await _blocking(ingest.start, etag=None, last_modified=None,
                                     expected_size=None, offset=0)
                     raise _Restart
@@ -390,48 +384,10 @@ class Fetcher:
                 continue
             except ShardsyncError as exc:
                 attempt += 1
-                delay = _retry_delay(exc, attempt, policy)
+                delay = retry_delay(exc, attempt, policy)
                 if delay is None or attempt >= policy.attempts:
                     raise
                 await trio.sleep(delay)
-
-
-def resume_start(held: int) -> int:
-    """Where a resume of a partial holding ``held`` bytes asks the origin to start: the
-    overlap before ``held`` (:data:`RESUME_OVERLAP`, at most half of what is held, so a
-    resume always keeps most of what it has) is compared, not appended."""
-    return held - min(RESUME_OVERLAP, held // 2)
-
-
-def _same_validators(held: Ingest, got: Validators) -> bool:
-    """Whether a 206 comes from the file the partial holds the beginning of.
-
-    The server should have checked our If-Range, but proxies and CDNs that mishandle it
-    answer a 206 of a newer file: appending it would splice two versions into one file
-    whose size may well be right. A validator the 206 carries must equal the one the
-    partial has (an answer without validators cannot be checked this way).
-    """
-    if held.etag and got.etag:
-        return held.etag == got.etag
-    if held.last_modified and got.last_modified:
-        return held.last_modified == got.last_modified
-    return True
-
-
-def _retry_delay(exc: ShardsyncError, attempt: int, policy: FetchPolicy) -> float | None:
-    """Seconds to wait before the next try, or None if ``exc`` is not worth retrying."""
-    if isinstance(exc, UpstreamError):
-        if exc.status is None or not (exc.status == 429 or exc.status >= 500):
-            return None
-        if exc.retry_after is not None:
-            return exc.retry_after if exc.retry_after <= policy.retry_after_cap else None
-    elif isinstance(exc, FetchTimeoutError):
-        if isinstance(exc, SlowTransferError):
-            return None  # a drip-feeding server will drip again; the scheduler retries later
-    elif not isinstance(exc, ConnectError):
-        return None
-    cap = min(policy.backoff_cap, policy.backoff_base * 2 ** (attempt - 1))
-    return random.uniform(0, cap)
 
 
 async def _drain(r: httpx.Response) -> None:

@@ -2,19 +2,27 @@
 
 :func:`make_client` builds it once per process (tuning the process for downloads,
 :mod:`shardsync.daemon.tuning`); :class:`.fetch.Fetcher` uses it with a
-:class:`FetchPolicy`.
+:class:`FetchPolicy`, and waits :func:`retry_delay` between tries.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import httpx
 
 from . import __version__
+from .errors import (
+    ConnectError,
+    FetchTimeoutError,
+    ShardsyncError,
+    SlowTransferError,
+    UpstreamError,
+)
 from .tuning import tune_for_downloads
 
-__all__ = ["Client", "FetchPolicy", "make_client"]
+__all__ = ["Client", "FetchPolicy", "make_client", "retry_delay"]
 
 
 @dataclass(frozen=True)
@@ -75,3 +83,19 @@ def make_client(policy: FetchPolicy | None = None, *, max_connections: int = 16)
         headers={"User-Agent": f"shardsync/{__version__}", "Accept-Encoding": "identity"},
         trust_env=False,  # a kiosk's proxy env must be configured for us on purpose
     )
+
+
+def retry_delay(exc: ShardsyncError, attempt: int, policy: FetchPolicy) -> float | None:
+    """Seconds to wait before the next try, or None if ``exc`` is not worth retrying."""
+    if isinstance(exc, UpstreamError):
+        if exc.status is None or not (exc.status == 429 or exc.status >= 500):
+            return None
+        if exc.retry_after is not None:
+            return exc.retry_after if exc.retry_after <= policy.retry_after_cap else None
+    elif isinstance(exc, FetchTimeoutError):
+        if isinstance(exc, SlowTransferError):
+            return None  # a drip-feeding server will drip again; the scheduler retries later
+    elif not isinstance(exc, ConnectError):
+        return None
+    cap = min(policy.backoff_cap, policy.backoff_base * 2 ** (attempt - 1))
+    return random.uniform(0, cap)

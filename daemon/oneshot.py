@@ -15,11 +15,11 @@ import trio
 from shardsync.store import Store
 
 from .config import Config
+from .entrypoint import rewrite_paths
 from .fetch import Fetcher
 from .httpclient import make_client
 from .progress import ProgressDisplay
 from .sync import Progress, Syncer, SyncResult
-from .tfjs import rewrite_paths
 from .tuning import tune_for_downloads
 
 __all__ = ["open_store", "sync_models"]

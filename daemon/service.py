@@ -55,6 +55,7 @@ from . import __version__
 from .api import ControlApi
 from .config import Config, load_config
 from .control import serve_control
+from .entrypoint import rewrite_paths
 from .errors import ConfigError, LockedError, ShardsyncError, StorageError
 from .events import EventLog
 from .fetch import Fetcher
@@ -62,7 +63,6 @@ from .httpclient import make_client
 from .notify import Notifier
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
-from .tfjs import rewrite_paths
 from .tuning import tune_for_downloads
 from .watch import watch_file
 

@@ -37,7 +37,8 @@ from shardsync.store import FileEntry, Store, Version
 from .config import ModelConfig
 from .errors import ShardsyncError
 from .fetch import Fetched, Fetcher, Validators
-from .tfjs import Group, Manifest, check_group_bytes, parse_manifest, shard_url
+from .groupcheck import check_group_bytes
+from .tfjs import Group, Manifest, parse_manifest, shard_url
 
 __all__ = ["Progress", "SyncResult", "Syncer"]
 

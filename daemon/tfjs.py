@@ -6,26 +6,27 @@ manifests. :func:`parse_manifest` refuses anything it cannot mirror safely and
 returns a :class:`Manifest`: the shard paths, grouped, with the number of bytes each
 group's shards must add up to. TF.js itself never checks that (a short shard or a
 404 page loads as garbage weights), so the fetcher checks every group with
-:class:`GroupChecker` / :func:`check_group_bytes` before a version is published.
+:mod:`.groupcheck` before a version is published.
 
 :func:`shard_url` builds a shard's URL exactly as TF.js does, so that shardsync
-fetches what a browser would fetch. What the store needs of the format (where the
-groups are, what a shard path may be, the rewritten entry point) lives in
-:mod:`shardsync.store`; this module only adds what the daemon needs.
+fetches what a browser would fetch. The entry-point rewrite the store is given
+(``Store(entry_point=rewrite_paths)``) and the two manifest helpers it is built on
+(:func:`~.entrypoint.manifest_groups`, :func:`~.entrypoint.shard_relpath`) live in
+:mod:`.entrypoint`; this module parses and checks the format.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from shardsync.store import check_manifest_name, check_relpath
+from shardsync.store import check_manifest_name
 
-from .errors import IntegrityError, ManifestError, UnsafePathError
+from .entrypoint import manifest_groups, shard_relpath
+from .errors import ManifestError, UnsafePathError
 
 __all__ = [
     "DEFAULT_MAX_TOTAL",
@@ -33,104 +34,12 @@ __all__ = [
     "QUANTIZED_SIZES",
     "STRING_DTYPE",
     "Group",
-    "GroupChecker",
     "Manifest",
     "Weight",
-    "check_group_bytes",
     "manifest_filename",
     "parse_manifest",
-    "rewrite_paths",
-    "shard_relpath",
-    "manifest_groups",
     "shard_url",
 ]
-
-
-# -- the entry point: the manifest with only its weight paths rewritten -------------
-#
-# The store publishes what Store(entry_point=rewrite_paths) renders; it knows no TF.js.
-
-# TF.js's own `model.save('downloads://x')` writes `paths: ['./x.weights.bin']`; the
-# browser resolves `./` away, so a leading `./` names the same file as without it.
-_DOT_PREFIX = "./"
-
-# Characters that do not survive being pasted into a URL path the way TF.js does it
-# (prefix + path + query): `?` and `#` would start a query or fragment, and `%` would
-# be decoded by the web server into another name than the one written on disk.
-_URL_SPECIAL = "?#%"
-
-
-def manifest_groups(doc: Any) -> list[Any] | None:
-    """Return the list of weight groups of a parsed manifest, or None if it has none.
-
-    ``doc`` is the decoded JSON: a list (a bare weights manifest, returned itself) or
-    an object whose ``weightsManifest`` is a list (a model.json, that list returned).
-    The list returned is the one inside ``doc``, so changing its groups changes
-    ``doc``. The groups themselves are not checked here (see
-    ``shardsync.daemon.tfjs.parse_manifest``); anything else gives None.
-    """
-    if isinstance(doc, list):
-        return doc
-    if isinstance(doc, dict):
-        groups = doc.get("weightsManifest")
-        if isinstance(groups, list):
-            return groups
-    return None
-
-
-def shard_relpath(path: str) -> str:
-    """Return the relative file path that the manifest path ``path`` names.
-
-    A leading ``./`` (as TF.js's browser save writes it) is dropped; the rest must be
-    a safe relative path (:func:`shardsync.store.check_relpath`) without
-    ``?``, ``#`` or ``%``. Raises UnsafePathError (``file`` names the path) otherwise.
-    """
-    if not isinstance(path, str):
-        raise UnsafePathError(f"shard path {path!r} is not a string", file=repr(path))
-    rel = path
-    while rel.startswith(_DOT_PREFIX):
-        rel = rel[len(_DOT_PREFIX):]
-    bad = [c for c in _URL_SPECIAL if c in rel]
-    if bad:
-        raise UnsafePathError(
-            f"unsafe path {path!r}: {bad[0]!r} does not survive in a shard URL", file=repr(path)
-        )
-    try:
-        return check_relpath(rel)
-    except UnsafePathError as exc:
-        if rel == path:
-            raise
-        raise UnsafePathError(f"unsafe path {path!r}: {exc.reason}", file=repr(path)) from exc
-
-
-def rewrite_paths(data: bytes, prefix: str) -> bytes:
-    """Return the manifest ``data`` with every group's ``paths`` entries prefixed.
-
-    Each path becomes ``prefix + shard_relpath(path)`` (e.g. ``versions/3f2a/`` +
-    ``group1-shard1of2.bin``); everything else (keys, their order, values) is kept,
-    only whitespace may change. ``prefix`` must be empty or a safe relative directory
-    ending in ``/``. Raises UnsafePathError for an unsafe prefix or path, and
-    IntegrityError if ``data`` is not a TF.js manifest (the daemon parses every
-    manifest before the store sees it, so that means the stored bytes are wrong).
-    Pure: reads and writes nothing.
-    """
-    if prefix:
-        if not prefix.endswith("/"):
-            raise UnsafePathError(f"path prefix {prefix!r} must end with '/'", file=repr(prefix))
-        check_relpath(prefix[:-1])
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"manifest is not valid JSON: {exc}") from exc
-    groups = manifest_groups(doc)
-    if groups is None:
-        raise IntegrityError("not a TF.js manifest: no list of weight groups")
-    for i, group in enumerate(groups):
-        paths = group.get("paths") if isinstance(group, dict) else None
-        if not isinstance(paths, list):
-            raise IntegrityError(f"weight group {i + 1} has no list of paths")
-        group["paths"] = [prefix + shard_relpath(p) for p in paths]
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 #: Cap on one model's total weight bytes: above what a browser can load at all (TF.js
@@ -431,147 +340,3 @@ def _check_paths(groups: list[Group], filename: str, fail: Any) -> None:
     clash = sorted(seen & dirs)
     if clash:
         raise fail(f"path {clash[0]!r} is both a file and a directory", file=clash[0])
-
-
-class GroupChecker:
-    """Checks, chunk by chunk, that a group's shards hold exactly its weights.
-
-    Feed the concatenated shard bytes in ``paths`` order with :meth:`feed` (any chunk
-    sizes, nothing is kept), then call :meth:`finish`. A fixed-size group must total
-    ``expected_size``; a group with string weights is walked in weight order (fixed
-    weights by size, string elements by their little-endian uint32 length prefixes;
-    the bytes after a prefix are not otherwise checked, as TF.js keeps them as raw
-    bytes) and must end exactly where the last weight ends.
-    """
-
-    def __init__(self, group: Group, *, model: str | None = None) -> None:
-        self.group = group
-        self.model = model
-        self.total = 0
-        self._walk = group.expected_size is None
-        self._weight = -1           # index of the weight being walked
-        self._elements_left = 0     # string elements still to come in that weight
-        self._skip = 0              # bytes of the current item still to pass over
-        self._prefix = b""          # partial length prefix of a string element
-        self._element_end = 0       # offset where the current string element ends
-        self._element_no = 0        # 1-based number of that element, for messages
-        self._overrun_at: int | None = None  # offset where the data went past the weights
-
-    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Account for the next ``chunk`` of the group's bytes. Never raises."""
-        view = memoryview(chunk).cast("B")
-        n = view.nbytes
-        start = self.total
-        self.total += n
-        if not self._walk or self._overrun_at is not None:
-            return
-        pos = 0
-        while pos < n:
-            if self._skip:
-                take = min(self._skip, n - pos)
-                self._skip -= take
-                pos += take
-            elif self._elements_left:
-                if not self._prefix:
-                    self._element_no = self.group.weights[self._weight].count \
-                        - self._elements_left + 1
-                need = _STRING_PREFIX - len(self._prefix)
-                self._prefix += bytes(view[pos:pos + need])
-                pos += min(need, n - pos)
-                if len(self._prefix) == _STRING_PREFIX:
-                    length = int.from_bytes(self._prefix, "little")
-                    self._prefix = b""
-                    self._elements_left -= 1
-                    self._skip = length
-                    self._element_end = start + pos + length
-            elif not self._next_weight():
-                self._overrun_at = start + pos
-                return
-
-    def _next_weight(self) -> bool:
-        """Move to the next weight that takes bytes; False if there is none."""
-        weights = self.group.weights
-        while self._weight + 1 < len(weights):
-            self._weight += 1
-            w = weights[self._weight]
-            if w.nbytes is None:
-                self._elements_left = w.count
-            else:
-                self._skip = w.nbytes
-            if self._skip or self._elements_left:
-                return True
-        return False
-
-    def finish(self) -> int:
-        """Return the total byte count if the group checks out, else raise IntegrityError.
-
-        The message names the group and, when the data is short or a length prefix is
-        wrong, the weight where it went wrong.
-        """
-        g = self.group
-        where = f"weight group {g.index + 1}"
-        if not self._walk:
-            expected = g.expected_size
-            if self.total == expected:
-                return self.total
-            if self.total > expected:  # type: ignore[operator]
-                extra = self.total - expected  # type: ignore[operator]
-                why = f"{where}: the shards hold {extra} bytes more than its weights"
-            else:
-                why = (f"{where}: the shards end before the end of weight "
-                       f"{self._weight_at(self.total)!r}")
-            raise self._error(why, expected, self.total)
-        if self._overrun_at is not None:
-            raise self._error(
-                f"{where}: the data goes on past its last weight, at byte {self._overrun_at}",
-                self._overrun_at, self.total)
-        if self._skip or self._prefix or self._elements_left or self._next_weight():
-            w = g.weights[self._weight]
-            if w.nbytes is None:
-                mid_element = bool(self._skip or self._prefix)
-                element = self._element_no if mid_element else w.count - self._elements_left + 1
-                needed = (self._element_end if self._skip
-                          else self.total + _STRING_PREFIX - len(self._prefix))
-                why = (f"{where}: the data ends before the end of string weight {w.name!r} "
-                       f"(element {element} of {w.count}): a shard is short or a length "
-                       f"prefix is wrong")
-            else:
-                needed = self.total + self._skip
-                why = f"{where}: the data ends before the end of weight {w.name!r}"
-            raise self._error(why, f"at least {needed}", self.total)
-        return self.total
-
-    def _weight_at(self, offset: int) -> str:
-        """Name of the fixed-size weight that byte ``offset`` falls in (or the last one)."""
-        pos = 0
-        for w in self.group.weights:
-            pos += w.nbytes or 0
-            if offset < pos:
-                return w.name
-        return self.group.weights[-1].name if self.group.weights else "?"
-
-    def _error(self, reason: str, expected: Any, actual: int) -> IntegrityError:
-        return IntegrityError(reason, model=self.model, file=self.group.label,
-                              expected=expected, actual=actual)
-
-
-def check_group_bytes(
-    group: Group, data: int | Iterable[bytes], *, model: str | None = None
-) -> int:
-    """Check a group's shards; return their total size or raise IntegrityError.
-
-    ``data`` is the concatenated shard bytes as an iterable of chunks (read lazily,
-    one chunk at a time), or, for a group without string weights, just their total
-    size. Raises ValueError if only a size is given for a group with string weights.
-    See :class:`GroupChecker` for what is checked.
-    """
-    checker = GroupChecker(group, model=model)
-    if isinstance(data, int):
-        if group.expected_size is None:
-            raise ValueError(f"weight group {group.index + 1} has string weights: "
-                             f"its bytes are needed, not only their size")
-        checker.total = data
-    else:
-        for chunk in data:
-            checker.feed(chunk)
-    return checker.finish()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 from shardsync.store import FileEntry, Store, Version
 
 __all__ = [

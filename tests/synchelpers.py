@@ -36,10 +36,10 @@ from storehelpers import (
 )
 
 from shardsync.daemon.demo.samples import make_big_model, write_samples
+from shardsync.daemon.entrypoint import manifest_groups, shard_relpath
 from shardsync.daemon.fetch import Fetcher
 from shardsync.daemon.httpclient import FetchPolicy, make_client
 from shardsync.daemon.sync import Syncer
-from shardsync.daemon.tfjs import manifest_groups, shard_relpath
 from shardsync.store import Store
 
 __all__ = [

@@ -29,7 +29,7 @@ from synchelpers import (
     write_config,
 )
 
-from shardsync.daemon.fetch import resume_start
+from shardsync.daemon.resume import resume_start
 
 #: The model killed mid-download: six 4 MiB shards (and a short seventh), enough to be
 #: caught mid-way while the origin drips.

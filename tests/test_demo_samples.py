@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from shardsync.daemon.demo.recut import recut
 from shardsync.daemon.demo.samples import (
     SampleModel,
     encode_strings,
     layers_model_json,
     make_big_model,
-    recut,
     write_layers_model,
     write_samples,
 )
-from shardsync.daemon.tfjs import Manifest, check_group_bytes, parse_manifest
+from shardsync.daemon.groupcheck import check_group_bytes
+from shardsync.daemon.tfjs import Manifest, parse_manifest
 
 SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "demo" / "sample_data"
 
@@ -275,6 +276,8 @@ def test_big_model_follows_its_seed_and_handles_small_sizes(tmp_path):
 
 
 def test_public_surface():
+    import shardsync.daemon.demo.recut as recut_module
     import shardsync.daemon.demo.samples as samples
 
-    assert all(hasattr(samples, name) for name in samples.__all__)
+    for module in (samples, recut_module):
+        assert all(hasattr(module, name) for name in module.__all__), module.__name__

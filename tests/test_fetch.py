@@ -27,8 +27,9 @@ from shardsync.daemon.errors import (
     IntegrityError,
     UpstreamError,
 )
-from shardsync.daemon.fetch import Fetcher, Validators, resume_start
+from shardsync.daemon.fetch import Fetcher, Validators
 from shardsync.daemon.httpclient import FetchPolicy, make_client
+from shardsync.daemon.resume import resume_start
 from shardsync.store import Store
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, every offset recognisable

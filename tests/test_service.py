@@ -42,8 +42,8 @@ from synchelpers import (
 from test_metrics import parse as parse_metrics
 
 from shardsync.daemon.config import ConfigError
-from shardsync.daemon.fetch import resume_start
 from shardsync.daemon.notify import Notifier
+from shardsync.daemon.resume import resume_start
 from shardsync.daemon.service import GRACE_ENV, grace_from_env
 from shardsync.daemon.tuning import READ_NUM_BYTES
 from shardsync.store import GRACE_SECONDS, NotFoundError, ShardsyncError

@@ -34,7 +34,7 @@ import random, sys
 sys.path.insert(0, sys.argv[4])
 from storehelpers import make_model, random_model, sha256
 from shardsync.store import ShardsyncError, Store
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 
 state, site, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
 rng = random.Random(seed)

@@ -137,7 +137,7 @@ def test_gc_removes_orphaned_partial_files_only(store: Store, dirs) -> None:
 _HOLDER = """
 import sys
 from shardsync.store import Store
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 with Store(sys.argv[1], sys.argv[2], entry_point=rewrite_paths):
     print("open", flush=True)
     sys.stdin.read()

@@ -178,7 +178,7 @@ def test_automatic_checkpoint_makes_the_sidecar_claim_written_bytes(store: Store
 _WRITER = """
 import random, sys
 from shardsync.store import Store
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 BLOCK = 256 * 1024
 state, site, url = sys.argv[1:4]
 size, every = int(sys.argv[4]), int(sys.argv[5])
@@ -306,7 +306,7 @@ def test_damaged_sidecar_starts_over(store: Store, dirs) -> None:
 _KILLED_IN_COMMIT = """
 import os, signal, sys
 from shardsync.store import Store
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 state, site, url, victim = sys.argv[1:5]
 real_unlink = os.unlink
 

@@ -174,7 +174,7 @@ def test_leftover_temporaries_are_removed_on_open(dirs) -> None:
 _PUT_SCRIPT = """
 import random, sys
 from shardsync.store import Store
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 blobs = [random.Random(i).randbytes(256 * 1024) for i in range(40)]
 random.Random(int(sys.argv[3])).shuffle(blobs)  # every process in its own order
 with Store(sys.argv[1], sys.argv[2], entry_point=rewrite_paths) as s:
@@ -202,7 +202,7 @@ def test_concurrent_puts_from_processes_leave_one_object_each(dirs) -> None:
 _PAUSED_PUT = """
 import os, sys
 from shardsync.store import Store
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 real_link = os.link
 
 def link(*args, **kwargs):  # pause between the temporary's write and its link

@@ -366,7 +366,7 @@ def test_verify_repair_never_unlinks_or_writes_through_a_planted_version_symlink
 _VERIFY_WITH_FIFO = """
 import sys
 from shardsync.store import Store
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 with Store(sys.argv[1], sys.argv[2], entry_point=rewrite_paths) as s:
     for p in s.verify(repair=True):
         print(p.kind, p.path, p.repaired)

@@ -80,7 +80,7 @@ sys.path.insert(0, sys.argv[4])
 import pytest
 from storehelpers import publish_model, versioned_model
 from shardsync.store import Store
-from shardsync.daemon.tfjs import rewrite_paths
+from shardsync.daemon.entrypoint import rewrite_paths
 with Store(sys.argv[1], sys.argv[2], keep_versions=1, grace=0, entry_point=rewrite_paths) as store:
     model = versioned_model(int(sys.argv[3]))
     print("ready", flush=True)

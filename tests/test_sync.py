@@ -59,8 +59,8 @@ from shardsync.daemon.errors import (
     UnsafePathError,
     UpstreamError,
 )
-from shardsync.daemon.fetch import resume_start
 from shardsync.daemon.httpclient import FetchPolicy
+from shardsync.daemon.resume import resume_start
 from shardsync.daemon.sync import Progress, SyncResult
 
 #: Size of the multi-shard model: six 4 MiB converter shards and a short seventh,

@@ -28,7 +28,7 @@ from synchelpers import (
 )
 
 from shardsync.daemon.config import ModelConfig
-from shardsync.daemon.fetch import resume_start
+from shardsync.daemon.resume import resume_start
 
 #: The multi-shard model: four 4 MiB shards and a short fifth, ~16 MiB in all.
 TOTAL = 16 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""Tests of shardsync.daemon.tfjs (and the entry-point rewrite in shardsync.store).
+"""Tests of shardsync.daemon.tfjs, .groupcheck and .entrypoint (the entry-point rewrite).
 
 Real manifests from /work/shared's fixtures (copied into daemon/demo/sample_data/) and hostile
 ones built here; group checks run on the real shard bytes, streamed in small chunks.
@@ -12,17 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from shardsync.daemon.entrypoint import manifest_groups, rewrite_paths, shard_relpath
 from shardsync.daemon.errors import IntegrityError, ManifestError, UnsafePathError
+from shardsync.daemon.groupcheck import GroupChecker, check_group_bytes
 from shardsync.daemon.tfjs import (
     Group,
-    GroupChecker,
     Weight,
-    check_group_bytes,
     manifest_filename,
-    manifest_groups,
     parse_manifest,
-    rewrite_paths,
-    shard_relpath,
     shard_url,
 )
 
@@ -429,10 +426,12 @@ def test_entry_helpers():
 
 
 def test_public_surface():
+    import shardsync.daemon.entrypoint as entrypoint
+    import shardsync.daemon.groupcheck as groupcheck
     import shardsync.daemon.tfjs as tfjs
     import shardsync.store as store
 
-    for module in (tfjs, store):
+    for module in (tfjs, groupcheck, entrypoint, store):
         assert all(hasattr(module, name) for name in module.__all__), module.__name__
     # The store knows no model format: the entry-point rewrite is the daemon's, injected.
-    assert not hasattr(store, "rewrite_paths") and callable(tfjs.rewrite_paths)
+    assert not hasattr(store, "rewrite_paths") and callable(entrypoint.rewrite_paths)

@@ -26,7 +26,8 @@ from ..progress import result_line
 from ..sync import SyncResult
 from ..units import format_bytes
 from .origin import Origin
-from .samples import CONVERTER_SHARD_SIZE, make_big_model, recut, write_samples
+from .recut import recut
+from .samples import CONVERTER_SHARD_SIZE, make_big_model, write_samples
 
 __all__ = ["run_demo"]
 

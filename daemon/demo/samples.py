@@ -6,8 +6,9 @@ package data in ``sample_data/`` (face-api's bare weights manifests, Human's bla
 and antispoof graph models; MIT, see the README and LICENSE beside them), a
 generated layers-model in the exact shape TF.js 4.x's ``model.save()`` writes, a
 graph-model with string weights, and big synthetic models for multi-shard and
-benchmark runs. :func:`recut` re-cuts any model's groups into converter-style
-``groupN-shardKofM.bin`` shards.
+benchmark runs. Re-cutting a model's groups into converter-style
+``groupN-shardKofM.bin`` shards (``blazeface-sharded``, the demo's big models) is
+:func:`.recut.recut`.
 
 Everything is deterministic: the same call writes the same bytes.
 """
@@ -29,7 +30,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from ..tfjs import manifest_groups, shard_relpath
+from ..entrypoint import manifest_groups, shard_relpath
+from .recut import CHUNK, recut, write_cut
 
 __all__ = [
     "CONVERTER_SHARD_SIZE",
@@ -38,7 +40,6 @@ __all__ = [
     "encode_strings",
     "layers_model_json",
     "make_big_model",
-    "recut",
     "write_layers_model",
     "write_samples",
     "write_string_model",
@@ -49,9 +50,6 @@ CONVERTER_SHARD_SIZE = 4 << 20
 
 #: The TF.js release whose ``model.save()`` output the generated layers-model copies.
 TFJS_VERSION = "4.22.0"
-
-# Copy and generation buffer: big enough to be fast, small enough to never matter.
-_CHUNK = 1 << 20
 
 # Shard size of the "blazeface-sharded" sample: cuts its 527 KiB into 9 shards, a
 # real model with many shards that still loads in a moment.
@@ -130,7 +128,7 @@ def _copy_packaged(model_dir: Path, folder: str, manifest: str, name: str,
             rel = shard_relpath(p)
             (model_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             with source.joinpath(rel).open("rb") as src, open(model_dir / rel, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
+                shutil.copyfileobj(src, dst, CHUNK)
             size += (model_dir / rel).stat().st_size
     return SampleModel(name, f"{name}/{manifest}", kind, size)
 
@@ -295,81 +293,16 @@ def write_string_model(model_dir: str | os.PathLike[str], *,
     return SampleModel(name, f"{model_dir.name}/model.json", "graph-model", len(data))
 
 
-# --- re-cutting and big models --------------------------------------------------------
-
-def _read_concatenated(base: Path, paths: list[str]) -> Iterator[bytes]:
-    for p in paths:
-        with open(base / p, "rb") as f:
-            while block := f.read(_CHUNK):
-                yield block
-
-
-def _write_cut(stream: Iterator[bytes], base: Path, names: list[str], shard_size: int,
-               prefix: str = "") -> None:
-    """Write ``stream`` into files ``base/prefix+name``, ``shard_size`` bytes each (the
-    last takes the rest)."""
-    pending = memoryview(b"")
-    for k, name in enumerate(names):
-        last = k == len(names) - 1
-        with open(base / (prefix + name), "wb") as out:
-            written = 0
-            while last or written < shard_size:
-                if not pending:
-                    pending = memoryview(next(stream, b""))
-                    if not pending:
-                        break
-                take = len(pending) if last else min(len(pending), shard_size - written)
-                out.write(pending[:take])
-                pending = pending[take:]
-                written += take
-
-
-def recut(manifest_dir: str | os.PathLike[str], manifest_name: str,
-          shard_size: int) -> list[str]:
-    """Re-cut every group of a model into ``groupN-shardKofM.bin`` shards of ``shard_size``.
-
-    As tensorflowjs_converter names them (N the group's 1-based position, M its shard
-    count; the last shard takes the rest; an empty group gets one empty shard). The
-    concatenation of a group's new shards is the concatenation of its old ones. The
-    manifest's ``paths`` are rewritten (everything else kept) and the old shard files
-    removed. Returns the new paths, in manifest order. Works through temporary files
-    streamed 1 MiB at a time; a crash leaves the old model, or old and new files.
-    """
-    if shard_size <= 0:
-        raise ValueError(f"shard_size must be positive, not {shard_size}")
-    base = Path(manifest_dir)
-    doc = json.loads((base / manifest_name).read_bytes())
-    groups = manifest_groups(doc)
-    if groups is None:
-        raise ValueError(f"{base / manifest_name} is not a TF.js manifest")
-    old: list[str] = []
-    new: list[str] = []
-    tmp = ".recut-"
-    for gi, group in enumerate(groups, 1):
-        paths = [shard_relpath(p) for p in group["paths"]]
-        total = sum((base / p).stat().st_size for p in paths)
-        count = max(1, -(-total // shard_size))
-        names = [f"group{gi}-shard{k}of{count}.bin" for k in range(1, count + 1)]
-        _write_cut(_read_concatenated(base, paths), base, names, shard_size, tmp)
-        old += paths
-        new += names
-        group["paths"] = names
-    for p in old:
-        (base / p).unlink(missing_ok=True)
-    for name in new:
-        os.replace(base / (tmp + name), base / name)
-    (base / manifest_name).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
-    return new
-
+# --- big models ---------------------------------------------------------------------
 
 def _random_floats(seed: int, total: int) -> Iterator[bytes]:
     """``total`` deterministic bytes of finite float32s, 1 MiB at a time (~300 MB/s)."""
-    mask = int.from_bytes(_FLOAT_MASK * (_CHUNK // 4), "little")
+    mask = int.from_bytes(_FLOAT_MASK * (CHUNK // 4), "little")
     key = seed.to_bytes(8, "little", signed=True)
-    for i in range(-(-total // _CHUNK)):
-        n = min(_CHUNK, total - i * _CHUNK)
-        block = hashlib.shake_128(key + i.to_bytes(8, "little")).digest(_CHUNK)
-        yield (int.from_bytes(block, "little") & mask).to_bytes(_CHUNK, "little")[:n]
+    for i in range(-(-total // CHUNK)):
+        n = min(CHUNK, total - i * CHUNK)
+        block = hashlib.shake_128(key + i.to_bytes(8, "little")).digest(CHUNK)
+        yield (int.from_bytes(block, "little") & mask).to_bytes(CHUNK, "little")[:n]
 
 
 def make_big_model(dest: str | os.PathLike[str], total_bytes: int,
@@ -400,6 +333,6 @@ def make_big_model(dest: str | os.PathLike[str], total_bytes: int,
     doc["weightsManifest"][0]["paths"] = names
     model_dir = Path(dest) / name
     model_dir.mkdir(parents=True, exist_ok=True)
-    _write_cut(_random_floats(seed, size), model_dir, names, shard_size)
+    write_cut(_random_floats(seed, size), model_dir, names, shard_size)
     (model_dir / "model.json").write_text(json.dumps(doc), encoding="utf-8")
     return SampleModel(name, f"{name}/model.json", "layers-model", size)

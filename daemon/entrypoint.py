@@ -1,0 +1,105 @@
+"""The entry point the store publishes: a TF.js manifest with only its weight paths rewritten.
+
+The store knows no model format. It is given :func:`rewrite_paths` as
+``Store(entry_point=rewrite_paths)`` (daemon/oneshot.py, daemon/service.py) and renders
+each published version's entry point with it: every group's ``paths`` prefixed with the
+version's directory, nothing else changed. :func:`manifest_groups` (where a manifest's
+weight groups are) and :func:`shard_relpath` (which file a manifest path names) are what
+that rewrite is built on; :mod:`.tfjs` parses manifests with them too. Kept apart from
+:mod:`.tfjs` because this is what the store runs, pure and small, while the rest of
+the format (dtypes, sizes, shard URLs, byte checks) is the daemon's alone.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from shardsync.store import check_relpath
+
+from .errors import IntegrityError, UnsafePathError
+
+__all__ = ["manifest_groups", "rewrite_paths", "shard_relpath"]
+
+
+# TF.js's own `model.save('downloads://x')` writes `paths: ['./x.weights.bin']`; the
+# browser resolves `./` away, so a leading `./` names the same file as without it.
+_DOT_PREFIX = "./"
+
+# Characters that do not survive being pasted into a URL path the way TF.js does it
+# (prefix + path + query): `?` and `#` would start a query or fragment, and `%` would
+# be decoded by the web server into another name than the one written on disk.
+_URL_SPECIAL = "?#%"
+
+
+def manifest_groups(doc: Any) -> list[Any] | None:
+    """Return the list of weight groups of a parsed manifest, or None if it has none.
+
+    ``doc`` is the decoded JSON: a list (a bare weights manifest, returned itself) or
+    an object whose ``weightsManifest`` is a list (a model.json, that list returned).
+    The list returned is the one inside ``doc``, so changing its groups changes
+    ``doc``. The groups themselves are not checked here (see
+    ``shardsync.daemon.tfjs.parse_manifest``); anything else gives None.
+    """
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict):
+        groups = doc.get("weightsManifest")
+        if isinstance(groups, list):
+            return groups
+    return None
+
+
+def shard_relpath(path: str) -> str:
+    """Return the relative file path that the manifest path ``path`` names.
+
+    A leading ``./`` (as TF.js's browser save writes it) is dropped; the rest must be
+    a safe relative path (:func:`shardsync.store.check_relpath`) without
+    ``?``, ``#`` or ``%``. Raises UnsafePathError (``file`` names the path) otherwise.
+    """
+    if not isinstance(path, str):
+        raise UnsafePathError(f"shard path {path!r} is not a string", file=repr(path))
+    rel = path
+    while rel.startswith(_DOT_PREFIX):
+        rel = rel[len(_DOT_PREFIX):]
+    bad = [c for c in _URL_SPECIAL if c in rel]
+    if bad:
+        raise UnsafePathError(
+            f"unsafe path {path!r}: {bad[0]!r} does not survive in a shard URL", file=repr(path)
+        )
+    try:
+        return check_relpath(rel)
+    except UnsafePathError as exc:
+        if rel == path:
+            raise
+        raise UnsafePathError(f"unsafe path {path!r}: {exc.reason}", file=repr(path)) from exc
+
+
+def rewrite_paths(data: bytes, prefix: str) -> bytes:
+    """Return the manifest ``data`` with every group's ``paths`` entries prefixed.
+
+    Each path becomes ``prefix + shard_relpath(path)`` (e.g. ``versions/3f2a/`` +
+    ``group1-shard1of2.bin``); everything else (keys, their order, values) is kept,
+    only whitespace may change. ``prefix`` must be empty or a safe relative directory
+    ending in ``/``. Raises UnsafePathError for an unsafe prefix or path, and
+    IntegrityError if ``data`` is not a TF.js manifest (the daemon parses every
+    manifest before the store sees it, so that means the stored bytes are wrong).
+    Pure: reads and writes nothing.
+    """
+    if prefix:
+        if not prefix.endswith("/"):
+            raise UnsafePathError(f"path prefix {prefix!r} must end with '/'", file=repr(prefix))
+        check_relpath(prefix[:-1])
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"manifest is not valid JSON: {exc}") from exc
+    groups = manifest_groups(doc)
+    if groups is None:
+        raise IntegrityError("not a TF.js manifest: no list of weight groups")
+    for i, group in enumerate(groups):
+        paths = group.get("paths") if isinstance(group, dict) else None
+        if not isinstance(paths, list):
+            raise IntegrityError(f"weight group {i + 1} has no list of paths")
+        group["paths"] = [prefix + shard_relpath(p) for p in paths]
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
