@@ -71,7 +71,7 @@ class Store:
 
     ``entry_point`` renders a version's entry point: given the origin's manifest bytes
     and the prefix ``versions/<id>/``, the bytes a page loads. The store knows no model
-    format; the daemon passes ``shardsync.daemon.tfjs.rewrite_paths``. It has no
+    format; the daemon passes ``shardsync.daemon.entrypoint.rewrite_paths``. It has no
     default on purpose: :meth:`recover` and ``verify(repair=True)`` rewrite every entry
     point that differs from what it renders, so a store opened with a wrong default
     would "repair" every published model into a broken one.
