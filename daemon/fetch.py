@@ -105,7 +105,7 @@ async def _blocking(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
 
     The event loop streams every download at once: an fsync on it (the ingest's
     sidecar is written with two) stalls them all for milliseconds, hundreds of times
-    in a cold sync. One thread hop per call (~100 µs, PERF.md) costs far less. Not
+    in a cold sync. One thread hop per call (~100 µs, docs/performance.md) costs far less. Not
     abandoned on cancel: the call finishes, so the partial stays consistent.
     """
     return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))

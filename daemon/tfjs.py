@@ -1,6 +1,6 @@
 """Understanding TF.js manifests: which files a model is made of, and how big they must be.
 
-shardsync mirrors three layouts (DESIGN.md, "The TF.js formats it must understand"):
+shardsync mirrors three layouts (docs/design.md, "The TF.js formats it must understand"):
 graph-model and layers-model ``model.json`` files, and face-api's bare weights
 manifests. :func:`parse_manifest` refuses anything it cannot mirror safely and
 returns a :class:`Manifest`: the shard paths, grouped, with the number of bytes each

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Blob", "Handler", "LogEntry", "Server", "cut", "etag_for"]
 
-# Body write size: PERF.md measured write(2) calls up to 256 KiB as the fast ones.
+# Body write size: docs/performance.md measured write(2) calls up to 256 KiB as the fast ones.
 _CHUNK = 256 * 1024
 # sendfile() piece: big enough to cost nothing per call, small enough that byte counters
 # and stop() keep up while a large file is in flight.
