@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from shardsync.store import NotFoundError, ShardsyncError
+
 from . import __version__
-from .errors import NotFoundError, ShardsyncError
 from .httpserver import HTTPError, Request, Response, Router
 from .metrics import CONTENT_TYPE, Exposition, Kind
 from .scheduler import ModelState

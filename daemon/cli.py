@@ -17,9 +17,11 @@ from pathlib import Path
 
 import trio
 
+from shardsync.store import NotFoundError, ShardsyncError
+
 from . import __version__
 from .config import DEFAULTS, load_config
-from .errors import ConfigError, NotFoundError, ShardsyncError
+from .errors import ConfigError
 from .oneshot import open_store, sync_models
 from .progress import result_line
 from .sync import SyncResult

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from shardsync.store import check_name
+from shardsync.store import NotFoundError, UnsafePathError, check_name
 
-from .errors import ConfigError, ManifestError, NotFoundError, UnsafePathError
+from .errors import ConfigError, ManifestError
 from .tfjs import DEFAULT_MAX_TOTAL, manifest_filename
 
 __all__ = [

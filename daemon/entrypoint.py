@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shardsync.store import check_relpath
-
-from .errors import IntegrityError, UnsafePathError
+from shardsync.store import IntegrityError, UnsafePathError, check_relpath
 
 __all__ = ["manifest_groups", "rewrite_paths", "shard_relpath"]
 

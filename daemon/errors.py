@@ -1,7 +1,7 @@
 """Errors of the daemon side: config, manifests and the network.
 
-They extend the tree in :mod:`shardsync.store` (re-exported here, so the
-daemon imports all errors from one place)::
+They extend the tree of :mod:`shardsync.store`, whose own errors the daemon imports
+from there (one name, one home)::
 
     ShardsyncError
     ├── ConfigError        the config file is wrong; says file, key and line
@@ -10,7 +10,8 @@ daemon imports all errors from one place)::
     ├── FetchTimeoutError  the origin was too slow (deadline, stall)
     │   └── SlowTransferError  below the minimum throughput (not retried: it would drip again)
     └── ConnectError       the origin could not be reached or dropped the connection
-    (and IntegrityError, NotFoundError, UnsafePathError, LockedError, StorageError)
+    (and the store's: IntegrityError, NotFoundError, UnsafePathError, LockedError,
+    StorageError)
 
 httpx exceptions are translated to these in one place, ``shardsync.daemon.fetch``.
 """
@@ -19,27 +20,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from shardsync.store import (
-    IntegrityError,
-    LockedError,
-    NotFoundError,
-    ShardsyncError,
-    StorageError,
-    UnsafePathError,
-)
+from shardsync.store import ShardsyncError
 
 __all__ = [
     "ConfigError",
     "ConnectError",
     "FetchTimeoutError",
-    "IntegrityError",
-    "LockedError",
     "ManifestError",
-    "NotFoundError",
-    "ShardsyncError",
     "SlowTransferError",
-    "StorageError",
-    "UnsafePathError",
     "UpstreamError",
 ]
 

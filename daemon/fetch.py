@@ -36,16 +36,9 @@ from typing import TypeVar
 import httpx
 import trio
 
-from shardsync.store import Ingest, Store
+from shardsync.store import Ingest, IntegrityError, ShardsyncError, Store
 
-from .errors import (
-    ConnectError,
-    FetchTimeoutError,
-    IntegrityError,
-    ShardsyncError,
-    SlowTransferError,
-    UpstreamError,
-)
+from .errors import ConnectError, FetchTimeoutError, SlowTransferError, UpstreamError
 from .httpanswers import (
     Validators,
     check_status,

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import IntegrityError
+from shardsync.store import IntegrityError
+
 from .tfjs import _STRING_PREFIX, Group
 
 __all__ = ["GroupChecker", "check_group_bytes"]

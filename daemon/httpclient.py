@@ -12,14 +12,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from shardsync.store import ShardsyncError
+
 from . import __version__
-from .errors import (
-    ConnectError,
-    FetchTimeoutError,
-    ShardsyncError,
-    SlowTransferError,
-    UpstreamError,
-)
+from .errors import ConnectError, FetchTimeoutError, SlowTransferError, UpstreamError
 from .tuning import tune_for_downloads
 
 __all__ = ["Client", "FetchPolicy", "make_client", "retry_delay"]

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 
 import trio
 
+from shardsync.store import ShardsyncError
+
 from .config import ModelConfig
-from .errors import ShardsyncError
 from .sync import Progress, Syncer, SyncResult
 
 __all__ = ["BACKOFF_BASE", "JITTER", "Gate", "ModelState", "Scheduler", "backoff", "jittered"]

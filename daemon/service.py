@@ -49,14 +49,14 @@ from typing import Any
 
 import trio
 
-from shardsync.store import GRACE_SECONDS, Store
+from shardsync.store import GRACE_SECONDS, LockedError, ShardsyncError, StorageError, Store
 
 from . import __version__
 from .api import ControlApi
 from .config import Config, load_config
 from .control import serve_control
 from .entrypoint import rewrite_paths
-from .errors import ConfigError, LockedError, ShardsyncError, StorageError
+from .errors import ConfigError
 from .events import EventLog
 from .fetch import Fetcher
 from .httpclient import make_client

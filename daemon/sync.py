@@ -32,10 +32,9 @@ from typing import Any
 
 import trio
 
-from shardsync.store import FileEntry, Store, Version
+from shardsync.store import FileEntry, ShardsyncError, Store, Version
 
 from .config import ModelConfig
-from .errors import ShardsyncError
 from .fetch import Fetched, Fetcher, Validators
 from .groupcheck import check_group_bytes
 from .tfjs import Group, Manifest, parse_manifest, shard_url

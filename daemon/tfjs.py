@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from shardsync.store import check_manifest_name
+from shardsync.store import UnsafePathError, check_manifest_name
 
 from .entrypoint import manifest_groups, shard_relpath
-from .errors import ManifestError, UnsafePathError
+from .errors import ManifestError
 
 __all__ = [
     "DEFAULT_MAX_TOTAL",

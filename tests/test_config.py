@@ -14,7 +14,8 @@ from shardsync.daemon.config import (
     parse_duration,
     parse_size,
 )
-from shardsync.daemon.errors import ConfigError, NotFoundError
+from shardsync.daemon.errors import ConfigError
+from shardsync.store import NotFoundError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,16 +21,11 @@ from origin import Origin
 from storehelpers import object_path, sha256, store_at
 from synchelpers import FAST
 
-from shardsync.daemon.errors import (
-    ConnectError,
-    FetchTimeoutError,
-    IntegrityError,
-    UpstreamError,
-)
+from shardsync.daemon.errors import ConnectError, FetchTimeoutError, UpstreamError
 from shardsync.daemon.fetch import Fetcher, Validators
 from shardsync.daemon.httpclient import FetchPolicy, make_client
 from shardsync.daemon.resume import resume_start
-from shardsync.store import Store
+from shardsync.store import IntegrityError, Store
 
 DATA = bytes(range(256)) * 4096  # 1 MiB, every offset recognisable
 PATH = "m/group1-shard1of1.bin"

@@ -50,18 +50,11 @@ from synchelpers import (
 
 from shardsync.daemon.config import ModelConfig
 from shardsync.daemon.demo.samples import CONVERTER_SHARD_SIZE
-from shardsync.daemon.errors import (
-    ConnectError,
-    FetchTimeoutError,
-    IntegrityError,
-    ManifestError,
-    ShardsyncError,
-    UnsafePathError,
-    UpstreamError,
-)
+from shardsync.daemon.errors import ConnectError, FetchTimeoutError, ManifestError, UpstreamError
 from shardsync.daemon.httpclient import FetchPolicy
 from shardsync.daemon.resume import resume_start
 from shardsync.daemon.sync import Progress, SyncResult
+from shardsync.store import IntegrityError, ShardsyncError, UnsafePathError
 
 #: Size of the multi-shard model: six 4 MiB converter shards and a short seventh,
 #: enough for several shards in flight at once, small enough to keep the suite quick.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shardsync.daemon.entrypoint import manifest_groups, rewrite_paths, shard_relpath
-from shardsync.daemon.errors import IntegrityError, ManifestError, UnsafePathError
+from shardsync.daemon.errors import ManifestError
 from shardsync.daemon.groupcheck import GroupChecker, check_group_bytes
 from shardsync.daemon.tfjs import (
     Group,
@@ -22,6 +22,7 @@ from shardsync.daemon.tfjs import (
     parse_manifest,
     shard_url,
 )
+from shardsync.store import IntegrityError, UnsafePathError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "daemon" / "demo" / "sample_data"
 
