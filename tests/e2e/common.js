@@ -29,6 +29,13 @@ async function postJSON(url, body) {
   return resp.json();
 }
 
+// A loaded model, or the named tensors tf.io.loadWeights gives, freed (null: nothing).
+function disposeModel(model) {
+  if (!model) return;
+  if (typeof model.dispose === 'function') model.dispose();
+  else tf.dispose(Object.values(model));
+}
+
 function describeError(e) {
   if (e instanceof Error) return `${e.name}: ${e.message}\n${e.stack || ''}`;
   return String(e);
@@ -216,10 +223,7 @@ async function loadAndDigest(m) {
   } catch (e) {
     res.error = describeError(e);
   } finally {
-    if (model) {
-      if (typeof model.dispose === 'function') model.dispose();
-      else tf.dispose(Object.values(model));
-    }
+    disposeModel(model);
   }
   // Resource timing entries appear a little after their response ends, so
   // select by start time (not by count) and read them only now, after digesting.

@@ -98,10 +98,7 @@ async function loadOnce(spec, i) {
   } catch (e) {
     rec.error = describeError(e);
   } finally {
-    if (model) {
-      if (typeof model.dispose === 'function') model.dispose();
-      else tf.dispose(Object.values(model));
-    }
+    disposeModel(model);
   }
   rec.shardVersions = [...new Set(rec.shardUrls.map(versionOf))];
   rec.ms = Math.round(performance.now() - t0);
