@@ -118,7 +118,7 @@ def _bind_path(path: str, cleanup: contextlib.ExitStack) -> socket.socket:
         raise ShardsyncError(f"the directory for the control socket does not exist: {parent}")
     lock_path = path + ".lock"
     try:
-        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StorageError.from_oserror(exc, "cannot open the control socket's lock file",
                                         file=lock_path) from exc

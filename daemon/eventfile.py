@@ -62,7 +62,7 @@ class Event:
 def read_hwm(path: str) -> tuple[int, str]:
     """The reserved id high-water mark and the boot it was written in; (0, "") if none."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
             hwm, _, boot = f.read().decode().strip().partition(" ")
         return max(0, int(hwm or 0)), boot
     except (OSError, ValueError):

@@ -126,7 +126,8 @@ class EventLog:
             raise ValueError(f"max_bytes must be at least 1024, got {max_bytes}")
         path = os.fspath(path)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, _FILE_MODE)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         _FILE_MODE)  # a symlink planted here is refused, never followed
         except OSError as exc:
             raise StorageError.from_oserror(exc, "cannot open the event log", file=path) from exc
         try:
@@ -294,7 +295,8 @@ class EventLog:
             start -= 1
             kept += len(self._lines[start]) + 1
         tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW
+                     | os.O_CLOEXEC,
                      _FILE_MODE)
         try:
             # Locked before it takes the log's name, so no other process can slip in.

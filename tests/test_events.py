@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from shardsync.daemon.events import Event, EventBatch, EventLog
-from shardsync.store import LockedError
+from shardsync.store import LockedError, StorageError
 
 
 def _lines(path):
@@ -240,3 +240,28 @@ def test_within_one_boot_ids_go_on_from_the_file(tmp_path):
     log = EventLog.open(path)
     assert log.append("b").id == 2  # the process died, not the kernel: nothing was lost
     log.close()
+
+
+def test_a_symlink_planted_as_the_log_is_refused_not_followed(tmp_path) -> None:
+    bait = tmp_path / "outside.txt"
+    bait.write_bytes(b"not shardsync's\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "events.jsonl").symlink_to(bait)
+    with pytest.raises(StorageError) as exc:
+        EventLog.open(state / "events.jsonl")
+    assert "events.jsonl" in str(exc.value)
+    assert bait.read_bytes() == b"not shardsync's\n"
+
+
+def test_a_symlink_planted_as_the_id_reservation_is_replaced_not_followed(tmp_path) -> None:
+    bait = tmp_path / "outside.txt"
+    bait.write_bytes(b"999999 some-boot\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "events.jsonl.hwm").symlink_to(bait)
+    with EventLog.open(state / "events.jsonl") as log:
+        event = log.append("checked", model="m")
+    assert event.id < 999999  # the bait's content was not read as our reservation
+    assert bait.read_bytes() == b"999999 some-boot\n"
+    assert not (state / "events.jsonl.hwm").is_symlink()
