@@ -16,6 +16,7 @@ import re
 from ._errors import UnsafePathError
 
 __all__ = [
+    "NAME_MAX",
     "NAME_RE",
     "VERSIONS_DIR",
     "check_manifest_name",
@@ -27,6 +28,10 @@ __all__ = [
 
 #: Model names become directory names under site_dir (docs/design.md).
 NAME_RE = re.compile(r"^[a-z0-9._-]+$")
+
+#: Longest model name: it becomes file names with suffixes (``history/<name>.json``,
+#: ``.tmp-<name>-<pid>-<random>``) that must stay under the 255 bytes a name may have.
+NAME_MAX = 128
 
 #: The per-model directory of site_dir holding the immutable version trees; no entry
 #: point may take its name.
@@ -40,6 +45,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise UnsafePathError."""
+    if len(name) > NAME_MAX:
+        raise UnsafePathError(
+            f"invalid model name {name[:32]!r}...: longer than {NAME_MAX} characters",
+            model=name[:32])
     if not NAME_RE.fullmatch(name) or name in (".", ".."):
         raise UnsafePathError(
             f"invalid model name {name!r}: use only a-z, 0-9, '.', '_' and '-'", model=name

@@ -155,6 +155,8 @@ url = {url}
     ('"Second"', '"https://e.com/m.json"', "", "model[2].name", 9, "invalid model name"),
     ('"../up"', '"https://e.com/m.json"', "", "model[2].name", 9, "invalid model name"),
     ('".."', '"https://e.com/m.json"', "", "model[2].name", 9, "invalid model name"),
+    ('"' + "m" * 300 + '"', '"https://e.com/m.json"', "", "model[2].name", 9,
+     "longer than 128 characters"),
     ("7", '"https://e.com/m.json"', "", "model[2].name", 9, "must be a string"),
     ('"first"', '"https://e.com/m.json"', "", "model[2].name", 9,
      "duplicate model name 'first' (first at line 4)"),
