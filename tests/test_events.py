@@ -242,12 +242,18 @@ def test_within_one_boot_ids_go_on_from_the_file(tmp_path):
     log.close()
 
 
-def test_a_symlink_planted_as_the_log_is_refused_not_followed(tmp_path) -> None:
+def plant_symlink(tmp_path, name: str, bait_content: bytes):
+    """``state/<name>`` as a symlink to a bait file outside; returns (state, bait)."""
     bait = tmp_path / "outside.txt"
-    bait.write_bytes(b"not shardsync's\n")
+    bait.write_bytes(bait_content)
     state = tmp_path / "state"
     state.mkdir()
-    (state / "events.jsonl").symlink_to(bait)
+    (state / name).symlink_to(bait)
+    return state, bait
+
+
+def test_a_symlink_planted_as_the_log_is_refused_not_followed(tmp_path) -> None:
+    state, bait = plant_symlink(tmp_path, "events.jsonl", b"not shardsync's\n")
     with pytest.raises(StorageError) as exc:
         EventLog.open(state / "events.jsonl")
     assert "events.jsonl" in str(exc.value)
@@ -255,11 +261,7 @@ def test_a_symlink_planted_as_the_log_is_refused_not_followed(tmp_path) -> None:
 
 
 def test_a_symlink_planted_as_the_id_reservation_is_replaced_not_followed(tmp_path) -> None:
-    bait = tmp_path / "outside.txt"
-    bait.write_bytes(b"999999 some-boot\n")
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "events.jsonl.hwm").symlink_to(bait)
+    state, bait = plant_symlink(tmp_path, "events.jsonl.hwm", b"999999 some-boot\n")
     with EventLog.open(state / "events.jsonl") as log:
         event = log.append("checked", model="m")
     assert event.id < 999999  # the bait's content was not read as our reservation
