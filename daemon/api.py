@@ -22,7 +22,7 @@ from .metrics import CONTENT_TYPE, Exposition, Kind
 from .scheduler import ModelState
 
 if TYPE_CHECKING:
-    from shardsync.store import Store
+    from shardsync.store import Store, StoreStats
 
     from .service import Service
 
@@ -56,7 +56,7 @@ class ControlApi:
     def __init__(self, service: Service) -> None:
         self.service = service
         # The service's dict, shared: it records each sync's version, this reads it.
-        self._versions = service._versions
+        self._versions = service.current_versions
 
     @property
     def store(self) -> Store | None:
@@ -181,19 +181,15 @@ class ControlApi:
             sample("shardsync_model_errors_total", st.errors_total, labels)
             sample("shardsync_model_up_to_date",
                    1 if st.last_success and not st.last_error else 0, labels)
-        sample("shardsync_store_objects", stats["objects"])
-        sample("shardsync_store_bytes", stats["bytes"])
-        sample("shardsync_dedupe_saved_bytes", stats["saved"])
+        sample("shardsync_store_objects", stats.objects)
+        sample("shardsync_store_bytes", stats.bytes)
+        sample("shardsync_dedupe_saved_bytes", stats.saved)
         sample("shardsync_config_error", 1 if self.service.config_error else 0)
         return Response(200, m.render(), CONTENT_TYPE)
 
-    async def _store_stats(self) -> dict[str, int]:
+    async def _store_stats(self) -> StoreStats:
         # The service drops its cached totals (None) when a publish, gc or removal changes them.
-        if self.service._stats is None:
-            self.service._stats = await trio.to_thread.run_sync(self._compute_stats)
-        return self.service._stats
-
-    def _compute_stats(self) -> dict[str, int]:
         assert self.store
-        s = self.store.stats()
-        return {"objects": s.objects, "bytes": s.bytes, "saved": s.saved}
+        if self.service.store_stats is None:
+            self.service.store_stats = await trio.to_thread.run_sync(self.store.stats)
+        return self.service.store_stats

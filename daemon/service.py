@@ -49,7 +49,14 @@ from typing import Any
 
 import trio
 
-from shardsync.store import GRACE_SECONDS, LockedError, ShardsyncError, StorageError, Store
+from shardsync.store import (
+    GRACE_SECONDS,
+    LockedError,
+    ShardsyncError,
+    StorageError,
+    Store,
+    StoreStats,
+)
 
 from . import __version__
 from .api import ControlApi
@@ -157,10 +164,11 @@ class Service:
         self._reload_lock = trio.Lock()
         self._removals: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
-        self._stats: dict[str, int] | None = None  # store totals, recomputed after changes
+        #: Store totals for /metrics (api.py), dropped (None) whenever they change.
+        self.store_stats: StoreStats | None = None
         # Current version per model, as the last sync left it: /v1/status must not read
         # every model's ref from disk on the event loop for each request.
-        self._versions: dict[str, str | None] = {}
+        self.current_versions: dict[str, str | None] = {}
         self.api = ControlApi(self)  # what the control socket serves
 
     # -- phases --------------------------------------------------------------------
@@ -308,7 +316,7 @@ class Service:
             try:
                 async with self.gate.collecting():
                     await trio.to_thread.run_sync(self.store.remove_model, name)
-                self._versions.pop(name, None)
+                self.current_versions.pop(name, None)
             except ShardsyncError as exc:
                 log.error("model %s: cannot unpublish it: %s", name, exc)
                 self._event("unpublish-failed", model=name, error=str(exc))
@@ -316,7 +324,7 @@ class Service:
             finally:
                 if self._removals.get(name) is scope:
                     del self._removals[name]
-            self._stats = None
+            self.store_stats = None
             self._published.set()  # its objects are now garbage
             log.info("model %s: removed from the config, unpublished", name)
             self._event("model-unpublished", model=name)
@@ -326,14 +334,14 @@ class Service:
     def _on_result(self, state: ModelState, result: SyncResult) -> None:
         assert self.events
         name = state.config.name
-        self._versions[name] = result.version
+        self.current_versions[name] = result.version
         if result.error is not None:
             self._event("sync-failed", model=name, error=str(result.error),
                         file=result.error.file)
         elif result.changed:
             self._event("published", model=name, version=result.version,
                         received=result.received)
-            self._stats = None
+            self.store_stats = None
             self._published.set()
         else:
             self._event("checked", model=name, version=result.version)
@@ -355,7 +363,7 @@ class Service:
             except ShardsyncError as exc:
                 log.error("gc failed, will try after the next publish: %s", exc)
                 continue
-            self._stats = None
+            self.store_stats = None
             if report.objects_removed:
                 log.info("gc: freed %d bytes in %d object(s)", report.bytes_freed,
                          report.objects_removed)
