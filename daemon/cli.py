@@ -164,7 +164,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_gc(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     with open_store(config) as store:
-        report = store.gc(dry_run=args.dry_run)
+        report = store.gc(dry_run=args.dry_run, sources=config.manifest_urls)
     if args.json:
         json.dump({"dry_run": args.dry_run, "objects_removed": report.objects_removed,
                    "bytes_freed": report.bytes_freed, "objects_kept": report.objects_kept,

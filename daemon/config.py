@@ -91,6 +91,12 @@ class Config:
     max_model_bytes: int
     models: tuple[ModelConfig, ...]
 
+    @property
+    def manifest_urls(self) -> frozenset[str]:
+        """Every configured model's manifest URL: the sources whose download records
+        (:meth:`Store.downloaded`) are kept."""
+        return frozenset(m.url for m in self.models)
+
     def model(self, name: str) -> ModelConfig:
         """Return the model called ``name``; NotFoundError if the config has none."""
         for m in self.models:

@@ -107,14 +107,15 @@ async def _blocking(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
 class _LazyIngest:
     """The partial download of one URL, opened (and locked) only when first needed."""
 
-    def __init__(self, store: Store, url: str) -> None:
+    def __init__(self, store: Store, url: str, source: str | None) -> None:
         self.store = store
         self.url = url
+        self.source = source
         self.ingest: Ingest | None = None
 
     async def open(self) -> Ingest:
         if self.ingest is None or self.ingest.closed:
-            self.ingest = await _blocking(self.store.open_ingest, self.url)
+            self.ingest = await _blocking(self.store.open_ingest, self.url, source=self.source)
         return self.ingest
 
 
@@ -199,6 +200,7 @@ class Fetcher:
         validators: Validators | None = None,
         max_size: int | None = None,
         progress: Callable[[int], None] | None = None,
+        source: str | None = None,
     ) -> Fetched:
         """Download ``url`` into the store (resuming a partial); return its digest.
 
@@ -206,12 +208,14 @@ class Fetcher:
         ``digest=None`` on 304. ``max_size`` is the most bytes the file may have (its
         weight group's size): a longer body or Content-Length is an IntegrityError
         and the partial is dropped. A cancel or error keeps the partial for resume.
+        The stored file leaves a download record naming ``source`` (the manifest URL
+        of the model that wants it): see :meth:`Store.downloaded`.
         """
         # Most checks of a file we hold end in a 304: ask without touching the partial
         # directory (creating, locking and removing an empty partial, and the directory
         # fsync of that removal, cost more than the request). The partial is opened as
         # soon as there is a body to keep, or at once if one may be on disk to resume.
-        lazy = _LazyIngest(store, url)
+        lazy = _LazyIngest(store, url, source)
         if not validators or store.has_ingest(url):
             await lazy.open()
         received = 0

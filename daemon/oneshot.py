@@ -39,6 +39,8 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
     done. A cancel stops the downloads where they are (their partials are kept).
     """
     tune_for_downloads()
+    # Records of models no longer configured would keep their objects from gc forever.
+    await trio.to_thread.run_sync(store.prune_downloads, config.manifest_urls)
     progress = {n: Progress() for n in names}
     results: dict[str, SyncResult] = {}
     async with make_client(max_connections=config.concurrency * 2) as client:

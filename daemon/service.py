@@ -355,8 +355,8 @@ class Service:
             await trio.sleep(GC_DELAY)
             try:
                 async with self.gate.collecting():
-                    report = await trio.to_thread.run_sync(
-                        functools.partial(self.store.gc, min_age=GC_MIN_AGE))
+                    report = await trio.to_thread.run_sync(functools.partial(
+                        self.store.gc, min_age=GC_MIN_AGE, sources=self.config.manifest_urls))
             except LockedError as exc:
                 log.warning("gc skipped: %s", exc)
                 continue

@@ -128,17 +128,25 @@ class Syncer:
         self.max_model_bytes = max_model_bytes
         self._inflight: dict[str, _Flight] = {}
         self._known: dict[str, FileEntry] | None = None  # canonical URL -> newest entry
+        # URLs with a download record on disk (Store.downloaded): dropped once a recorded
+        # version holds them, without listing the records' directory on every sync.
+        self._recorded: set[str] = set()
 
     # -- the index of files already held ------------------------------------------
 
     def _index(self) -> dict[str, FileEntry]:
-        """Canonical URL -> the file the store holds for it, from every current version."""
+        """Canonical URL -> the file the store holds for it: from every current version,
+        then from the download records (newer: files an interrupted sync finished)."""
         if self._known is None:
             self._known = {}
             for name in self.store.model_names():
                 version = self.store.current(name)
                 if version is not None:
                     self._learn(version)
+            for d in self.store.downloaded():
+                self._known[d.url] = FileEntry("-", d.digest, d.size, {
+                    "url": d.url, "etag": d.etag, "last_modified": d.last_modified})
+                self._recorded.add(d.url)
         return self._known
 
     def _learn(self, version: Version) -> None:
@@ -242,14 +250,21 @@ class Syncer:
             # it was published: no need to walk string weights again on every check.
             if _metas(previous) != _metas(version):
                 await trio.to_thread.run_sync(store.update_record, version)
-            self._learn(version)
-            return
-        await self._check_groups(model, manifest, files)
-        progress.state = "publishing"
-        await trio.to_thread.run_sync(store.publish, version)
+        else:
+            await self._check_groups(model, manifest, files)
+            progress.state = "publishing"
+            await trio.to_thread.run_sync(store.publish, version)
+            result.changed = True
+            log.info("model %s: published version %s", model.name, version.id)
         self._learn(version)
-        result.changed = True
-        log.info("model %s: published version %s", model.name, version.id)
+        await self._forget_downloads(version)
+
+    async def _forget_downloads(self, version: Version) -> None:
+        """Drop the download records a recorded ``version`` now makes redundant."""
+        urls = {str(e.meta.get("url")) for e in version.files} & self._recorded
+        if urls:
+            self._recorded -= urls
+            await trio.to_thread.run_sync(self.store.forget_downloads, sorted(urls))
 
     async def _file(
         self, model: ModelConfig, group: Group, path: str, progress: Progress
@@ -296,11 +311,12 @@ class Syncer:
         async with self.limiter:
             got: Fetched = await self.fetcher.file(
                 url, store, validators=_validators(known, store), max_size=max_size,
-                progress=count,
+                progress=count, source=model.url,
             )
         if got.digest is None:  # 304: the file we hold is current
             assert known is not None
             return _Answer(known, False, 0)
+        self._recorded.add(url)  # the commit left a download record
         meta = {"url": url, "etag": got.validators.etag,
                 "last_modified": got.validators.last_modified}
         return _Answer(FileEntry("-", got.digest, got.size, meta), True, got.received)

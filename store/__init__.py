@@ -8,6 +8,7 @@ A synchronous library: no network, no trio. The daemon (and the CLI) hold one
 from __future__ import annotations
 
 from ._atomic import TMP_PREFIX, write_all, write_atomic
+from ._downloads import Download
 from ._errors import (
     IntegrityError,
     LockedError,
@@ -25,6 +26,7 @@ from ._verify import Problem
 from ._versions import FileEntry, Version
 
 __all__ = [
+    "Download",
     "EntryPoint",
     "GRACE_SECONDS",
     "TMP_PREFIX",

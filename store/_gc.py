@@ -9,8 +9,10 @@ publish or ingest runs meanwhile; :meth:`Store.stats <._store.Store.stats>` runs
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from ._downloads import Downloads
 from ._ingest import remove_orphans
 from ._objects import Objects
 from ._versions import Versions
@@ -51,15 +53,21 @@ def count(objects: Objects, versions: Versions) -> StoreStats:
                       saved=max(0, referenced - sum(sizes.get(d, 0) for d in unique)))
 
 
-def collect(objects: Objects, versions: Versions, partial_fd: int, *, dry_run: bool,
-            min_age: float) -> GcReport:
-    """Mark every object a record references, sweep the rest (but those younger than
-    ``min_age`` seconds), then the partial files missing their other half."""
+def collect(objects: Objects, versions: Versions, downloads: Downloads, partial_fd: int, *,
+            dry_run: bool, min_age: float, sources: Collection[str] | None) -> GcReport:
+    """Mark every object a version record or a download record references, sweep the
+    rest (but those younger than ``min_age`` seconds), then the partial files missing
+    their other half. With ``sources``, download records of other sources are dropped
+    first (and, in a dry run, not counted)."""
     report = GcReport()
     young_since = time.time() - min_age
     referenced: set[str] = set()
     for version in versions.all():
         referenced |= version.digests
+    if sources is not None and not dry_run:
+        downloads.prune(sources)
+    referenced |= {d.digest for d in downloads.all()
+                   if sources is None or d.source in sources}
     for info in list(objects.walk()):
         if info.digest in referenced or (min_age and info.mtime > young_since):
             report.objects_kept += 1

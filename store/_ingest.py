@@ -36,6 +36,7 @@ from ._errors import IntegrityError, LockedError, translate_oserror
 from ._objects import CHUNK
 
 if TYPE_CHECKING:
+    from ._downloads import Downloads
     from ._objects import Objects
 
 __all__ = ["CHECKPOINT_BYTES", "Ingest", "IngestStatus", "boot_id", "ingest_ref", "read_status",
@@ -84,10 +85,13 @@ class Ingest:
     those bytes came with (send them as ``If-Range``).
     """
 
-    def __init__(self, objects: Objects, partial_fd: int, url: str) -> None:
+    def __init__(self, objects: Objects, partial_fd: int, url: str, *,
+                 downloads: Downloads | None = None, source: str | None = None) -> None:
         self._objects = objects
         self._dir_fd = partial_fd
+        self._downloads = downloads
         self.url = url
+        self.source = source  # the manifest URL that wants this file (its download record)
         self.ref = ingest_ref(url)
         self._data_name = self.ref + ".data"
         self._meta_name = self.ref + ".json"
@@ -268,6 +272,9 @@ class Ingest:
     def commit(self, expected_size: int | None, expected_digest: str | None) -> str:
         """Turn the bytes into an object and remove the partial; return the digest.
 
+        Between the two, the download is recorded (:mod:`._downloads`): the URL, its
+        validators and the digest, so that an interrupted sync does not fetch it again.
+
         Raises IntegrityError (and keeps nothing: bytes that fail their check are
         dropped, since resuming them could only fail again) if the size or digest is
         not what the caller expected. Either may be None when not known (a file's
@@ -290,6 +297,9 @@ class Ingest:
             except IntegrityError:
                 self.abort()
                 raise
+            if self._downloads is not None:
+                self._downloads.add(self.ref, self.url, digest, self.offset, etag=self.etag,
+                                    last_modified=self.last_modified, source=self.source)
             self._remove()
             return digest
 

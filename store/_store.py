@@ -1,4 +1,4 @@
-"""The store: objects, partial downloads, versions and the published site, together.
+"""The store: objects, partial and finished downloads, versions and the published site.
 
 :class:`Store` is the one object the daemon and the CLI hold. It owns the order of
 operations that makes a power cut harmless:
@@ -23,10 +23,11 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from ._atomic import clean_tmp_at, exists_at, list_at
+from ._downloads import Download, Downloads
 from ._errors import (
     IntegrityError,
     LockedError,
@@ -100,6 +101,8 @@ class Store:
             self.objects = Objects(self._fd, self.state_dir)
             self._partial_fd = open_dir_at(self._fd, "partial", create=True)
             self._locks_fd = open_dir_at(self._fd, "locks", create=True)
+            self._downloads_fd = open_dir_at(self._fd, "downloads", create=True)
+            self.downloads = Downloads(self._downloads_fd)
             self.versions = Versions(self._fd)
             self.site = Site(site_dir)
         self.recover()
@@ -107,7 +110,8 @@ class Store:
     def close(self) -> None:
         for closer in (self.objects.close, self.site.close):
             closer()
-        for fd in (self._partial_fd, self._locks_fd, self._lock_fd, self._fd):
+        for fd in (self._partial_fd, self._locks_fd, self._downloads_fd, self._lock_fd,
+                   self._fd):
             os.close(fd)
 
     def __enter__(self) -> Store:
@@ -126,14 +130,17 @@ class Store:
         with translate_oserror("cannot store file", file=os.fspath(path)):
             return self.objects.put_file(path)
 
-    def open_ingest(self, url: str) -> Ingest:
+    def open_ingest(self, url: str, *, source: str | None = None) -> Ingest:
         """The partial download of ``url`` (resumed if one exists); LockedError if busy.
 
         A crash or cancel leaves the partial on disk for the next open; see
-        :mod:`shardsync.store._ingest` for how much of it is trusted.
+        :mod:`shardsync.store._ingest` for how much of it is trusted. Its commit leaves
+        a download record (:meth:`downloaded`) naming ``source``, the manifest URL of
+        the model that wants the file, which :meth:`prune_downloads` goes by.
         """
         with translate_oserror("cannot open partial download", file=url):
-            return Ingest(self.objects, self._partial_fd, url)
+            return Ingest(self.objects, self._partial_fd, url, downloads=self.downloads,
+                          source=source)
 
     def has_ingest(self, url: str) -> bool:
         """Whether a partial download of ``url`` is on disk (one stat, no parsing)."""
@@ -143,6 +150,25 @@ class Store:
     def ingests(self) -> list[IngestStatus]:
         """Every partial download on disk."""
         return statuses(self._partial_fd)
+
+    # -- download records ----------------------------------------------------------
+
+    def downloaded(self) -> list[Download]:
+        """Every file stored by a download that no recorded version holds yet (or that
+        :meth:`forget_downloads` was not told about): what an interrupted sync finished."""
+        with translate_oserror("cannot read download records", file="downloads"):
+            return self.downloads.all()
+
+    def forget_downloads(self, urls: Iterable[str]) -> None:
+        """Drop the download records of ``urls``: a recorded version now holds them."""
+        with translate_oserror("cannot remove download records", file="downloads"):
+            self.downloads.forget(ingest_ref(u) for u in urls)
+
+    def prune_downloads(self, sources: Collection[str]) -> int:
+        """Drop the download records whose source (manifest URL) is not in ``sources``
+        (their model left the config) and damaged ones; return how many."""
+        with translate_oserror("cannot remove download records", file="downloads"):
+            return self.downloads.prune(sources)
 
     # -- versions ----------------------------------------------------------------
 
@@ -334,7 +360,7 @@ class Store:
 
     def _clean_temporaries(self) -> None:
         """Remove ``.tmp-*`` names left by writers that died, in every directory we write."""
-        dirs = ["partial", "refs", "history", "snapshots"]
+        dirs = ["partial", "downloads", "refs", "history", "snapshots"]
         with contextlib.suppress(OSError, ShardsyncError):  # best effort, like clean_tmp_at
             dirs += [f"snapshots/{n}" for n in list_at(self._fd, "snapshots")
                      if not n.startswith(".")]
@@ -367,8 +393,13 @@ class Store:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
 
-    def gc(self, *, dry_run: bool = False, min_age: float = 0.0) -> GcReport:
+    def gc(self, *, dry_run: bool = False, min_age: float = 0.0,
+           sources: Collection[str] | None = None) -> GcReport:
         """Remove objects no recorded version references, and orphaned partial files.
+
+        Objects a download record names are kept (an interrupted sync's finished
+        files); with ``sources`` (the configured manifest URLs), the records of any
+        other source are dropped first, as :meth:`prune_downloads` does.
 
         Needs the store to itself (LockedError otherwise). Partial downloads with a
         sidecar are kept: they are the resume points of interrupted downloads.
@@ -379,8 +410,8 @@ class Store:
         if min_age < 0:
             raise ValueError(f"min_age must not be negative, not {min_age}")
         with self._exclusive(), translate_oserror("gc failed", file=self.state_dir):
-            return collect(self.objects, self.versions, self._partial_fd,
-                           dry_run=dry_run, min_age=min_age)
+            return collect(self.objects, self.versions, self.downloads, self._partial_fd,
+                           dry_run=dry_run, min_age=min_age, sources=sources)
 
     def verify(self, *, repair: bool = False) -> list[Problem]:
         """Re-hash every object and check every published file and entry point.

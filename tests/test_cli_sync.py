@@ -168,6 +168,13 @@ def test_gc_dry_run_and_gc(origin: Origin, tmp_path: Path) -> None:
     state = tmp_path / "conf" / "state"
     orphan = object_path(state, sha256(bad))
     assert orphan.exists()
+    # Its download record keeps it while the model is configured (the next sync may
+    # need it) ...
+    kept = json.loads(run_cli("gc", "-c", config, "--dry-run", "--json").stdout)
+    assert kept["objects_removed"] == 0
+    # ... until the origin serves other bytes under that URL.
+    origin.set_file("a/group1-shard2of2.bin", a.shards["group1-shard2of2.bin"])
+    assert run_cli("sync", "-c", config).returncode == 0
 
     dry = run_cli("gc", "-c", config, "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
@@ -217,6 +224,9 @@ def test_a_sync_killed_mid_download_resumes_without_fetching_twice(
     held_sizes = [p.stat().st_size for p in partial.glob("*.data")]
     held = sum(held_sizes)
     assert held > 0  # it was killed with downloads in progress
+    # Files that finished before the kill: their download records name them.
+    finished = sum(json.loads(p.read_text())["size"]
+                   for p in (tmp_path / "conf" / "state" / "downloads").glob("*.json"))
     assert not (tmp_path / "conf" / "site" / "big").exists()
 
     origin.clear_faults()
@@ -227,9 +237,9 @@ def test_a_sync_killed_mid_download_resumes_without_fetching_twice(
     resumed = [e for e in second if "range" in e.headers]
     assert resumed and all(e.status == 206 for e in resumed)
     # The second run sent exactly what the partials lacked, plus the overlap each resume
-    # re-asks to compare: every byte on disk was kept.
+    # re-asks to compare: every byte on disk was kept, and no finished file fetched again.
     overlap = sum(h - resume_start(h) for h in held_sizes)
-    assert sum(e.body_bytes for e in second) == model.size - held + overlap
+    assert sum(e.body_bytes for e in second) == model.size - held - finished + overlap
     # Both runs together, bytes lost in flight at the kill included.
     assert origin.bytes_sent() <= 1.05 * model.size
     assert_published(tmp_path / "conf" / "site", "big", model)
