@@ -26,8 +26,7 @@ import copy
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,7 +193,8 @@ class Syncer:
         # Under the download limit too: a pass over many models would otherwise queue
         # every manifest request in httpcore's pool at once, whose bookkeeping grows with
         # the queue (each answer rescans every waiting request against every connection).
-        async with self._slot(model, progress, "checking"):
+        async with self.limiter.slot(model.name):  # "queued" until then
+            progress.state = "checking"
             mf = await self.fetcher.manifest(model.url, _validators(known, store))
         manifest_digest: str | None = None  # known when the manifest comes from the store
         if mf.data is None:
@@ -304,7 +304,8 @@ class Syncer:
             progress.bytes_done += n
             progress.received += n
 
-        async with self._slot(model, progress, "downloading"):
+        async with self.limiter.slot(model.name):
+            progress.state = "downloading"  # from "queued", at its first file
             got: Fetched = await self.fetcher.file(
                 url, store, validators=_validators(known, store), max_size=max_size,
                 progress=count,
@@ -315,16 +316,6 @@ class Syncer:
         meta = {"url": url, "etag": got.validators.etag,
                 "last_modified": got.validators.last_modified}
         return _Answer(FileEntry("-", got.digest, got.size, meta), True, got.received)
-
-    @asynccontextmanager
-    async def _slot(
-        self, model: ModelConfig, progress: Progress, state: str
-    ) -> AsyncIterator[None]:
-        """A download slot for ``model``, its turn among the models waiting; ``progress``
-        stays ``queued`` until the slot is granted, then says ``state``."""
-        async with self.limiter.slot(model.name):
-            progress.state = state
-            yield
 
     async def _check_groups(
         self, model: ModelConfig, manifest: Manifest, files: dict[str, FileEntry]
