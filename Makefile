@@ -39,6 +39,7 @@ bench: $(VENV)/.installed deps
 	$(PY) bench/store_put.py
 	$(PY) bench/sync_bench.py --repeat 3
 	$(PY) bench/service_bench.py
+	$(PY) bench/startup_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .typecheck

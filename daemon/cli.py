@@ -3,28 +3,27 @@
 Exit status (docs/design.md): 0 all went well, 1 some model failed (the others were still
 done), 2 bad usage or config. Only this module decides exit statuses; everything
 below it raises :class:`~shardsync.daemon.errors.ShardsyncError`.
+
+Each command imports what it uses inside its own function, and this module imports only
+the standard library at the top: a one-shot command on a kiosk is mostly start-up, so
+``--help`` loads no trio, httpx or store, ``gc`` and ``status`` no trio, and nothing
+but ``run`` loads the service, the control socket, the event log or watchdog
+(docs/performance.md, "Start-up"; tests/test_cli_imports.py holds it to that).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-
-import trio
-
-from shardsync.store import NotFoundError, ShardsyncError
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import DEFAULTS, load_config
-from .errors import ConfigError
-from .oneshot import open_store, sync_models
-from .progress import result_line
-from .sync import SyncResult
+
+if TYPE_CHECKING:
+    from .sync import SyncResult
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -38,7 +37,7 @@ log = logging.getLogger("shardsync")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help, --version and bad usage exit here
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="shardsync: %(levelname)s: %(message)s", stream=sys.stderr,
@@ -48,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from shardsync.store import ShardsyncError
+
+    from .errors import ConfigError
+
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -111,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
+    import json
+
+    import trio
+
+    from shardsync.store import NotFoundError
+
+    from .config import load_config
+    from .oneshot import open_store, sync_models
+    from .progress import result_line
+
     config = load_config(args.config)
     names = args.names or [m.name for m in config.models]
     try:
@@ -135,11 +148,20 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import load_config
+    from .oneshot import open_store
+
     config = load_config(args.config)
     with open_store(config) as store:
         problems = store.verify(repair=args.repair)
         resynced: list[SyncResult] = []
         if args.repair and any(p.kind == "object-missing" for p in problems):
+            import trio
+
+            from .oneshot import sync_models
+
             names = sorted({p.model for p in problems if p.kind == "object-missing" and p.model}
                            & {m.name for m in config.models})
             resynced = trio.run(sync_models, config, store, names)
@@ -154,6 +176,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     else:
         for p in problems:
             print(p, file=sys.stderr)
+        if resynced:
+            from .progress import result_line
         for r in resynced:
             print(result_line(r), file=sys.stderr)
         print(f"verify: {len(problems)} problem(s), {len(remaining)} remaining",
@@ -162,6 +186,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import load_config
+    from .oneshot import open_store
+
     config = load_config(args.config)
     with open_store(config) as store:
         report = store.gc(dry_run=args.dry_run, sources=config.manifest_urls)
@@ -187,7 +216,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from shardsync.store import ShardsyncError
+
     from .client import get_json
+    from .config import DEFAULTS
     from .statustable import format_status_table
 
     sock = args.socket or (_socket_of(args.config) if args.config else None)
@@ -213,6 +247,11 @@ def _socket_of(config_path: Path) -> Path:
     """The socket a config names. A config the service refused to reload must still
     lead to the service (it reports that error), so a broken file falls back to its
     ``socket`` key alone, then to the default."""
+    import tomllib
+
+    from .config import DEFAULTS, load_config
+    from .errors import ConfigError
+
     try:
         return Path(load_config(config_path).socket)
     except ConfigError as exc:
@@ -233,6 +272,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_nginx(args: argparse.Namespace) -> int:
+    from .config import load_config
     from .nginx import render_nginx_config
 
     config = load_config(args.config)

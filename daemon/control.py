@@ -33,7 +33,7 @@ The status document (``GET /v1/status``), shared with ``shardsync status``
                   "config_error": null | "...: TOML syntax error ..."},  # last reload failed
       "models": [
         {"name": "bodypix",
-         "state": "idle" | "checking" | "downloading" | "publishing" | "error",
+         "state": "idle" | "queued" | "checking" | "downloading" | "publishing" | "error",
          "version": "3f2a9c01d2e4" | null,         # current published version
          "last_check": 1718000000.0 | null,        # unix times
          "last_success": 1718000000.0 | null,

@@ -4,23 +4,24 @@ demo run, outside the service.
 The service (:mod:`.service`) keeps its store, client and syncer for its whole life;
 a one-shot command opens them here, syncs the named models concurrently under one
 download limit, and closes them again.
+
+:func:`open_store` is all that ``verify`` and ``gc`` need, so trio, httpx and the
+syncer are imported by :func:`sync_models` when it runs, not with this module
+(start-up, docs/performance.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import trio
+from typing import TYPE_CHECKING
 
 from shardsync.store import Store
 
 from .config import Config
 from .entrypoint import rewrite_paths
-from .fetch import Fetcher
-from .httpclient import make_client
-from .progress import ProgressDisplay
-from .sync import Progress, Syncer, SyncResult
-from .tuning import tune_for_downloads
+
+if TYPE_CHECKING:
+    from .sync import SyncResult
 
 __all__ = ["open_store", "sync_models"]
 
@@ -38,6 +39,14 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
     With ``show_progress`` a progress display redraws on stderr until every model is
     done. A cancel stops the downloads where they are (their partials are kept).
     """
+    import trio
+
+    from .fetch import Fetcher
+    from .httpclient import make_client
+    from .progress import ProgressDisplay
+    from .sync import Progress, Syncer
+    from .tuning import tune_for_downloads
+
     tune_for_downloads()
     # Records of models no longer configured would keep their objects from gc forever.
     await trio.to_thread.run_sync(store.prune_downloads, config.manifest_urls)

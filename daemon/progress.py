@@ -70,6 +70,8 @@ class ProgressDisplay:
         eta = ""
         if p.state == "downloading" and rate > 0 and total > p.bytes_done:
             eta = f" ETA {int((total - p.bytes_done) / rate)}s"
+        # A model waiting for a slot has no rate to show: "0 B/s" would read as a stall.
+        speed = "waiting for a slot" if p.state == "queued" else f"{format_bytes(rate)}/s{eta}"
         return (f"{name} {p.state:<11} [{bar}] {frac * 100:3.0f}% "
                 f"{format_bytes(p.bytes_done)}/{format_bytes(total)} "
-                f"{format_bytes(rate)}/s{eta}  files {p.files_done}/{p.files_total}")
+                f"{speed}  files {p.files_done}/{p.files_total}")

@@ -195,7 +195,7 @@ class Scheduler:
     def stalled(self, limit: float) -> list[str]:
         """The busy models, if none of them has moved for more than ``limit`` seconds.
 
-        Busy means checking, downloading or publishing; moving means a change of
+        Busy means queued, checking, downloading or publishing; moving means a change of
         state, of bytes received, of files done, or a new check. One busy model that
         moves is enough to say the scheduler makes progress: a model whose files wait
         for a download slot that others hold (``concurrency``) is waiting its turn, not

@@ -74,7 +74,7 @@ def _row(model: Mapping[str, Any], now: float) -> tuple[str, ...]:
 
 def _progress(model: Mapping[str, Any]) -> str:
     p = model.get("progress") or {}
-    if model.get("state") not in ("checking", "downloading", "publishing"):
+    if model.get("state") not in ("queued", "checking", "downloading", "publishing"):
         return "-"
     bytes_done, bytes_total = p.get("bytes_done") or 0, p.get("bytes_total") or 0
     files_done, files_total = p.get("files_done") or 0, p.get("files_total") or 0

@@ -35,6 +35,7 @@ import trio
 from shardsync.store import FileEntry, ShardsyncError, Store, Version
 
 from .config import ModelConfig
+from .fairshare import FairLimiter
 from .fetch import Fetched, Fetcher, Validators
 from .groupcheck import check_group_bytes
 from .tfjs import Group, Manifest, parse_manifest, shard_url
@@ -51,9 +52,14 @@ _INLINE_READ = 256 * 1024
 
 @dataclass
 class Progress:
-    """Live state of one model's sync, read by the progress bar and the status socket."""
+    """Live state of one model's sync, read by the progress bar and the status socket.
 
-    state: str = "idle"  # idle | checking | downloading | publishing | error
+    ``queued`` is a model waiting for a download slot that other models hold (before
+    its manifest request, and again before its first file), so that a waiting model
+    is not shown as downloading at 0 B/s.
+    """
+
+    state: str = "idle"  # idle | queued | checking | downloading | publishing | error
     bytes_done: int = 0
     bytes_total: int = 0
     files_done: int = 0
@@ -112,7 +118,11 @@ class _Answer:
 
 
 class Syncer:
-    """Syncs models into ``store`` through ``fetcher``, ``limiter`` files at a time."""
+    """Syncs models into ``store`` through ``fetcher``, ``limiter`` files at a time.
+
+    The limiter is shared fairly between models (:mod:`.fairshare`, round-robin), so a
+    small model is published without waiting for a big one's queued shards.
+    """
 
     def __init__(
         self,
@@ -124,7 +134,7 @@ class Syncer:
     ) -> None:
         self.store = store
         self.fetcher = fetcher
-        self.limiter = trio.CapacityLimiter(concurrency)
+        self.limiter = FairLimiter(concurrency)
         self.max_model_bytes = max_model_bytes
         self._inflight: dict[str, _Flight] = {}
         self._known: dict[str, FileEntry] | None = None  # canonical URL -> newest entry
@@ -162,7 +172,7 @@ class Syncer:
         """Bring ``model`` up to date; never raises a ShardsyncError (see ``error``)."""
         progress = progress or Progress()
         result = SyncResult(model.name)
-        progress.reset("checking")
+        progress.reset("queued")
         try:
             await self._sync(model, progress, result)
             progress.state = "idle"
@@ -191,7 +201,8 @@ class Syncer:
         # Under the download limit too: a pass over many models would otherwise queue
         # every manifest request in httpcore's pool at once, whose bookkeeping grows with
         # the queue (each answer rescans every waiting request against every connection).
-        async with self.limiter:
+        async with self.limiter.slot(model.name):  # "queued" until then
+            progress.state = "checking"
             mf = await self.fetcher.manifest(model.url, _validators(known, store))
         manifest_digest: str | None = None  # known when the manifest comes from the store
         if mf.data is None:
@@ -211,7 +222,7 @@ class Syncer:
 
         files: dict[str, FileEntry] = {}
         errors: list[ShardsyncError] = []
-        progress.state = "downloading"
+        progress.state = "queued"  # "downloading" once its first file has a slot
 
         async def one(group: Group, path: str) -> None:
             try:
@@ -308,7 +319,8 @@ class Syncer:
             progress.bytes_done += n
             progress.received += n
 
-        async with self.limiter:
+        async with self.limiter.slot(model.name):
+            progress.state = "downloading"  # from "queued", at its first file
             got: Fetched = await self.fetcher.file(
                 url, store, validators=_validators(known, store), max_size=max_size,
                 progress=count, source=model.url,

@@ -45,6 +45,7 @@ from shardsync.daemon.config import ConfigError
 from shardsync.daemon.notify import Notifier
 from shardsync.daemon.resume import resume_start
 from shardsync.daemon.service import GRACE_ENV, grace_from_env
+from shardsync.daemon.statustable import format_status_table
 from shardsync.daemon.tuning import READ_NUM_BYTES
 from shardsync.store import GRACE_SECONDS, NotFoundError, ShardsyncError
 
@@ -129,6 +130,37 @@ def test_ready_then_downloading_then_idle_with_the_published_version(
     assert notify.keys() == ["READY", "STOPPING"]
     assert svc.log().count("Traceback") == 0
 
+
+
+def test_with_one_slot_a_model_added_behind_a_big_one_shows_queued_and_is_published_first(
+    origin: Origin, tmp_path: Path, sockets: Path, notify: NotifySocket
+) -> None:
+    # One download slot. The big model's ten shards are dripped (~0.4 s each); the small
+    # one is added by a reload once the big one is downloading, so it starts behind the
+    # big one's queued shards. The service's scheduler shares the syncer's fair limiter.
+    big = tfjs_model("graph-model", [{f"group1-shard{k}of10.bin": bytes([k]) * 128 * 1024
+                                      for k in range(1, 11)}], tag="big")
+    little = small("little", 1)
+    urls = {"big": publish_on(origin, "big", big), "little": publish_on(origin, "little", little)}
+    origin.fault_drip("big/*.bin", chunk=16 * 1024, interval=0.05)
+    conf = tmp_path / "conf"
+    sock = str(sockets / "ctl.sock")
+    config = write_config(conf, {"big": urls["big"]}, socket=sock, concurrency=1)
+    with service(config, tmp_path, notify) as svc:
+        svc.start()
+        svc.wait_status(lambda s: by_name(s, "big")["state"] == "downloading", "big downloading")
+        edit_config(config, urls, socket=sock, concurrency=1)
+        queued = svc.wait_status(lambda s: len(s["models"]) == 2
+                                 and by_name(s, "little")["state"] == "queued", "little queued")
+        assert by_name(queued, "big")["state"] == "downloading"
+        svc.wait_event("published", model="little")
+        assert by_name(svc.status(), "big")["version"] is None  # still downloading
+        assert not (conf / "site" / "big").exists()
+        assert_published(conf / "site", "little", little)
+        svc.wait_event("published", model="big")
+        assert_published(conf / "site", "big", big)
+    table = format_status_table(queued).splitlines()
+    assert [row.split()[1] for row in table[2:]] == ["downloading", "queued"]
 
 def test_status_command_and_curl_against_the_running_service(
     origin: Origin, tmp_path: Path, sockets: Path, notify: NotifySocket

@@ -42,3 +42,12 @@ def test_status_table_without_models_or_fields():
         "shardsync 0.1.0\nno models configured\n")
     sparse = format_status_table({"models": [{"name": "m"}]}, now=0)
     assert sparse.splitlines()[2].split() == ["m", "-", "-", "-", "-", "-", "-"]
+
+
+def test_a_model_waiting_for_a_download_slot_shows_queued_with_its_progress():
+    queued = {"name": "big", "state": "queued", "version": None, "last_check": 999_990.0,
+              "progress": {"bytes_done": 0, "bytes_total": 160 * 2**20, "files_done": 0,
+                           "files_total": 40}}
+    row = format_status_table({"models": [queued]}, now=1_000_000.0).splitlines()[2]
+    assert row.split() == ["big", "queued", "-", "-", "-", "0%", "0", "B/160.0", "MiB,",
+                           "0/40", "files", "-"]

@@ -266,6 +266,76 @@ async def test_a_shard_fetched_by_a_model_still_syncing_is_not_fetched_again(
     assert origin.bytes_sent("shared/s[12].bin") == sum(len(x) for x in shared.values())
 
 
+# -- fair shares of the download limit ------------------------------------------------------
+
+
+class StateLog(Progress):
+    """A model's Progress that notes every state the syncer gives it, as (model, state),
+    in one list shared by the models of a test: the order things happened in."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        self.__dict__.update(_name=name, _log=log)
+        super().__init__()
+
+    def __setattr__(self, key: str, value: object) -> None:
+        super().__setattr__(key, value)
+        if key == "state":
+            self._log.append((self._name, str(value)))
+
+    def states(self) -> list[str]:
+        """This model's states in order, repeats folded."""
+        out: list[str] = []
+        for name, state in self._log:
+            if name == self._name and (not out or out[-1] != state):
+                out.append(state)
+        return out
+
+
+async def test_a_small_model_is_published_while_a_big_one_queued_ahead_of_it_still_runs(
+    origin: Origin, tmp_path: Path
+) -> None:
+    # One download slot. The big model's 24 shards are dripped (about 40 ms each) so that
+    # the small model starts while they wait in line; a first-come-first-served limiter
+    # would serve all of them before the small model's manifest.
+    rng = random.Random(3)
+    big = tfjs_model("graph-model", [{f"group1-shard{k}of24.bin": rng.randbytes(16384)
+                                      for k in range(1, 25)}], tag="big")
+    small = small_model("small")
+    url_big, url_small = publish_on(origin, "big", big), publish_on(origin, "small", small)
+    origin.fault_drip("big/*.bin", chunk=4096, interval=0.01)
+    log: list[tuple[str, str]] = []
+    p_big, p_small = StateLog("big", log), StateLog("small", log)
+    async with open_syncer(tmp_path, concurrency=1) as env:
+        limiter = env.syncer.limiter
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync, env, "big", url_big, p_big)
+            with trio.fail_after(30):
+                while limiter.waiting("big") < 20:  # big's shards are in line
+                    await trio.sleep(0.005)
+                nursery.start_soon(sync, env, "small", url_small, p_small)
+                while limiter.waiting("small") == 0:
+                    await trio.sleep(0.001)
+            assert p_small.state == "queued"  # waiting, not "downloading at 0 B/s"
+            with trio.fail_after(30):
+                while p_small.state != "idle":
+                    await trio.sleep(0.005)
+            # The small model is published; the big one is still downloading.
+            assert published_files(env.site, "small")[1] == small.shards
+            assert p_big.state in ("queued", "downloading")
+            assert p_big.files_done < len(big.shards)
+            assert not (env.site / "big").exists()
+        assert p_big.state == "idle"
+        assert_published(env.site, "big", big)
+        assert_published(env.site, "small", small)
+    assert p_small.states() == ["idle", "queued", "checking", "queued", "downloading",
+                                "publishing", "idle"]
+    assert log.index(("small", "idle")) < log.index(("big", "publishing"))
+    # On the wire: the small model's files were served between the big one's shards.
+    served = [e.path for e in origin.requests() if e.path.endswith(".bin")]
+    last_small = max(i for i, p in enumerate(served) if p.startswith("small/"))
+    assert sum(p.startswith("big/") for p in served[last_small:]) > 10
+
+
 async def test_a_shared_shard_failing_names_each_model_in_its_own_error(
     origin: Origin, tmp_path: Path
 ) -> None:
