@@ -187,7 +187,6 @@ class ControlApi:
         assert self.service.scheduler
         stats = await self._store_stats()
         m = Exposition()
-        add_process_metrics(m, read_process())
         for name, (kind, help) in METRICS.items():  # every family, even without samples
             m.declare(name, kind, help)
 
@@ -212,6 +211,7 @@ class ControlApi:
         sample("shardsync_store_bytes", stats.bytes)
         sample("shardsync_dedupe_saved_bytes", stats.saved)
         sample("shardsync_config_error", 1 if self.service.config_error else 0)
+        add_process_metrics(m, read_process())
         return Response(200, m.render(), CONTENT_TYPE)
 
     async def _store_stats(self) -> StoreStats:

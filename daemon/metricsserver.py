@@ -23,7 +23,7 @@ rather than run without the metrics the operator asked for.
 
 from __future__ import annotations
 
-import logging
+import functools
 import socket
 from typing import Any
 
@@ -35,8 +35,6 @@ from .control import serve_control
 from .httpserver import Handler
 
 __all__ = ["bind_metrics_socket", "format_address", "serve_metrics"]
-
-log = logging.getLogger(__name__)
 
 
 def format_address(address: tuple[str, int]) -> str:
@@ -71,6 +69,7 @@ async def serve_metrics(address: tuple[str, int], handler: Handler, *,
     """
     sock = bind_metrics_socket(address)
     async with trio.open_nursery() as nursery:
-        sockname = await nursery.start(serve_control, sock, handler)
-        log.info("metrics: serving GET /metrics on %s", format_address(sockname[:2]))
+        sockname = await nursery.start(functools.partial(
+            serve_control, sock, handler,
+            what="metrics_listen (GET /metrics only)"))
         task_status.started(sockname)
