@@ -3,7 +3,17 @@
 :class:`ControlApi` reads the running :class:`~shardsync.daemon.service.Service` it is
 given (its scheduler, store, event log, config) and changes nothing but through it
 (a wake-up, a reload). The routes and the status document's shape are listed in
-:mod:`shardsync.daemon.control`.
+:mod:`shardsync.daemon.control`. :meth:`ControlApi.metrics_router` is the read-only
+subset (``GET /metrics`` alone) that ``metrics_listen`` serves over TCP.
+
+The metric names say what is known, not what one would like to know:
+``shardsync_model_last_check_ok`` is 1 when the last check succeeded. It replaced
+``shardsync_model_up_to_date`` (same value), whose name promised more than the
+service can know: whether the origin has changed since the last check is only
+learnt by the next check. "Up to date" is a rule over what is exported, e.g.
+``shardsync_model_last_check_ok == 1 and time() -
+shardsync_model_last_success_timestamp_seconds < 2 * interval``. The old name is not
+kept as an alias: a dashboard that reads it would keep its wrong meaning.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from shardsync.store import NotFoundError, ShardsyncError
 from . import __version__
 from .httpserver import HTTPError, Request, Response, Router
 from .metrics import CONTENT_TYPE, Exposition, Kind
+from .processmetrics import add_process_metrics, read_process
 from .scheduler import ModelState
 
 if TYPE_CHECKING:
@@ -33,14 +44,19 @@ MAX_POLL = 300.0
 
 #: The families ``GET /metrics`` serves, in order: name -> (kind, help text).
 METRICS: dict[str, tuple[Kind, str]] = {
+    "shardsync_build_info":
+        ("gauge", "Always 1; the running shardsync's version is in the label"),
+    "shardsync_model_last_check_timestamp_seconds":
+        ("gauge", "Unix time the model's last check began (it may still be running)"),
     "shardsync_model_last_success_timestamp_seconds":
         ("gauge", "Unix time of the model's last successful check"),
     "shardsync_model_downloaded_bytes_total":
         ("counter", "Body bytes downloaded for the model since the service started"),
     "shardsync_model_errors_total":
         ("counter", "Failed checks of the model since the service started"),
-    "shardsync_model_up_to_date":
-        ("gauge", "1 if the model's last check succeeded, else 0"),
+    "shardsync_model_last_check_ok":
+        ("gauge", "1 if the model's last finished check succeeded; 0 if it failed or none "
+                  "has finished since the service started"),
     "shardsync_store_objects": ("gauge", "Objects in the content-addressed store"),
     "shardsync_store_bytes": ("gauge", "Bytes of all objects in the store"),
     "shardsync_dedupe_saved_bytes":
@@ -75,6 +91,13 @@ class ControlApi:
             ("GET", "/metrics", self._h_metrics),
         ):
             r.add(method, pattern, handler)
+        return r
+
+    def metrics_router(self) -> Router:
+        """``GET /metrics`` (and ``HEAD``) only, for the ``metrics_listen`` TCP port:
+        nothing there may change the service or show more than the metrics."""
+        r = Router()
+        r.add("GET", "/metrics", self._h_metrics)
         return r
 
     def _model_json(self, st: ModelState) -> dict[str, Any]:
@@ -171,20 +194,24 @@ class ControlApi:
             kind, help = METRICS[name]
             (m.counter if kind == "counter" else m.gauge)(name, help, value, labels)
 
+        sample("shardsync_build_info", 1, {"version": __version__})
         for st in self.service.scheduler.models.values():
             labels = {"model": st.config.name}
+            if st.last_check is not None:
+                sample("shardsync_model_last_check_timestamp_seconds", st.last_check, labels)
             if st.last_success is not None:
                 sample("shardsync_model_last_success_timestamp_seconds", st.last_success, labels)
             in_flight = st.progress.received if st.progress.state not in ("idle", "error") \
                 else 0  # a sync in progress: its bytes count already, not only at its end
             sample("shardsync_model_downloaded_bytes_total", st.bytes_total + in_flight, labels)
             sample("shardsync_model_errors_total", st.errors_total, labels)
-            sample("shardsync_model_up_to_date",
+            sample("shardsync_model_last_check_ok",
                    1 if st.last_success and not st.last_error else 0, labels)
         sample("shardsync_store_objects", stats.objects)
         sample("shardsync_store_bytes", stats.bytes)
         sample("shardsync_dedupe_saved_bytes", stats.saved)
         sample("shardsync_config_error", 1 if self.service.config_error else 0)
+        add_process_metrics(m, read_process())
         return Response(200, m.render(), CONTENT_TYPE)
 
     async def _store_stats(self) -> StoreStats:

@@ -14,6 +14,7 @@ keys (``model[1]`` is the first block), the way an operator counts them.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -35,6 +36,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_duration",
+    "parse_listen",
     "parse_size",
 ]
 
@@ -49,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "concurrency": 4,
     "keep_versions": 2,                          # the current version and one to roll back to
     "max_model_bytes": DEFAULT_MAX_TOTAL,        # see tfjs.DEFAULT_MAX_TOTAL
+    "metrics_listen": "",                        # off: /metrics only on the control socket
 }
 
 _TOP_KEYS = frozenset(DEFAULTS) | {"model"}
@@ -90,6 +93,8 @@ class Config:
     keep_versions: int
     max_model_bytes: int
     models: tuple[ModelConfig, ...]
+    #: ``(host, port)`` to serve ``GET /metrics`` on over TCP, or None (the default: off).
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def manifest_urls(self) -> frozenset[str]:
@@ -145,13 +150,50 @@ def parse_size(value: Any) -> int:
     return size
 
 
+def parse_listen(value: Any) -> tuple[str, int] | None:
+    """Return ``value`` (``"127.0.0.1:9464"``, ``"[::1]:9464"``, or ``""`` for off) as
+    ``(host, port)``, or None for ``""``. Raises ValueError with the reason otherwise.
+
+    The host must be an IP address, not a name: resolving a name could bind other
+    addresses than the operator meant (``localhost`` is ``::1`` too), and would make
+    reading the config depend on the resolver. The port must be 1..65535; 0 (any free
+    port) is refused because nobody could then find where Prometheus should scrape.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string like \"127.0.0.1:9464\"")
+    text = value.strip()
+    if not text:
+        return None
+    example = 'an IP address and a port, like "127.0.0.1:9464" or "[::1]:9464"'
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r} is not {example}")
+        version = 6
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(f"{value!r} is not {example} (an IPv6 address goes in brackets)")
+        version = 4
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r}: {host!r} is not an IP address; use {example}") from None
+    if address.version != version:
+        raise ValueError(f"{value!r} is not {example}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    return str(address), int(port_text)
+
+
 def load_config(path: str | Path) -> Config:
     """Read and check the config file at ``path``; raise ConfigError if it is wrong.
 
     The error names the file, the key and the line where they are known, for every
     problem: unreadable file, TOML syntax, unknown key, wrong type, bad duration or
     size, bad URL (only http/https with a host, naming a manifest file), bad or
-    duplicate model name, non-positive concurrency, keep_versions below 1.
+    duplicate model name, non-positive concurrency, keep_versions below 1, a
+    metrics_listen that is not an IP address and port.
     """
     abspath = Path(path).absolute()
     try:
@@ -202,6 +244,7 @@ def parse_config(text: str, *, path: Path) -> Config:
     max_model_bytes = _checked(where, "max_model_bytes", parse_size, values["max_model_bytes"])
     concurrency = _positive_int(where, "concurrency", values["concurrency"], 1)
     keep_versions = _positive_int(where, "keep_versions", values["keep_versions"], 1)
+    metrics_listen = _checked(where, "metrics_listen", parse_listen, values["metrics_listen"])
 
     blocks = doc.get("model", [])
     if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
@@ -219,7 +262,8 @@ def parse_config(text: str, *, path: Path) -> Config:
 
     return Config(path=path, state_dir=state_dir, site_dir=site_dir, socket=socket,
                   interval=interval, concurrency=concurrency, keep_versions=keep_versions,
-                  max_model_bytes=max_model_bytes, models=tuple(models))
+                  max_model_bytes=max_model_bytes, models=tuple(models),
+                  metrics_listen=metrics_listen)
 
 
 def _model(where: _Locator, i: int, block: dict[str, Any], default_interval: float) -> ModelConfig:

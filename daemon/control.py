@@ -70,6 +70,7 @@ async def serve_control(
     *,
     idle_timeout: float = IDLE_TIMEOUT,
     environ: MutableMapping[str, str] | None = None,
+    what: str = "control socket",
     task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handler`` on the control socket until cancelled.
@@ -88,7 +89,8 @@ async def serve_control(
     are logged and end that connection only.
 
     On cancellation every connection is closed (a handler in progress is
-    cancelled), and a socket file this call created is removed.
+    cancelled), and a socket file this call created is removed. ``what`` names the
+    socket in the log (``metrics_listen`` serves a TCP socket through here too).
     """
     if not idle_timeout > 0:
         raise ValueError(f"idle_timeout must be > 0, got {idle_timeout}")
@@ -101,5 +103,5 @@ async def serve_control(
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(
                 trio.serve_listeners, serve_one, [listener], handler_nursery=nursery))
-            log.info("control socket listening on %s", address)
+            log.info("%s listening on %s", what, address)
             task_status.started(address)

@@ -11,9 +11,11 @@ answers is :mod:`.api`'s, reading this service.
 Decisions beyond docs/design.md:
 
 * A config that fails to load on reload is reported (log, status ``config_error``,
-  an event) and the running config stays. ``state_dir``, ``site_dir`` and ``socket``
-  cannot change while running; a reload that changes them applies everything else
-  and says a restart is needed.
+  an event) and the running config stays. ``state_dir``, ``site_dir``, ``socket``
+  and ``metrics_listen`` cannot change while running; a reload that changes them
+  applies everything else and says a restart is needed. (A listening address is
+  deployment, like the socket: moving it live would turn a port clash into a failure
+  half-way through a reload, after the rest was applied.)
 * A model removed from the config stops at once, and its published directory is
   removed after the store's grace period (5 min): a page that was loading it may
   finish, and a device does not keep serving (and storing) a model nobody
@@ -67,6 +69,7 @@ from .errors import ConfigError
 from .events import EventLog
 from .fetch import Fetcher
 from .httpclient import make_client
+from .metricsserver import serve_metrics
 from .notify import Notifier
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
@@ -210,6 +213,9 @@ class Service:
                     exc, "cannot create the control socket's directory",
                     file=str(Path(config.socket).parent)) from exc
             await nursery.start(serve_control, config.socket, self.api.router())
+            if config.metrics_listen is not None:
+                await nursery.start(serve_metrics, config.metrics_listen,
+                                    self.api.metrics_router())
             self.scheduler.apply(config.models)
             for name in set(self.store.model_names()) - {m.name for m in config.models}:
                 self._schedule_removal(name)
@@ -275,13 +281,14 @@ class Service:
                     log.error("reload (%s) failed, keeping the running config: %s", why, exc)
                     self._event("config-error", error=str(exc))
                     return str(exc)
-                fixed = [k for k in ("state_dir", "site_dir", "socket")
+                fixed = [k for k in ("state_dir", "site_dir", "socket", "metrics_listen")
                          if getattr(new, k) != getattr(self.config, k)]
                 if fixed:
                     log.warning("reload: changing %s needs a restart; keeping the running "
                                 "value(s)", ", ".join(fixed))
                     new = replace(new, state_dir=self.config.state_dir,
-                                  site_dir=self.config.site_dir, socket=self.config.socket)
+                                  site_dir=self.config.site_dir, socket=self.config.socket,
+                                  metrics_listen=self.config.metrics_listen)
                 self.config = new
                 self.config_error = None
                 self.syncer.limiter.total_tokens = new.concurrency

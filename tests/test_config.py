@@ -12,6 +12,7 @@ from shardsync.daemon.config import (
     ModelConfig,
     load_config,
     parse_duration,
+    parse_listen,
     parse_size,
 )
 from shardsync.daemon.errors import ConfigError
@@ -53,12 +54,13 @@ def test_example_config_loads_with_the_documented_defaults():
                                             "movenet-lightning"]
     assert cfg.model("bodypix-resnet50").interval == 6 * 3600
     assert cfg.model("tiny-face-detector").interval == 1800  # the default
+    assert cfg.metrics_listen is None  # off unless asked for
 
 
 def test_example_documents_every_key():
     text = (REPO / "config.example.toml").read_text()
     for key in ("state_dir", "site_dir", "socket", "interval", "concurrency", "keep_versions",
-                "max_model_bytes", "[[model]]", "name", "url"):
+                "max_model_bytes", "metrics_listen", "[[model]]", "name", "url"):
         assert f"\n{key}" in text or f"#   {key}" in text, key
 
 
@@ -120,6 +122,13 @@ def test_config_is_frozen(tmp_path):
     ('state_dir = "/srv/www/state"\nsite_dir = "/srv/www"\n', "state_dir", 1, "inside it"),
     ('state_dir = "/srv"\nsite_dir = "/srv/"\n', "state_dir", 1, "must not be site_dir"),
     ('model = "x"\n', "model", 1, "[[model]] blocks"),
+    ('interval = "1m"\nmetrics_listen = "localhost:9464"\n', "metrics_listen", 2,
+     "'localhost' is not an IP address"),
+    ('metrics_listen = "127.0.0.1"\n', "metrics_listen", 1, "an IP address and a port"),
+    ('metrics_listen = "::1:9464"\n', "metrics_listen", 1, "IPv6 address goes in brackets"),
+    ('metrics_listen = "127.0.0.1:0"\n', "metrics_listen", 1, "from 1 to 65535"),
+    ('metrics_listen = "127.0.0.1:65536"\n', "metrics_listen", 1, "from 1 to 65535"),
+    ('metrics_listen = 9464\n', "metrics_listen", 1, "not a string"),
     ('[model]\nname = "a"\n', "model", 1, "[[model]] blocks"),
 ])
 def test_top_level_errors_name_key_and_line(tmp_path, text, key, line, why):
@@ -234,3 +243,30 @@ def test_public_surface():
     import shardsync.daemon.config as config
 
     assert all(hasattr(config, name) for name in config.__all__)
+
+
+@pytest.mark.parametrize(("value", "address"), [
+    ("", None),
+    ("  ", None),
+    ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+    ("0.0.0.0:1", ("0.0.0.0", 1)),
+    ("[::1]:9464", ("::1", 9464)),
+    ("[0:0::1]:65535", ("::1", 65535)),  # written the short way, as it will be logged
+])
+def test_listen_addresses(value, address):
+    assert parse_listen(value) == address
+
+
+@pytest.mark.parametrize("value", [
+    "127.0.0.1", ":9464", "127.0.0.1:", "127.0.0.1:port", "127.0.0.1:-1", "127.0.0.1: 9464",
+    "[::1]", "[::1]9464", "[127.0.0.1]:9464", "::1:9464", "256.0.0.1:9464", "localhost:9464",
+    "example.com:80", None, 9464, True,
+])
+def test_bad_listen_addresses(value):
+    with pytest.raises(ValueError):
+        parse_listen(value)
+
+
+def test_metrics_listen_is_read_from_the_file(tmp_path):
+    cfg = load_config(write(tmp_path, 'metrics_listen = "[::1]:9464"\n'))
+    assert cfg.metrics_listen == ("::1", 9464)
