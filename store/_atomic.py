@@ -9,6 +9,7 @@ after the directory fsync the new content is the file's content for good.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -105,9 +106,21 @@ def write_atomic(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644,
         os.fsync(dir_fd)
 
 
-def read_at(dir_fd: int, name: str) -> bytes:
-    """Read a whole (small) file below ``dir_fd``, refusing to follow a symlink."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+def read_at(dir_fd: int, name: str, *, where: str | None = None) -> bytes:
+    """Read a whole (small) file below ``dir_fd``, refusing to follow a symlink.
+
+    A symlink where the file should be (planted, or left by someone's tooling) is an
+    UnsafePathError naming ``where`` (the file's path for messages, e.g. ``refs/bert``;
+    default ``name``): it could point anywhere, so its target is never read, and the
+    bare ELOOP that O_NOFOLLOW gives would name neither the file nor the reason.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError("is a symlink, which shardsync never follows (remove it)",
+                                  file=where or name) from exc
+        raise
     with os.fdopen(fd, "rb") as f:
         return f.read()
 

@@ -108,10 +108,14 @@ def translate_oserror(what: str, **where: Any) -> Iterator[None]:
 
     The store's public methods use it, so that a full disk or an I/O error reaches
     the caller as a ShardsyncError naming the model or file, never as a bare OSError.
+    A ShardsyncError raised inside passes through, given the ``model`` if it had none
+    (a planted symlink found by a helper that knows only the file).
     """
     try:
         yield
-    except ShardsyncError:
+    except ShardsyncError as exc:
+        if "model" in where:
+            exc.with_context(model=where["model"])
         raise
     except OSError as exc:
         raise StorageError.from_oserror(exc, what, **where) from exc
