@@ -44,10 +44,16 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WRITE_SLICE = 256 * 1024
 
 
+#: How much of the hint a temporary name keeps: the hint is for people reading a
+#: directory, and a temporary of a 255-byte name must itself stay under 255 bytes.
+_TMP_HINT_MAX = 64
+
+
 def tmp_name(hint: str = "") -> str:
     """A fresh temporary name, ``.tmp-<hint>-<pid>-<random>``: the pid tells
-    :func:`clean_tmp` whether its writer may still be at work."""
-    return f"{TMP_PREFIX}{hint}-{os.getpid()}-{secrets.token_hex(6)}"
+    :func:`clean_tmp` whether its writer may still be at work. The hint is cut to
+    64 characters, so the temporary of any legal file name is a legal name too."""
+    return f"{TMP_PREFIX}{hint[:_TMP_HINT_MAX]}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
 def _writer_alive(name: str) -> bool:

@@ -167,3 +167,14 @@ def test_a_planted_symlink_ref_history_or_record_is_an_error_naming_model_and_fi
         planted.unlink()
         planted.write_bytes(saved)
     assert bait.read_bytes() == b"not shardsync's\n"
+
+
+def test_a_file_name_too_long_is_a_storage_error_naming_it(tmp_path: Path) -> None:
+    # Issue 14 (7): ENAMETOOLONG said "File name too long" and named no file. A state_dir
+    # with a 300-byte component, opened for real: the message names that component.
+    long = "s" * 300
+    with pytest.raises(StorageError) as info:
+        store_at(tmp_path / long / "state", tmp_path / "site")
+    msg = str(info.value)
+    assert "File name too long" in msg and "300 bytes" in msg and "255" in msg
+    assert "s" * 40 in msg
