@@ -14,9 +14,9 @@ C decoder (``raw_decode``) and thrown away at once, so memory is bounded by the 
 elements (``{}``, ``[]``, strings, numbers) are skipped by one regular expression, so
 the hostile ``{}`` case costs one C call, not 15 million Python steps. Differences
 from ``json.loads``: nesting deeper than :data:`MAX_DEPTH` is refused (``json.loads``
-stops near 1000 with RecursionError), a number longer than the window is refused, and
-an integer with more digits than Python converts (4300) is accepted where it is not
-built (a browser accepts it too).
+stops near 1000 with RecursionError), UTF-16 and UTF-32 are refused (a browser reads
+model.json as UTF-8), and an integer with more digits than Python converts (4300) is
+accepted where it is not built (a browser accepts it too).
 """
 
 from __future__ import annotations
