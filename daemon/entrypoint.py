@@ -17,7 +17,9 @@ from typing import Any
 
 from shardsync.store import IntegrityError, UnsafePathError, check_relpath
 
-__all__ = ["manifest_groups", "rewrite_paths", "shard_relpath"]
+from .jsonscan import JSONScanError, Scan, Span, scan
+
+__all__ = ["groups_span", "manifest_groups", "rewrite_paths", "scan_manifest", "shard_relpath"]
 
 
 # TF.js's own `model.save('downloads://x')` writes `paths: ['./x.weights.bin']`; the
@@ -46,6 +48,30 @@ def manifest_groups(doc: Any) -> list[Any] | None:
         if isinstance(groups, list):
             return groups
     return None
+
+
+def scan_manifest(data: bytes) -> Scan:
+    """Check that ``data`` is JSON and find a manifest's members, building none of them.
+
+    Keeps ``weightsManifest``, ``format`` and ``modelTopology`` (probed for ``node``,
+    which tells a graph model). The topology, the bulk of a big model.json, is checked
+    but never built (docs/performance.md, "Parsing manifests": a 43 MiB one cost 1.4 GB
+    as Python objects). Raises :class:`~.jsonscan.JSONScanError` for invalid JSON.
+    """
+    return scan(data, keep=("weightsManifest", "format", "modelTopology"),
+                probe={"modelTopology": ("node",)})
+
+
+def groups_span(data: bytes, found: Scan) -> Span | None:
+    """Where the weight groups of the scanned manifest ``data`` lie, or None if nowhere.
+
+    The byte-level twin of :func:`manifest_groups`: the whole document when it is a list
+    (a bare weights manifest), else its ``weightsManifest`` member (which may be any
+    JSON value; the caller checks that it is a list).
+    """
+    if data[found.root.start:found.root.start + 1] == b"[":
+        return found.root
+    return found.members.get("weightsManifest")
 
 
 def shard_relpath(path: str) -> str:
@@ -78,7 +104,8 @@ def rewrite_paths(data: bytes, prefix: str) -> bytes:
 
     Each path becomes ``prefix + shard_relpath(path)`` (e.g. ``versions/3f2a/`` +
     ``group1-shard1of2.bin``); everything else (keys, their order, values) is kept,
-    only whitespace may change. ``prefix`` must be empty or a safe relative directory
+    the bytes outside the weight groups are copied as they are (a big topology is never
+    built: :func:`scan_manifest`). ``prefix`` must be empty or a safe relative directory
     ending in ``/``. Raises UnsafePathError for an unsafe prefix or path, and
     IntegrityError if ``data`` is not a TF.js manifest (the daemon parses every
     manifest before the store sees it, so that means the stored bytes are wrong).
@@ -89,15 +116,19 @@ def rewrite_paths(data: bytes, prefix: str) -> bytes:
             raise UnsafePathError(f"path prefix {prefix!r} must end with '/'", file=repr(prefix))
         check_relpath(prefix[:-1])
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        found = scan_manifest(data)
+    except JSONScanError as exc:
         raise IntegrityError(f"manifest is not valid JSON: {exc}") from exc
-    groups = manifest_groups(doc)
-    if groups is None:
+    span = groups_span(data, found)
+    view = memoryview(data)
+    groups = None if span is None else json.loads(view[span.start:span.end].tobytes())
+    if not isinstance(groups, list):
         raise IntegrityError("not a TF.js manifest: no list of weight groups")
     for i, group in enumerate(groups):
         paths = group.get("paths") if isinstance(group, dict) else None
         if not isinstance(paths, list):
             raise IntegrityError(f"weight group {i + 1} has no list of paths")
         group["paths"] = [prefix + shard_relpath(p) for p in paths]
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    assert span is not None
+    new = json.dumps(groups, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return b"".join([view[:span.start], new, view[span.end:]])

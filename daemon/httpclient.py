@@ -43,7 +43,9 @@ class FetchPolicy:
     min_rate: float = 8 * 1024
     #: Window over which ``min_rate`` is measured; long enough to ride out a stall.
     rate_window: float = 60.0
-    #: A manifest larger than this is refused (real model.json files are < 10 MB).
+    #: A manifest larger than this is refused (real model.json files are < 10 MB, a big
+    #: graph model 10-30 MB). Parsing holds the bytes, not 25 times them
+    #: (docs/performance.md, "Parsing manifests").
     max_manifest_bytes: int = 64 * 1024 * 1024
     #: All tries of one file together, waits included: ends this sync's try of a file
     #: that would otherwise hold a download slot for hours. The partial stays, so a huge

@@ -150,7 +150,13 @@ class Syncer:
         if self._known is None:
             self._known = {}
             for name in self.store.model_names():
-                version = self.store.current(name)
+                try:
+                    version = self.store.current(name)
+                except ShardsyncError as exc:
+                    # An unreadable ref (a planted symlink) is that model's own sync's
+                    # failure; here it only means its files are not reused.
+                    log.warning("%s", exc.with_context(model=name))
+                    continue
                 if version is not None:
                     self._learn(version)
             for d in self.store.downloaded():
@@ -189,8 +195,13 @@ class Syncer:
             progress.state = "error"
             log.error("%s", result.error)
         result.received = progress.received
-        current = self.store.current_id(model.name)
-        result.version = current
+        try:
+            result.version = self.store.current_id(model.name)
+        except ShardsyncError as exc:
+            # An unreadable ref (a planted symlink, an I/O error) has usually just failed
+            # the sync itself; either way it is this model's failure, never the pass's.
+            result.error = result.error or exc.with_context(model=model.name)
+            progress.state = "error"
         return result
 
     async def _sync(self, model: ModelConfig, progress: Progress, result: SyncResult) -> None:

@@ -9,6 +9,7 @@ after the directory fsync the new content is the file's content for good.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -43,10 +44,16 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WRITE_SLICE = 256 * 1024
 
 
+#: How much of the hint a temporary name keeps: the hint is for people reading a
+#: directory, and a temporary of a 255-byte name must itself stay under 255 bytes.
+_TMP_HINT_MAX = 64
+
+
 def tmp_name(hint: str = "") -> str:
     """A fresh temporary name, ``.tmp-<hint>-<pid>-<random>``: the pid tells
-    :func:`clean_tmp` whether its writer may still be at work."""
-    return f"{TMP_PREFIX}{hint}-{os.getpid()}-{secrets.token_hex(6)}"
+    :func:`clean_tmp` whether its writer may still be at work. The hint is cut to
+    64 characters, so the temporary of any legal file name is a legal name too."""
+    return f"{TMP_PREFIX}{hint[:_TMP_HINT_MAX]}-{os.getpid()}-{secrets.token_hex(6)}"
 
 
 def _writer_alive(name: str) -> bool:
@@ -105,9 +112,21 @@ def write_atomic(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644,
         os.fsync(dir_fd)
 
 
-def read_at(dir_fd: int, name: str) -> bytes:
-    """Read a whole (small) file below ``dir_fd``, refusing to follow a symlink."""
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+def read_at(dir_fd: int, name: str, *, where: str | None = None) -> bytes:
+    """Read a whole (small) file below ``dir_fd``, refusing to follow a symlink.
+
+    A symlink where the file should be (planted, or left by someone's tooling) is an
+    UnsafePathError naming ``where`` (the file's path for messages, e.g. ``refs/bert``;
+    default ``name``): it could point anywhere, so its target is never read, and the
+    bare ELOOP that O_NOFOLLOW gives would name neither the file nor the reason.
+    """
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError("is a symlink, which shardsync never follows (remove it)",
+                                  file=where or name) from exc
+        raise
     with os.fdopen(fd, "rb") as f:
         return f.read()
 

@@ -20,6 +20,8 @@ The daemon adds its own (config, manifest, upstream HTTP, timeout) in
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,7 +101,26 @@ class StorageError(ShardsyncError):
 
     @classmethod
     def from_oserror(cls, exc: OSError, what: str, **where: Any) -> StorageError:
-        return cls(f"{what}: {exc.strerror or exc}", **where)
+        """``what: strerror``; for ENAMETOOLONG also the name that is too long, which
+        ``where`` (a model, a URL) rarely is, and without which "File name too long"
+        names nothing."""
+        from ._paths import SEGMENT_MAX  # here: _paths imports this module
+
+        reason = f"{what}: {exc.strerror or exc}"
+        if exc.errno == errno.ENAMETOOLONG and isinstance(exc.filename, str | bytes):
+            name = os.fsdecode(exc.filename)
+            long = [p for p in name.split("/") if len(os.fsencode(p)) > SEGMENT_MAX]
+            if long:
+                reason += (f": {_shorten(long[0])!r} is {len(os.fsencode(long[0]))} bytes, "
+                           f"longer than the {SEGMENT_MAX} a file name may have")
+            else:
+                reason += f": {_shorten(name)!r}"
+        return cls(reason, **where)
+
+
+def _shorten(name: str) -> str:
+    """``name`` as a message can show it: a 300-byte name is cut in the middle."""
+    return name if len(name) <= 80 else f"{name[:40]}...{name[-20:]}"
 
 
 @contextlib.contextmanager
@@ -108,10 +129,14 @@ def translate_oserror(what: str, **where: Any) -> Iterator[None]:
 
     The store's public methods use it, so that a full disk or an I/O error reaches
     the caller as a ShardsyncError naming the model or file, never as a bare OSError.
+    A ShardsyncError raised inside passes through, given the ``model`` if it had none
+    (a planted symlink found by a helper that knows only the file).
     """
     try:
         yield
-    except ShardsyncError:
+    except ShardsyncError as exc:
+        if "model" in where:
+            exc.with_context(model=where["model"])
         raise
     except OSError as exc:
         raise StorageError.from_oserror(exc, what, **where) from exc

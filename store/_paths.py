@@ -18,6 +18,7 @@ from ._errors import UnsafePathError
 __all__ = [
     "NAME_MAX",
     "NAME_RE",
+    "SEGMENT_MAX",
     "VERSIONS_DIR",
     "check_manifest_name",
     "check_name",
@@ -32,6 +33,11 @@ NAME_RE = re.compile(r"^[a-z0-9._-]+$")
 #: Longest model name: it becomes file names with suffixes (``history/<name>.json``,
 #: ``.tmp-<name>-<pid>-<random>``) that must stay under the 255 bytes a name may have.
 NAME_MAX = 128
+
+#: Longest file name a path segment may have, in UTF-8 bytes: Linux's NAME_MAX (ext4,
+#: xfs, btrfs, tmpfs). Refused while checking the manifest, before any download, rather
+#: than met as ENAMETOOLONG while publishing.
+SEGMENT_MAX = 255
 
 #: The per-model directory of site_dir holding the immutable version trees; no entry
 #: point may take its name.
@@ -61,8 +67,9 @@ def check_relpath(path: str) -> str:
 
     Refused: empty, absolute, a scheme (``http:``, ``file:``, ``C:``), a backslash,
     a NUL or other control character, a ``.`` or ``..`` segment, an empty segment
-    (``a//b``, trailing ``/``), and any segment starting with ``.tmp-`` (our own
-    temporary names).
+    (``a//b``, trailing ``/``), any segment starting with ``.tmp-`` (our own
+    temporary names), and a segment longer than :data:`SEGMENT_MAX` bytes (no file
+    can have that name).
     """
     why = None
     if not isinstance(path, str) or not path:
@@ -85,6 +92,9 @@ def check_relpath(path: str) -> str:
                 why = f"{seg!r} segment in path"
             elif seg.startswith(".tmp-"):
                 why = "reserved name in path"
+            elif len(seg.encode("utf-8")) > SEGMENT_MAX:
+                why = (f"a name of {len(seg.encode('utf-8'))} bytes, longer than the "
+                       f"{SEGMENT_MAX} a file name may have")
             if why:
                 break
     if why:

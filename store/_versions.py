@@ -155,7 +155,8 @@ class Versions:
         try:
             fd = open_dir_at(self._state_fd, f"snapshots/{name}")
             try:
-                data = read_at(fd, _check_id(version_id) + ".json")
+                data = read_at(fd, _check_id(version_id) + ".json",
+                               where=f"snapshots/{name}/{version_id}.json")
             finally:
                 os.close(fd)
         except FileNotFoundError:
@@ -209,7 +210,7 @@ class Versions:
         """The current version id of a model, or None if it was never published."""
         fd = open_dir_at(self._state_fd, "refs")
         try:
-            return read_at(fd, check_name(name)).decode().strip() or None
+            return read_at(fd, check_name(name), where=f"refs/{name}").decode().strip() or None
         except FileNotFoundError:
             return None
         finally:
@@ -242,7 +243,8 @@ class Versions:
         """``[{"version", "from", "until"}]``, oldest first; ``until`` None = current."""
         fd = open_dir_at(self._state_fd, "history")
         try:
-            return list(json.loads(read_at(fd, check_name(name) + ".json")))
+            return list(json.loads(read_at(fd, check_name(name) + ".json",
+                                           where=f"history/{name}.json")))
         except (FileNotFoundError, ValueError):
             return []
         finally:

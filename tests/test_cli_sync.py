@@ -245,3 +245,24 @@ def test_a_sync_killed_mid_download_resumes_without_fetching_twice(
     assert_published(tmp_path / "conf" / "site", "big", model)
     assert run_cli("verify", "-c", config).returncode == 0
     assert os.listdir(partial) == []
+
+
+def test_a_planted_symlink_ref_fails_that_model_naming_the_file(
+        origin: Origin, tmp_path: Path) -> None:
+    # Issue 14 (6): state_dir/refs/a as a symlink (O_NOFOLLOW: ELOOP). Model a fails with
+    # a message naming it and the file; b is published; the symlink's target is untouched.
+    config, a, b = two_models(origin, tmp_path)
+    state = tmp_path / "conf" / "state"
+    (state / "refs").mkdir(parents=True)
+    bait = tmp_path / "bait"
+    bait.write_bytes(b"not shardsync's\n")
+    (state / "refs" / "a").symlink_to(bait)
+    run = run_cli("sync", "-c", config, "--json")
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.returncode == 1, run.stderr
+    doc = {m["name"]: m for m in json.loads(run.stdout)["models"]}
+    assert doc["b"]["ok"] and not doc["a"]["ok"], [m["error"] for m in doc.values()]
+    assert "model a" in doc["a"]["error"] and "refs/a" in doc["a"]["error"], doc["a"]["error"]
+    assert "symlink" in doc["a"]["error"]
+    assert_published(tmp_path / "conf" / "site", "b", b)
+    assert bait.read_bytes() == b"not shardsync's\n" and (state / "refs" / "a").is_symlink()

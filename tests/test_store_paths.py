@@ -39,11 +39,13 @@ UNSAFE = [
     "a//b", "a/", "/a/",
     "http://evil.example/x.bin", "file:///etc/passwd", "C:\\x", "c:x", "data:,x",
     ".tmp-x", "a/.tmp-y",
+    "a" * 256, "d/" + "é" * 128 + "/x.bin",  # over the 255 bytes a file name may have
 ]
 
 SAFE = [
     "model.json", "group1-shard1of2.bin", "group1-shard1of2", "a/b/c.bin", "a.b", "..a",
     "a..", "weights/..bin", "x-y_z.0", "модель.bin", "a b.bin", "versions/x.bin",
+    "a" * 255, "d/" + "é" * 125 + ".bin",
 ]
 
 

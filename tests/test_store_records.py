@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from storehelpers import assert_store_ok, publish_model, store_at, versioned_model
 
-from shardsync.store import FileEntry, IntegrityError, StorageError, Store, Version
+from shardsync.store import (
+    FileEntry,
+    IntegrityError,
+    StorageError,
+    Store,
+    UnsafePathError,
+    Version,
+)
 
 
 def record_file(state: Path, version: Version) -> Path:
@@ -131,3 +138,43 @@ def test_verify_reports_a_damaged_record_of_an_older_version(dirs) -> None:
         assert p.repaired and not record_file(state, old).exists()
         assert store.verify() == []
         assert_store_ok(state, site)
+
+
+def test_a_planted_symlink_ref_history_or_record_is_an_error_naming_model_and_file(
+    store: Store, dirs, tmp_path: Path
+) -> None:
+    # Issue 14 (6): O_NOFOLLOW gave a bare ELOOP naming nothing. Each per-model file the
+    # store reads, replaced by a symlink to a file outside state_dir: an UnsafePathError
+    # naming the model and the file, and the target neither read nor changed.
+    state, _ = dirs
+    version = publish_model(store, "m", versioned_model(1))
+    bait = tmp_path / "bait"
+    bait.write_bytes(b"not shardsync's\n")
+    for rel, read in [
+        ("refs/m", lambda: store.current_id("m")),
+        ("refs/m", lambda: store.current("m")),
+        ("history/m.json", lambda: store.history("m")),
+        (f"snapshots/m/{version.id}.json", lambda: store.version("m", version.id)),
+    ]:
+        planted = state / rel
+        saved = planted.read_bytes()
+        planted.unlink()
+        planted.symlink_to(bait)
+        with pytest.raises(UnsafePathError, match="symlink") as info:
+            read()
+        assert (info.value.model, info.value.file) == ("m", rel)
+        assert f"model m: file {rel}: " in str(info.value)
+        planted.unlink()
+        planted.write_bytes(saved)
+    assert bait.read_bytes() == b"not shardsync's\n"
+
+
+def test_a_file_name_too_long_is_a_storage_error_naming_it(tmp_path: Path) -> None:
+    # Issue 14 (7): ENAMETOOLONG said "File name too long" and named no file. A state_dir
+    # with a 300-byte component, opened for real: the message names that component.
+    long = "s" * 300
+    with pytest.raises(StorageError) as info:
+        store_at(tmp_path / long / "state", tmp_path / "site")
+    msg = str(info.value)
+    assert "File name too long" in msg and "300 bytes" in msg and "255" in msg
+    assert "s" * 40 in msg

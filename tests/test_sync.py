@@ -692,7 +692,7 @@ async def test_a_hostile_manifest_fails_its_model_and_the_others_publish(
 
 @pytest.mark.parametrize("path", ["../evil.bin", "../../../evil.bin", "sub/../../evil.bin",
                                   "/tmp/evil.bin", "..\\evil.bin", "http://evil.example/x.bin",
-                                  "a\ud800.bin"])
+                                  "a\ud800.bin", "sub/" + "x" * 252 + ".bin"])
 async def test_unsafe_paths_are_refused_and_nothing_is_written_outside(
     origin: Origin, tmp_path: Path, path: str
 ) -> None:
@@ -710,6 +710,18 @@ async def test_unsafe_paths_are_refused_and_nothing_is_written_outside(
     assert [e.path for e in origin.requests()] == ["m/model.json"]  # no shard was asked for
     assert not (site / "m1").exists()
     assert list((state / "partial").iterdir()) == []
+
+
+async def test_a_manifest_name_of_250_bytes_is_published(origin: Origin, tmp_path: Path) -> None:
+    # Issue 14 (7): the entry point's temporary (.tmp-<name>-<pid>-<random>) was 26 bytes
+    # longer than its name, so a legal name over 229 bytes failed with "File name too
+    # long", naming nothing. Shards of 255-byte names are placed too.
+    model = tfjs_model("graph-model", [{"s" * 251 + ".bin": b"\1" * 64}],
+                       manifest_name="m" * 245 + ".json")
+    async with open_syncer(tmp_path) as env:
+        result = await sync(env, "m1", publish_on(origin, "m", model))
+        assert result.ok, result.error
+        assert_published(env.site, "m1", model)
 
 
 async def test_an_io_error_reading_the_stored_manifest_fails_the_sync_naming_the_model(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -436,3 +438,90 @@ def test_public_surface():
         assert all(hasattr(module, name) for name in module.__all__), module.__name__
     # The store knows no model format: the entry-point rewrite is the daemon's, injected.
     assert not hasattr(store, "rewrite_paths") and callable(entrypoint.rewrite_paths)
+
+
+# What a subprocess reports: the parse's and the rewrite's peak RSS above the
+# interpreter's baseline (measured before the manifest is even read, so the 43 MiB of
+# bytes count against the 60 MiB too), and the kind and first shard path it found.
+_RSS_PROBE = """
+import resource, sys
+from shardsync.daemon.entrypoint import rewrite_paths
+from shardsync.daemon.tfjs import parse_manifest
+def rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+base = rss()
+data = open(sys.argv[1], "rb").read()
+m = parse_manifest(data, manifest_url="https://h/m/model.json")
+parsed = rss()
+out = rewrite_paths(data, "versions/v/")
+print(m.kind, m.files[0], parsed - base, rss() - base, out.count(b"versions/v/a.bin"))
+"""
+
+
+def write_hostile(path: Path, node: bytes, size: int) -> None:
+    """A legal graph-model model.json of ``size`` bytes, its topology ``node`` repeated."""
+    per = 1 << 16
+    count = size // (len(node) + 1)
+    with open(path, "wb") as f:
+        f.write(b'{"format": "graph-model", "modelTopology": {"node": [' + node)
+        for done in range(1, count, per):
+            f.write((b"," + node) * min(per, count - done))
+        f.write(b']}, "weightsManifest": [{"paths": ["a.bin"], "weights": '
+                b'[{"name": "w", "shape": [1], "dtype": "float32"}]}]}')
+
+
+@pytest.mark.parametrize("node", [b"{}", b'{"name": "n", "attr": {"v": {"list": {"i": [1, 2]}}}}'],
+                         ids=["empty-nodes", "nested-nodes"])
+def test_a_43_mib_topology_is_parsed_in_bounded_memory(tmp_path, node):
+    # Issue 14: 15 million {} nodes (43 MiB, under the manifest cap) took 1.43 GB with
+    # json.loads. The topology is checked, never built: bytes + a few MiB.
+    path = tmp_path / "model.json"
+    write_hostile(path, node, 43 << 20)
+    assert path.stat().st_size > 42 << 20
+    out = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(path)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    kind, first, parse_mib, rewrite_mib, rewritten = out
+    assert (kind, first, rewritten) == ("graph-model", "a.bin", "1")
+    assert int(parse_mib) < 60, f"parse peaked {parse_mib} MiB above the baseline"
+    # The rewrite holds its output beside the input (both ~43 MiB), and no more.
+    assert int(rewrite_mib) < 2 * 43 + 16, f"rewrite peaked {rewrite_mib} MiB above the baseline"
+
+
+@pytest.mark.parametrize(("doc", "why"), [
+    (b'{"modelTopology": {"node": [{}, {"a": NaN}]}, "weightsManifest": []}', "not valid JSON"),
+    (b'{"modelTopology": {"node": [' + b"{}," * 50_000 + b'{]}, "weightsManifest": []}',
+     "not valid JSON"),
+    (b'{"modelTopology": {"x": "\xff"}, "weightsManifest": []}', "not valid JSON"),
+    (b'{"modelTopology": {"x": 1}, "weightsManifest": []} x', "not valid JSON"),
+    (b'{"modelTopology": ' + b"[" * 5000 + b"]" * 5000 + b', "weightsManifest": []}',
+     "nested too deeply"),
+    ("\ufeff{}".encode("utf-16"), "not valid JSON"),
+])
+def test_a_topology_that_is_not_json_is_still_refused(doc, why):
+    # The topology is not built, but a browser's JSON.parse would refuse the whole file:
+    # so does the scan, with the byte where it shows.
+    with pytest.raises(ManifestError, match=why) as info:
+        parse_manifest(doc, manifest_url=URL)
+    assert info.value.file == "model.json"
+
+
+def test_the_scan_agrees_with_json_loads_on_real_and_built_manifests():
+    # The topology and the weight groups as json.loads sees them, for every sample model
+    # and for a graph whose topology is far larger than the scan's windows.
+    big = json.dumps({"modelTopology": {"versions": {}, "node": [
+        {"name": f"n{i}", "op": "Const", "attr": {"value": {"tensor": {"dtype": "DT_FLOAT"}},
+                                                  "s": ["\u00e9" * (i % 50)]}}
+        for i in range(3000)]}, "weightsManifest": [{"paths": ["a.bin"], "weights": [w()]}]},
+        ensure_ascii=False, indent=1).encode()
+    docs = [(p.read_bytes(), kind) for p, kind in
+            [(SAMPLES / d / f, k) for d, f, k in REAL]] + [(big, "graph-model")]
+    for data, kind in docs:
+        m = parse_manifest(data, manifest_url=URL)
+        assert m.kind == kind
+        assert m.files == [shard_relpath(p) for g in manifest_groups(json.loads(data)) or []
+                           for p in g["paths"]]
+        out = json.loads(rewrite_paths(data, "v/"))
+        before = json.loads(data)
+        for g in manifest_groups(before) or []:
+            g["paths"] = ["v/" + shard_relpath(p) for p in g["paths"]]
+        assert out == before
