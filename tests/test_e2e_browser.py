@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from e2e.browser import (
     assert_whole_versions,
     load_models,
     read_during_updates,
+    run_page,
 )
 from e2e.webserver import run_nginx
 from origin import Origin
@@ -81,6 +83,9 @@ READER_LOADS = 4
 
 # Seconds one `shardsync sync` may take: about 1 s here, generous for a loaded machine.
 SYNC_TIMEOUT = 120
+
+# The README, whose kiosk page is run as written.
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Seconds a readers page may take: its loads wait for a sync each (about 5 s in all here).
 READERS_TIMEOUT = 180
@@ -504,3 +509,40 @@ def test_shardsync_js_drops_a_cached_version_the_site_no_longer_keeps(servers: A
     assert again["fromCache"] and all(f"/versions/{version_b}/" in u for u in again["fromCache"])
     assert [u for u in again["fetched"] if "/versions/" in u and "HEAD" not in u] == [
         f"{servers['mirror_url']}/models/{name}/versions/{version_a}/blazeface.json"]
+
+
+# Added to the README's kiosk page, which reports to nobody: waits for its status line
+# to change from the first text, then reports what the page shows.
+_README_REPORTER = """<script src="common.js"></script>
+<script>
+(async () => {
+  const spec = pageSpec();
+  reportUncaught(spec);
+  const status = document.getElementById('status');
+  while (status.textContent === spec.first) await new Promise((r) => setTimeout(r, 50));
+  await report(spec, {ok: true, status: status.textContent, model: typeof window.model,
+                      bar: Number(document.getElementById('bar').value)});
+})();
+</script>
+"""
+
+
+def test_the_readme_kiosk_page_loads_its_model_with_a_full_bar(servers: Any) -> None:
+    found = re.search(r"```html\n(.*?)```", README.read_text(), re.S)
+    assert found, "README has no html block"
+    html = found.group(1)
+    first = re.search(r'<p id="status">(.*?)</p>', html)
+    assert first, "the README's page has no status line"
+    # Served by the collector, the page reaches the site on the mirror's origin:
+    # only the origin of its URLs changes, and TF.js comes from the collector.
+    mirror = servers["mirror_url"]
+    page = (html.replace('src="/tf.min.js"', 'src="/tfjs/tf.min.js"')
+            .replace("'/models/", f"'{mirror}/models/").replace('"/models/', f'"{mirror}/models/')
+            .replace("</body>", _README_REPORTER + "</body>"))
+    assert page.count(f"{mirror}/models/") == 2, page  # the script and the model
+    servers["collector"].add_page("readme-kiosk.html", page)
+    report = run_page(servers["collector"], "readme-kiosk.html", {"first": first.group(1)},
+                      workdir=servers["root"] / "chromium-readme")
+    version = servers["synced"]["blazeface"]["version"]
+    assert (report["status"], report["bar"], report["model"]) == (
+        f"version {version}", 1, "object"), report

@@ -6,6 +6,7 @@ What the script does in a browser is tests/test_e2e_browser.py's part.
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 import subprocess
@@ -102,3 +103,23 @@ def test_the_wheel_ships_the_script(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("shardsync-*.whl")
     with zipfile.ZipFile(wheel) as z:
         assert z.read(f"shardsync/daemon/pagejs/{PAGE_SCRIPT}") == source()
+
+
+#: Syntax newer than ES2017 (the script's promise: kiosk browsers can be old): object
+#: spread/rest, optional chaining, nullish coalescing, async iteration, optional catch
+#: binding, numeric separators between digits, private fields.
+_AFTER_ES2017 = [r"\.\.\.", r"\?\.(?!\d)", r"\?\?", r"\bfor\s+await\b", r"\bcatch\s*\{",
+                 r"\d_\d", r"#[A-Za-z_]"]
+
+
+def test_the_script_uses_no_syntax_after_es2017() -> None:
+    """A token check, not a parser: a line comment is dropped before matching."""
+    code = [(i, re.sub(r"(^|\s)//.*$", "", line))
+            for i, line in enumerate(source().decode().splitlines(), 1)]
+    found = [(i, pat, line.strip()) for i, line in code for pat in _AFTER_ES2017
+             if re.search(pat, line)]
+    assert found == []
+    # Self-check: each pattern catches what it is for.
+    for sample in ("f(...xs)", "a?.b", "a ?? b", "for await (x of y)", "catch {", "1_000",
+                   "this.#x"):
+        assert any(re.search(p, sample) for p in _AFTER_ES2017), sample

@@ -138,8 +138,9 @@ class _Expected:
 class Collector:
     """HTTP server on 127.0.0.1 for the pages: serves them, TF.js, and takes their reports.
 
-    ``GET /e2e/<file>`` serves this folder's .html/.js, ``GET /tfjs/tf.min.js``
-    serves TF.js. ``POST /report/<token>`` stores a page's result,
+    ``GET /e2e/<file>`` serves this folder's .html/.js (or a page a test gave
+    :meth:`add_page`), ``GET /tfjs/tf.min.js`` serves TF.js.
+    ``POST /report/<token>`` stores a page's result,
     ``POST /log/<token>`` appends a line to its log, and ``POST /gate/<token>``
     calls the visit's ``gate`` (in the server's thread, so the page waits until
     it returns) and answers its return value as JSON. Use as a context manager;
@@ -149,6 +150,7 @@ class Collector:
     def __init__(self) -> None:
         self._tfjs = tfjs_path()
         self._visits: dict[str, _Expected] = {}
+        self._pages: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -183,6 +185,12 @@ class Collector:
         """``http://127.0.0.1:PORT`` (no trailing slash)."""
         assert self._server is not None, "use Collector as a context manager"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add_page(self, name: str, html: str) -> None:
+        """Serve ``html`` at ``/e2e/<name>`` (e.g. a page copied out of the README)."""
+        assert _PAGE_FILE_RE.match(f"/e2e/{name}") and name.endswith(".html"), name
+        with self._lock:
+            self._pages[name] = html.encode()
 
     def expect(self, gate: Callable[[dict[str, Any]], Any] | None = None) -> str:
         """Register a page visit; return its token."""
@@ -231,7 +239,9 @@ class Collector:
     def _get(self, h: BaseHTTPRequestHandler) -> None:
         path = h.path.split("?", 1)[0]
         m = _PAGE_FILE_RE.match(path)
-        if m and (E2E_DIR / m.group(1)).is_file():
+        if m and m.group(1) in self._pages:
+            self._send(h, 200, self._pages[m.group(1)], _CTYPES[".html"])
+        elif m and (E2E_DIR / m.group(1)).is_file():
             name = m.group(1)
             self._send(h, 200, (E2E_DIR / name).read_bytes(), _CTYPES[Path(name).suffix])
         elif path == "/tfjs/tf.min.js":
