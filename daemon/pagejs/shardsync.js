@@ -342,6 +342,10 @@
   // error: a 404 means the model is gone), or a shard fails on the network, the
   // newest version the cache holds whole is loaded instead, with offline: true.
   async function load(url, options) {
+    // The IOHandler helpers used here are TF.js 4's (the tests run 4.22).
+    if (typeof tf === 'undefined' || !tf.io || !tf.io.getModelArtifactsForJSON) {
+      throw new Error('shardsync.js needs TF.js 4 (tf.min.js) on the page, loaded before it runs load()');
+    }
     const opts = Object.assign({fetchFunc: (u, init) => fetch(u, init)}, options || {});
     const where = splitUrl(url);
     try {
