@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from shardsync.store import NotFoundError, UnsafePathError, check_name
 
 from .errors import ConfigError, ManifestError
+from .pagescript import PAGE_SCRIPT
 from .tfjs import DEFAULT_MAX_TOTAL, manifest_filename
 
 __all__ = [
@@ -281,6 +282,10 @@ def _model(where: _Locator, i: int, block: dict[str, Any], default_interval: flo
         check_name(name)
     except UnsafePathError as exc:
         raise where.error(exc.reason, "name", model=i) from exc
+    if name == PAGE_SCRIPT:
+        # site_dir/<name>/ is the model's directory, and this name is the page script's.
+        raise where.error(f"{name!r} is reserved for the page script in site_dir", "name",
+                          model=i)
     if not isinstance(url, str):
         raise where.error(f"must be a string, not {url!r}", "url", model=i)
     _checked(where, "url", _check_url, url, model=i)

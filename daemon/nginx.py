@@ -8,7 +8,10 @@ front of site_dir is part of correctness, not a detail left to the operator:
   a broken URL fails loudly instead of loading HTML as weights; so is anything
   the store is still writing (its ``.tmp-`` names) and any symlink;
 - ``*.json`` is ``application/json``; everything else, including shards without
-  an extension (face-api's), is ``application/octet-stream``;
+  an extension (face-api's), is ``application/octet-stream``; the one exception is
+  the page script ``<location>shardsync.js`` (:mod:`.pagescript`), served as
+  ``text/javascript`` (a page that sends ``nosniff`` would refuse it as anything
+  else), ``no-cache`` so that an upgraded script reaches the pages;
 - the entry-point manifest ``<location><name>/<manifest>`` is ``no-cache`` and
   never answered ``304`` (see below); only files under
   ``<location><name>/versions/<version>/``, whose URL names their version and
@@ -29,6 +32,7 @@ import re
 from shardsync.store import TMP_PREFIX
 
 from .errors import ConfigError
+from .pagescript import PAGE_SCRIPT
 
 __all__ = ["render_nginx_config", "render_nginx_location"]
 
@@ -144,6 +148,7 @@ def render_nginx_location(
         *_serve(),
     ]
     other = [*_headers("no-cache"), *_serve()]
+    script = ["default_type text/javascript;", *_headers("no-cache"), *_serve()]
     body = [
         f'alias "{root}";',
         "autoindex off;",
@@ -171,6 +176,11 @@ def render_nginx_location(
         "",
         f"location ~ ^{rx}[^/]+/[^/]+$ {{",
         *("    " + line for line in entry),
+        "}",
+        "",
+        # An exact match wins over the regexes: the one file at site_dir's root.
+        f"location = {loc}{PAGE_SCRIPT} {{",
+        *("    " + line for line in script),
         "}",
     ]
     return "\n".join([f"location {loc} {{", *("    " + ln if ln else "" for ln in body), "}"])

@@ -36,18 +36,23 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
                       show_progress: bool = False) -> list[SyncResult]:
     """Sync the named models concurrently (sharing one download limit); results in order.
 
-    With ``show_progress`` a progress display redraws on stderr until every model is
-    done. A cancel stops the downloads where they are (their partials are kept).
+    ``site_dir/shardsync.js`` is made the packaged page script first (see
+    :mod:`.pagescript`). With ``show_progress`` a progress display redraws on stderr
+    until every model is done. A cancel stops the downloads where they are (their
+    partials are kept).
     """
     import trio
 
     from .fetch import Fetcher
     from .httpclient import make_client
+    from .pagescript import publish as publish_page_script
     from .progress import ProgressDisplay
     from .sync import Progress, Syncer
     from .tuning import tune_for_downloads
 
     tune_for_downloads()
+    # The pages' script goes with the models it loads: current whenever we publish.
+    await trio.to_thread.run_sync(publish_page_script, store)
     # Records of models no longer configured would keep their objects from gc forever.
     await trio.to_thread.run_sync(store.prune_downloads, config.manifest_urls)
     progress = {n: Progress() for n in names}

@@ -71,6 +71,7 @@ from .fetch import Fetcher
 from .httpclient import make_client
 from .metricsserver import serve_metrics
 from .notify import Notifier
+from .pagescript import publish as publish_page_script
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
 from .tuning import tune_for_downloads
@@ -184,6 +185,12 @@ class Service:
             lambda: Store(config.state_dir, config.site_dir, entry_point=rewrite_paths,
                           keep_versions=config.keep_versions,
                           grace=self.grace))
+        try:
+            # The pages' script, current with this shardsync before any model publishes.
+            await trio.to_thread.run_sync(publish_page_script, self.store)
+        except BaseException:
+            self.store.close()
+            raise
         self.events = EventLog.open(Path(config.state_dir) / "events.jsonl")
         try:
             # The pool is sized once, but a reload may raise `concurrency` (the limiter

@@ -7,6 +7,8 @@
   whole; never changed afterwards.
 * ``<name>/<manifest>``: the entry point, the manifest with its weight paths
   pointing into ``versions/<version>/``; replaced by one atomic rename.
+* ``<file>`` directly in site_dir: a file for the pages beside the models (the
+  daemon's ``shardsync.js``), replaced by one atomic rename when its bytes change.
 
 Every directory is opened below the site fd with O_NOFOLLOW (:mod:`._paths`), so a
 symlink planted inside site_dir is never followed outward.
@@ -174,6 +176,40 @@ class Site:
                 unlink_durably(fd, manifest_name)
             finally:
                 os.close(fd)
+
+    # -- files at the site's root ------------------------------------------------
+
+    def write_root_file(self, name: str, data: bytes) -> bool:
+        """Make ``site_dir/<name>`` hold ``data`` (mode 0644); return whether it wrote.
+
+        Nothing is written when the file already has those bytes and that mode, so a
+        page's HTTP cache keeps validating the same file. A symlink at ``name`` is
+        replaced, never followed (the rename replaces the link itself); a directory
+        there (a model of that name) fails with IsADirectoryError.
+        """
+        check_name(name)
+        if name.startswith(TMP_PREFIX):  # clean_temporaries would take it for a leftover
+            raise UnsafePathError(f"{name!r} is a temporary's name", file=name)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=self._fd)
+        except FileNotFoundError:
+            fd = None
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:  # a symlink: replaced below
+                raise
+            fd = None
+        if fd is not None:
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "a directory is in the way", name)
+                same = (stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644
+                        and st.st_size == len(data) and f.read() == data)
+            if same:
+                return False
+        write_atomic(self._fd, name, data, mode=0o644)
+        return True
 
     # -- published files, one at a time (verify, repair, re-publish) ---------------
 

@@ -327,6 +327,18 @@ class Store:
                 self.versions.drop(name, vid)
         return sorted(gone)
 
+    def put_site_file(self, name: str, data: bytes) -> bool:
+        """Publish ``data`` as ``site_dir/<name>``, beside the models; return whether it wrote.
+
+        For files the pages need that belong to no model (the daemon's page script).
+        ``name`` is one file name by the model-name rule, and must not be a model's:
+        a model directory in the way raises StorageError. The file is replaced by one
+        atomic rename (a crash leaves the old bytes or the new), mode 0644 whatever
+        the umask, and not rewritten when it already holds ``data``.
+        """
+        with translate_oserror("cannot publish site file", file=name):
+            return self.site.write_root_file(name, data)
+
     def remove_model(self, name: str) -> None:
         """Unpublish a model entirely: its site directory, ref, history and records."""
         check_name(name)

@@ -167,6 +167,9 @@ url = {url}
     ('"' + "m" * 300 + '"', '"https://e.com/m.json"', "", "model[2].name", 9,
      "longer than 128 characters"),
     ("7", '"https://e.com/m.json"', "", "model[2].name", 9, "must be a string"),
+    # site_dir/shardsync.js is the page script, so no model directory may take its name
+    ('"shardsync.js"', '"https://e.com/m.json"', "", "model[2].name", 9,
+     "reserved for the page script"),
     ('"first"', '"https://e.com/m.json"', "", "model[2].name", 9,
      "duplicate model name 'first' (first at line 4)"),
     ('"second"', '"https://e.com/m.json"', 'interval = "fortnightly"', "model[2].interval", 11,

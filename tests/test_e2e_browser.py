@@ -15,12 +15,21 @@ caches shards by URL.
 Two self-checks prove the harness can fail: a corrupted mirror shard, and a
 published version whose shard is rewritten in place, must each be reported with
 the model and the weight.
+
+The page side: every sample loaded through the site's own ``/models/shardsync.js``
+must equal the origin's load, digest for digest, with progress rising to exactly 1
+and every shard fetched once; the same page reopened in the same profile with its
+nginx stopped must load the same weights from the Cache API and say it is offline
+(a fresh profile must not: the self-check); an update published between its
+manifest and shards gives one whole version; a version the site dropped leaves
+the cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,10 +39,12 @@ from typing import Any
 import pytest
 from e2e.browser import (
     Collector,
+    assert_progress,
     assert_same_load,
     assert_whole_versions,
     load_models,
     read_during_updates,
+    run_page,
 )
 from e2e.webserver import run_nginx
 from origin import Origin
@@ -58,7 +69,11 @@ BIG_BYTES = 12 << 20
 CORRUPT = "blazeface-corrupt"
 
 # Models the readers tests publish new versions of (each starts as variant A).
-LIVE = ("live", "live-sw", "in-place")
+LIVE = ("live", "live-sw", "in-place", "live-pagejs", "evict")
+
+# One sample of each manifest kind (and the one with string weights, whose size
+# only its data tell), for the shardsync.js offline test.
+OFFLINE_SAMPLES = ("blazeface", "dense-layers", "tiny-face-detector", "string-table")
 
 # Byte of blazeface.bin changed between its two origin states A and B (4-aligned).
 VARIANT_OFFSET = 200_000
@@ -68,6 +83,9 @@ READER_LOADS = 4
 
 # Seconds one `shardsync sync` may take: about 1 s here, generous for a loaded machine.
 SYNC_TIMEOUT = 120
+
+# The README, whose kiosk page is run as written.
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 # Seconds a readers page may take: its loads wait for a sync each (about 5 s in all here).
 READERS_TIMEOUT = 180
@@ -329,3 +347,202 @@ def test_a_version_changed_in_place_is_caught(servers: Any) -> None:
     message = str(info.value)
     assert f"model {name}:" in message
     assert f"load 0 (version {version_a}): weights {weight!r} differ" in message, message
+
+
+# -- the page side: shardsync.js ------------------------------------------------------
+
+
+def _script_url(servers: Any) -> str:
+    """The page script as the site serves it: /models/shardsync.js, from site_dir's root."""
+    return f"{servers['mirror_url']}/models/shardsync.js"
+
+
+def _pagejs_specs(servers: Any, base: str, names: Any) -> list[dict[str, Any]]:
+    """load.html specs loading ``names`` through shardsync.js from the site at ``base``."""
+    out = []
+    for s in servers["samples"]:
+        if s.name in names:
+            out.append({"id": f"pagejs/{s.name}", "kind": LOADERS[s.kind], "via": "shardsync",
+                        "url": f"{base}/models/{s.name}/{Path(s.manifest).name}"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def pagejs_loads(servers: Any) -> dict[str, dict[str, Any]]:
+    """Every sample loaded with shardsync.js from the mirror, in one page visit."""
+    specs = _pagejs_specs(servers, servers["mirror_url"], _sample_names())
+    return load_models(servers["collector"], specs, workdir=servers["root"] / "chromium-pagejs",
+                       script=_script_url(servers))
+
+
+def test_the_site_serves_the_packaged_page_script(servers: Any) -> None:
+    from shardsync.daemon.pagescript import source
+
+    assert (servers["site"] / "shardsync.js").read_bytes() == source()
+
+
+@pytest.mark.parametrize("name", _sample_names())
+def test_shardsync_js_loads_what_the_origin_serves(
+    servers: Any, loads: Any, pagejs_loads: Any, name: str
+) -> None:
+    sample = next(s for s in servers["samples"] if s.name == name)
+    got = pagejs_loads[f"pagejs/{name}"]
+    assert_same_load(loads[f"origin/{name}"], got, model=name)
+    parsed = parse_manifest((servers["origin_dir"] / sample.manifest).read_bytes(),
+                            manifest_url=f"http://o/{sample.manifest}")
+    assert set(got["weights"]) == {w.name for g in parsed.groups for w in g.weights}
+    assert_progress(got["progress"], model=name)
+    if name == "big-sharded":  # 12 MiB in 4 shards: reported as the bytes arrive
+        assert len(got["progress"]) > 8, got["progress"]
+    version = servers["synced"][name]["version"]
+    assert (got["version"], got["offline"], got["format"]) == (version, False, sample.kind)
+    assert got["cached"] == [version] and got["fromCache"] == [] and got["cacheError"] is None
+    # Nothing downloaded twice: the entry point once, each shard of its version once.
+    entry = _mirror_url(servers, name, sample.manifest)
+    shard_urls = [u for u in got["fetched"] if u != entry]
+    assert got["fetched"].count(entry) == 1, got["fetched"]
+    assert sorted(shard_urls) == sorted(
+        f"{servers['mirror_url']}/models/{name}/versions/{version}/{f}"
+        for f in parsed.files), got["fetched"]
+
+
+def test_progress_self_check() -> None:
+    """Harness self-check: a progress that falls, stops short or repeats 1 is caught."""
+    assert_progress([0, 0.5, 1], model="m")
+    for bad in ([0, 0.6, 0.5, 1], [0, 0.99], [0, 1, 1], [1], [0, 1.5]):
+        with pytest.raises(AssertionError, match="model m: progress"):
+            assert_progress(bad, model="m")
+
+
+def test_shardsync_js_loads_from_its_cache_when_the_server_is_down(
+    servers: Any, loads: Any
+) -> None:
+    """Reopened in the same profile with its web server stopped: the same weights, offline."""
+    root, collector = servers["root"], servers["collector"]
+    profile = root / "profile-offline"
+
+    def conf(listen: str) -> str:
+        printed = _cli("nginx-config", "-c", str(servers["config"]), "--listen", listen)
+        assert printed.returncode == 0, printed.stderr
+        return printed.stdout
+
+    # A second nginx serving the same site as `shardsync nginx-config` prints it,
+    # stopped after the first visit; the script still comes from the first.
+    with run_nginx(root / "nginx-offline", conf) as kiosk_server:
+        specs = _pagejs_specs(servers, kiosk_server.url, OFFLINE_SAMPLES)
+        online = load_models(collector, specs, workdir=root / "chromium-offline",
+                             script=_script_url(servers), profile=profile)
+    offline = load_models(collector, specs, workdir=root / "chromium-offline",
+                          script=_script_url(servers), profile=profile)
+    fresh = load_models(collector, specs, workdir=root / "chromium-offline",
+                        script=_script_url(servers))
+    for name in OFFLINE_SAMPLES:
+        before, after = online[f"pagejs/{name}"], offline[f"pagejs/{name}"]
+        version = servers["synced"][name]["version"]
+        assert (before["ok"], before["offline"], before["version"]) == (True, False, version), (
+            before.get("error"))
+        assert_same_load(loads[f"origin/{name}"], after, model=name)
+        assert (after["offline"], after["version"]) == (True, version)
+        assert_progress(after["progress"], model=name)
+        # Every shard from the cache, none from the network (there is none).
+        assert len(after["fromCache"]) == len(before["fetched"]) - 1, after["fromCache"]
+        # Self-check: without the cache the same page cannot load it at all.
+        gone = fresh[f"pagejs/{name}"]
+        assert not gone["ok"] and "no whole version of it is cached" in gone["error"], gone
+
+
+def test_an_update_during_a_shardsync_js_load_gives_one_whole_version(servers: Any) -> None:
+    name = "live-pagejs"
+    config, variants, origin_dir = servers["config"], servers["variants"], servers["origin_dir"]
+    versions = {"A": servers["synced"][name]["version"]}
+
+    def gate(body: dict[str, Any]) -> dict[str, str]:
+        # shardsync.js has read the entry point and waits: a new version is published.
+        nxt = "B" if body["i"] % 2 == 0 else "A"
+        _put_variant(variants[nxt], origin_dir / name)
+        version = _sync(config, name)[name]["version"]
+        versions.setdefault(nxt, version)
+        return {"published": version}
+
+    report = read_during_updates(
+        servers["collector"], {**_live_model(servers, name), "via": "shardsync"},
+        workdir=servers["root"] / f"chromium-{name}", loads=2, gate=gate,
+        references=_references(servers), script=_script_url(servers),
+        timeout=READERS_TIMEOUT,
+    )
+    assert versions["A"] != versions["B"]
+    _key_by_version(report, versions)
+    assert_whole_versions(report, model=name)
+    ld = report["loads"]
+    assert [x["manifestVersions"] for x in ld] == [[versions["A"]], [versions["B"]]], ld
+    assert [x["version"] for x in ld] == [versions["A"], versions["B"]], ld
+    assert all(x["gate"]["published"] != x["version"] and not x["offline"] for x in ld), ld
+
+
+def test_shardsync_js_drops_a_cached_version_the_site_no_longer_keeps(servers: Any) -> None:
+    name = "evict"
+    site, variants, origin_dir = servers["site"], servers["variants"], servers["origin_dir"]
+    version_a = servers["synced"][name]["version"]
+    versions: dict[str, str] = {}
+
+    def gate(body: dict[str, Any]) -> dict[str, Any]:
+        if body["id"] == "b":  # a new version: A stays on the site, kept for rollback
+            _put_variant(variants["B"], origin_dir / name)
+            versions["B"] = _sync(servers["config"], name)[name]["version"]
+        else:  # as a prune does once A is past keep_versions and the grace period
+            shutil.rmtree(site / name / "versions" / version_a)
+        return {}
+
+    url = _mirror_url(servers, name, "blazeface.json")
+    specs = [{"id": i, "kind": "graph", "url": url, "via": "shardsync", "predict": False,
+              "gateBefore": i != "a"} for i in ("a", "b", "b-again")]
+    got = load_models(servers["collector"], specs, workdir=servers["root"] / "chromium-evict",
+                      script=_script_url(servers), gate=gate)
+    a, b, again = got["a"], got["b"], got["b-again"]
+    assert all(x["ok"] for x in (a, b, again)), [x.get("error") for x in (a, b, again)]
+    version_b = versions["B"]
+    assert (a["version"], a["cached"], a["evicted"]) == (version_a, [version_a], [])
+    assert (b["version"], b["cached"], b["evicted"]) == (version_b, [version_b, version_a], [])
+    assert (again["version"], again["cached"], again["evicted"]) == (
+        version_b, [version_b], [version_a])
+    # The second load of B downloaded no shard: all came from the cache.
+    assert again["fromCache"] and all(f"/versions/{version_b}/" in u for u in again["fromCache"])
+    assert [u for u in again["fetched"] if "/versions/" in u and "HEAD" not in u] == [
+        f"{servers['mirror_url']}/models/{name}/versions/{version_a}/blazeface.json"]
+
+
+# Added to the README's kiosk page, which reports to nobody: waits for its status line
+# to change from the first text, then reports what the page shows.
+_README_REPORTER = """<script src="common.js"></script>
+<script>
+(async () => {
+  const spec = pageSpec();
+  reportUncaught(spec);
+  const status = document.getElementById('status');
+  while (status.textContent === spec.first) await new Promise((r) => setTimeout(r, 50));
+  await report(spec, {ok: true, status: status.textContent, model: typeof window.model,
+                      bar: Number(document.getElementById('bar').value)});
+})();
+</script>
+"""
+
+
+def test_the_readme_kiosk_page_loads_its_model_with_a_full_bar(servers: Any) -> None:
+    found = re.search(r"```html\n(.*?)```", README.read_text(), re.S)
+    assert found, "README has no html block"
+    html = found.group(1)
+    first = re.search(r'<p id="status">(.*?)</p>', html)
+    assert first, "the README's page has no status line"
+    # Served by the collector, the page reaches the site on the mirror's origin:
+    # only the origin of its URLs changes, and TF.js comes from the collector.
+    mirror = servers["mirror_url"]
+    page = (html.replace('src="/tf.min.js"', 'src="/tfjs/tf.min.js"')
+            .replace("'/models/", f"'{mirror}/models/").replace('"/models/', f'"{mirror}/models/')
+            .replace("</body>", _README_REPORTER + "</body>"))
+    assert page.count(f"{mirror}/models/") == 2, page  # the script and the model
+    servers["collector"].add_page("readme-kiosk.html", page)
+    report = run_page(servers["collector"], "readme-kiosk.html", {"first": first.group(1)},
+                      workdir=servers["root"] / "chromium-readme")
+    version = servers["synced"]["blazeface"]["version"]
+    assert (report["status"], report["bar"], report["model"]) == (
+        f"version {version}", 1, "object"), report

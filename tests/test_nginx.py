@@ -33,6 +33,8 @@ def _make_site(root: Path) -> Path:
     (site / "face" / "model.json").write_text(
         f'{{"weightsManifest": [{{"paths": ["versions/{V1}/group1-shard1of1.bin"]}}]}}'
     )
+    (site / "shardsync.js").write_text("window.shardsync = {};\n")  # the page script
+    (vdir / "labels.js").write_bytes(SHARD)  # a model's file that happens to end in .js
     # An index page anywhere must never be served in place of a missing file.
     (site / "index.html").write_text("<html>index</html>")
     (site / "face" / "index.html").write_text("<html>index</html>")
@@ -94,6 +96,17 @@ def test_entry_manifest_is_json_no_cache_and_never_304(base, site: Path) -> None
     )
     assert status == 200
     assert body == (site / "face" / "model.json").read_bytes()
+
+
+def test_the_page_script_is_javascript_no_cache_and_cross_origin(base, site: Path) -> None:
+    status, headers, body = request(base, "/models/shardsync.js")
+    assert (status, body) == (200, (site / "shardsync.js").read_bytes())
+    assert headers["content-type"] == "text/javascript"
+    assert headers["cache-control"] == "no-cache"
+    assert headers["access-control-allow-origin"] == "*"
+    # Only that file: a .js anywhere else is a model's file, octet-stream like any shard.
+    status, headers, body = request(base, f"/models/face/versions/{V1}/labels.js")
+    assert (status, headers["content-type"], body) == (200, "application/octet-stream", SHARD)
 
 
 @pytest.mark.parametrize(

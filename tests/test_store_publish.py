@@ -31,7 +31,14 @@ from storehelpers import (
     versioned_model,
 )
 
-from shardsync.store import FileEntry, NotFoundError, StorageError, Store, Version
+from shardsync.store import (
+    FileEntry,
+    NotFoundError,
+    ShardsyncError,
+    StorageError,
+    Store,
+    Version,
+)
 
 
 def entry_doc(site: Path, name: str, manifest_name: str = "model.json"):
@@ -356,3 +363,49 @@ def test_a_repair_that_fails_leaves_no_temporary_file(tmp_path: Path) -> None:
         store.verify(repair=True)
         assert store.verify() == []
         assert tmp_leftovers(site) == []
+
+
+# -- files at the site's root (the daemon's page script) -----------------------------------
+
+
+def test_put_site_file_writes_0644_atomically_and_only_when_the_bytes_differ(
+    store: Store, dirs
+) -> None:
+    site = dirs[1]
+    os.umask(0o077)  # the file must stay readable by the web server whatever the umask
+    try:
+        assert store.put_site_file("page.js", b"one") is True
+    finally:
+        os.umask(0o022)
+    path = site / "page.js"
+    assert path.read_bytes() == b"one" and stat.S_IMODE(path.stat().st_mode) == 0o644
+    ino = path.stat().st_ino
+    assert store.put_site_file("page.js", b"one") is False  # unchanged: left alone
+    assert path.stat().st_ino == ino
+    assert store.put_site_file("page.js", b"two") is True  # replaced by a rename
+    assert path.read_bytes() == b"two" and path.stat().st_ino != ino
+    path.chmod(0o600)
+    assert store.put_site_file("page.js", b"two") is True  # a narrowed mode is put back
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert tmp_leftovers(site) == []
+
+
+def test_put_site_file_replaces_a_symlink_and_never_follows_it(
+    store: Store, dirs, tmp_path: Path
+) -> None:
+    site = dirs[1]
+    outside = tmp_path / "outside.js"
+    outside.write_bytes(b"not ours")
+    (site / "page.js").symlink_to(outside)
+    assert store.put_site_file("page.js", b"ours") is True
+    assert outside.read_bytes() == b"not ours"
+    assert not (site / "page.js").is_symlink() and (site / "page.js").read_bytes() == b"ours"
+
+
+def test_put_site_file_refuses_a_directory_in_the_way_and_a_bad_name(store: Store) -> None:
+    publish_model(store, "taken", make_model({"a.bin": b"x" * 8}))
+    with pytest.raises(StorageError):
+        store.put_site_file("taken", b"x")
+    for bad in ("../up.js", "a/b.js", "..", "Page.js", ".tmp-page.js"):
+        with pytest.raises(ShardsyncError):
+            store.put_site_file(bad, b"x")

@@ -43,6 +43,7 @@ __all__ = [
     "PAGE_TIMEOUT",
     "TFJS_VERSION",
     "Collector",
+    "assert_progress",
     "assert_same_load",
     "assert_whole_versions",
     "chromium_path",
@@ -137,8 +138,9 @@ class _Expected:
 class Collector:
     """HTTP server on 127.0.0.1 for the pages: serves them, TF.js, and takes their reports.
 
-    ``GET /e2e/<file>`` serves this folder's .html/.js, ``GET /tfjs/tf.min.js``
-    serves TF.js. ``POST /report/<token>`` stores a page's result,
+    ``GET /e2e/<file>`` serves this folder's .html/.js (or a page a test gave
+    :meth:`add_page`), ``GET /tfjs/tf.min.js`` serves TF.js.
+    ``POST /report/<token>`` stores a page's result,
     ``POST /log/<token>`` appends a line to its log, and ``POST /gate/<token>``
     calls the visit's ``gate`` (in the server's thread, so the page waits until
     it returns) and answers its return value as JSON. Use as a context manager;
@@ -148,6 +150,7 @@ class Collector:
     def __init__(self) -> None:
         self._tfjs = tfjs_path()
         self._visits: dict[str, _Expected] = {}
+        self._pages: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -182,6 +185,12 @@ class Collector:
         """``http://127.0.0.1:PORT`` (no trailing slash)."""
         assert self._server is not None, "use Collector as a context manager"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add_page(self, name: str, html: str) -> None:
+        """Serve ``html`` at ``/e2e/<name>`` (e.g. a page copied out of the README)."""
+        assert _PAGE_FILE_RE.match(f"/e2e/{name}") and name.endswith(".html"), name
+        with self._lock:
+            self._pages[name] = html.encode()
 
     def expect(self, gate: Callable[[dict[str, Any]], Any] | None = None) -> str:
         """Register a page visit; return its token."""
@@ -230,7 +239,9 @@ class Collector:
     def _get(self, h: BaseHTTPRequestHandler) -> None:
         path = h.path.split("?", 1)[0]
         m = _PAGE_FILE_RE.match(path)
-        if m and (E2E_DIR / m.group(1)).is_file():
+        if m and m.group(1) in self._pages:
+            self._send(h, 200, self._pages[m.group(1)], _CTYPES[".html"])
+        elif m and (E2E_DIR / m.group(1)).is_file():
             name = m.group(1)
             self._send(h, 200, (E2E_DIR / name).read_bytes(), _CTYPES[Path(name).suffix])
         elif path == "/tfjs/tf.min.js":
@@ -269,17 +280,24 @@ class Collector:
 
 
 @contextmanager
-def run_chromium(url: str, workdir: Path) -> Iterator[Callable[[], str | None]]:
+def run_chromium(
+    url: str, workdir: Path, *, profile: Path | None = None
+) -> Iterator[Callable[[], str | None]]:
     """Run headless Chromium on ``url`` with a fresh profile in ``workdir``; kill it on exit.
 
-    Yields ``alive()``: None while Chromium runs, else its exit status. An
-    AssertionError raised inside gets Chromium's stderr tail appended. Chromium
-    runs in its own process group, which is killed whole.
+    With ``profile``, that profile directory is used (created if missing) and kept
+    afterwards, so that a later run is "the same browser, reopened": its Cache API
+    storage, HTTP cache and service workers are still there. Yields ``alive()``:
+    None while Chromium runs, else its exit status. An AssertionError raised inside
+    gets Chromium's stderr tail appended. Chromium runs in its own process group,
+    which is killed whole.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    profile = workdir / f"chromium-profile-{secrets.token_hex(4)}"
-    profile.mkdir()
-    stderr_path = workdir / f"{profile.name}.stderr"
+    keep = profile is not None
+    if profile is None:
+        profile = workdir / f"chromium-profile-{secrets.token_hex(4)}"
+    profile.mkdir(parents=True, exist_ok=keep)
+    stderr_path = workdir / f"{profile.name}-{secrets.token_hex(4)}.stderr"
     # Chromium puts its singleton socket in $TMPDIR (a socket path must stay
     # under 108 bytes, so a short directory of our own in /tmp, not the test's
     # deep tmp_path) and crash reports under $XDG_CONFIG_HOME (not ~/.config).
@@ -305,7 +323,8 @@ def run_chromium(url: str, workdir: Path) -> Iterator[Callable[[], str | None]]:
         )
     finally:
         _kill_group(proc)
-        shutil.rmtree(profile, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(profile, ignore_errors=True)
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
@@ -346,10 +365,12 @@ def run_page(
     workdir: Path,
     timeout: float = PAGE_TIMEOUT,
     gate: Callable[[dict[str, Any]], Any] | None = None,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     """Open ``/e2e/<page>?spec=<json>`` in Chromium; return the page's report.
 
     ``spec`` gets ``report``, ``log`` and (with ``gate``) ``gate`` URLs added.
+    ``profile`` is :func:`run_chromium`'s (a kept profile, to reopen).
     Raises AssertionError, with Chromium's stderr and the page's log and error,
     if the page does not report in time or reports ``ok: false``.
     """
@@ -357,7 +378,7 @@ def run_page(
     spec = {**spec, "report": f"/report/{token}", "log": f"/log/{token}",
             "gate": f"/gate/{token}" if gate else None}
     url = f"{collector.url}/e2e/{page}?spec={quote(json.dumps(spec, separators=(',', ':')))}"
-    with run_chromium(url, workdir) as alive:
+    with run_chromium(url, workdir, profile=profile) as alive:
         try:
             result = collector.wait(token, timeout, alive)
         except AssertionError as exc:
@@ -376,7 +397,8 @@ def _page_log(collector: Collector, token: str) -> str:
 
 def load_models(
     collector: Collector, models: list[dict[str, Any]], *, workdir: Path,
-    timeout: float = PAGE_TIMEOUT,
+    timeout: float = PAGE_TIMEOUT, script: str | None = None,
+    gate: Callable[[dict[str, Any]], Any] | None = None, profile: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Load ``models`` in one page visit (load.html); return each model's result by id.
 
@@ -386,9 +408,17 @@ def load_models(
     ``outputs`` (the prediction's digests, or None) and ``fetched`` (every URL the
     browser requested for that model). A model that fails to load does not stop
     the others: its result has ``ok: False`` and the error.
+
+    ``script`` is the URL of shardsync.js, added to the page: a model with
+    ``"via": "shardsync"`` is loaded by ``shardsync.load`` and its result adds
+    ``progress`` (every fraction reported), ``version``, ``offline``, ``format``,
+    ``fromCache``, ``evicted``, ``cacheError`` and ``cached`` (the versions its
+    cache holds whole afterwards). A model with ``"gateBefore": True`` is loaded
+    only after ``gate({"id": ...})`` returned (so a test can publish in between).
     """
-    report = run_page(collector, "load.html", {"models": models}, workdir=workdir,
-                      timeout=timeout)
+    spec = {"models": models, "script": script}
+    report = run_page(collector, "load.html", spec, workdir=workdir, timeout=timeout,
+                      gate=gate, profile=profile)
     return {m["id"]: m for m in report["models"]}
 
 
@@ -475,6 +505,7 @@ def read_during_updates(
     references: dict[str, dict[str, Any]] | None = None,
     service_worker: bool = False,
     timeout: float = PAGE_TIMEOUT,
+    script: str | None = None,
 ) -> dict[str, Any]:
     """Run readers.html: load ``model`` ``loads`` times, each paused between manifest and shards.
 
@@ -488,7 +519,11 @@ def read_during_updates(
     load of version V with the reference whose ``id`` is V (a caller that
     learns the versions only during the run renames the ids afterwards). With
     ``service_worker`` the page runs under sw.js, which caches shards by URL;
-    the report's ``sw`` then holds its hits and misses.
+    the report's ``sw`` then holds its hits and misses. With ``script`` (the URL
+    of shardsync.js) and ``"via": "shardsync"`` in ``model``, each load is
+    ``shardsync.load`` through the same held fetchFunc; a load then also has
+    ``version``, ``offline`` and ``fromCache`` (shard URLs its cache served, which
+    count in ``shardVersions``).
     Returns the report: ``loads`` (each: ``i``, ``ok``, ``error``,
     ``manifestVersions``, ``shardUrls``, ``shardVersions``, ``statuses``,
     ``weights`` name -> sha256, ``gate``), ``references`` (as load_models
@@ -496,7 +531,7 @@ def read_during_updates(
     """
     refs = [{**r, "id": v} for v, r in (references or {}).items()]
     spec = {"model": model, "loads": loads, "pauseMs": pause_ms, "sw": service_worker,
-            "references": refs}
+            "references": refs, "script": script}
     return run_page(collector, "readers.html", spec, workdir=workdir, timeout=timeout, gate=gate)
 
 
@@ -544,3 +579,23 @@ def assert_whole_versions(report: dict[str, Any], *, model: str) -> None:
             f"model {model}: {len(problems)} problem(s) in {len(report['loads'])} loads "
             f"during updates:\n  " + "\n  ".join(problems)
         )
+
+
+def assert_progress(fractions: list[Any], *, model: str) -> None:
+    """AssertionError unless ``fractions`` (what onProgress got) rise strictly to exactly 1.
+
+    At least two (a start and the end), every one a number in [0, 1], each above
+    the one before, the last exactly 1 and no earlier one 1.
+    """
+    problems = []
+    if len(fractions) < 2:
+        problems.append(f"only {len(fractions)} report(s)")
+    if any(not isinstance(f, int | float) or not 0 <= f <= 1 for f in fractions):
+        problems.append("a fraction outside [0, 1] or not a number")
+    elif any(b <= a for a, b in zip(fractions, fractions[1:], strict=False)):
+        problems.append("a fraction did not rise")
+    if not fractions or fractions[-1] != 1:
+        problems.append(f"the last is {fractions[-1] if fractions else None}, not exactly 1")
+    if problems:
+        shown = fractions if len(fractions) <= _MAX_DIFFS else [*fractions[:_MAX_DIFFS], "..."]
+        raise AssertionError(f"model {model}: progress {shown}: " + "; ".join(problems))

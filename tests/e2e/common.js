@@ -195,15 +195,43 @@ function versionOf(url) {
   return m ? m[1] : null;
 }
 
+// Add <script src=url> (e.g. the site's shardsync.js) and wait until it ran.
+function loadScript(url) {
+  return new Promise((resolve, reject) => {
+    const el = document.createElement('script');
+    el.src = url;
+    el.onload = resolve;
+    el.onerror = () => reject(new Error(`script ${url} did not load`));
+    document.head.appendChild(el);
+  });
+}
+
+// Load with the site's shardsync.js (spec.script): what it says about the load,
+// beside the model. progress: every fraction onProgress got; cached: the versions
+// the cache holds whole afterwards.
+async function loadViaShardsync(m, res) {
+  if (typeof shardsync === 'undefined') throw new Error('shardsync.js is not on the page (no spec.script?)');
+  res.progress = [];
+  const r = await shardsync.load(m.url, {onProgress: (f) => res.progress.push(f)});
+  Object.assign(res, {version: r.version, offline: r.offline, format: r.format,
+                      fromCache: r.fromCache, evicted: r.evicted, cacheError: r.cacheError});
+  res.cached = await shardsync.cached(m.url);
+  return r.model;
+}
+
 // Load one model as a kiosk page would: tf.loadGraphModel / tf.loadLayersModel
-// on its URL, or fetch + tf.io.loadWeights for a bare weights manifest. Returns
-// {id, kind, url, ok, error?, weights, outputs, fetched: [URLs], ms}; never throws.
+// on its URL, or fetch + tf.io.loadWeights for a bare weights manifest; with
+// m.via === 'shardsync', shardsync.load(m.url) instead. Returns
+// {id, kind, url, ok, error?, weights, outputs, fetched: [URLs], ms} (and what
+// loadViaShardsync adds); never throws.
 async function loadAndDigest(m) {
   const res = {id: m.id, kind: m.kind, url: m.url, ok: false};
   const t0 = performance.now();
   let model;
   try {
-    if (m.kind === 'graph') {
+    if (m.via === 'shardsync') {
+      model = await loadViaShardsync(m, res);
+    } else if (m.kind === 'graph') {
       model = await tf.loadGraphModel(m.url);
     } else if (m.kind === 'layers') {
       model = await tf.loadLayersModel(m.url);

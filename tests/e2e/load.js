@@ -3,7 +3,9 @@
 // every weight, the digests of one prediction on a fixed input, and every URL
 // the browser fetched for it.
 //
-// spec = {report: URL, models: [{id, kind: "graph"|"layers"|"weights", url,
+// spec = {report: URL, script?: URL of shardsync.js, gate?: URL,
+//         models: [{id, kind: "graph"|"layers"|"weights", url, via?: "shardsync",
+//          gateBefore?: bool (POST {id} to spec.gate and wait, before loading it),
 //          predict?: bool (default true), inputShapes?: {name or index: shape}}]}
 'use strict';
 
@@ -12,8 +14,12 @@ async function main() {
   reportUncaught(spec);
   try {
     await setupTf();
+    if (spec.script) await loadScript(spec.script);
     const models = [];
-    for (const m of spec.models) models.push(await loadAndDigest(m));
+    for (const m of spec.models) {
+      if (m.gateBefore) await postJSON(spec.gate, {id: m.id});  // the test acts here
+      models.push(await loadAndDigest(m));
+    }
     await report(spec, {ok: true, tfjs: tf.version.tfjs, backend: tf.getBackend(), models});
   } catch (e) {
     await report(spec, {ok: false, error: describeError(e)});

@@ -6,9 +6,11 @@
 // manifest named, which versions its shard URLs named, their HTTP statuses and
 // the sha256 of every weight it ended with. Then spec.references (e.g. the
 // origin's copy of each version) are loaded once each, for the test to compare.
-// With spec.sw, everything runs under sw.js, which caches shards by URL.
+// With spec.sw, everything runs under sw.js, which caches shards by URL. With
+// model.via === 'shardsync', each load is shardsync.load (spec.script) with the
+// same holding fetchFunc; shards its cache served are in fromCache, not shardUrls.
 //
-// spec = {model: {id, kind, url}, loads: N, pauseMs?, gate?: URL, sw?: bool,
+// spec = {model: {id, kind, url, via?}, loads: N, pauseMs?, gate?: URL, sw?: bool, script?: URL,
 //         references?: [{id, kind, url}], report: URL, log: URL}
 'use strict';
 
@@ -72,12 +74,17 @@ async function loadOnce(spec, i) {
       return resp;
     }
     const resp = await fetch(url, init);
-    if (resp.ok) rec.manifestVersions = manifestVersions(await resp.clone().text());
+    const get = !init || !init.method || init.method === 'GET';  // not shardsync's HEADs
+    if (resp.ok && get) rec.manifestVersions = manifestVersions(await resp.clone().text());
     return resp;
   };
   let model;
   try {
-    if (m.kind === 'graph') {
+    if (m.via === 'shardsync') {
+      const r = await shardsync.load(m.url, {fetchFunc});
+      model = r.model;
+      Object.assign(rec, {version: r.version, offline: r.offline, fromCache: r.fromCache});
+    } else if (m.kind === 'graph') {
       model = await tf.loadGraphModel(m.url, {fetchFunc});
     } else if (m.kind === 'layers') {
       model = await tf.loadLayersModel(m.url, {fetchFunc});
@@ -100,7 +107,7 @@ async function loadOnce(spec, i) {
   } finally {
     disposeModel(model);
   }
-  rec.shardVersions = [...new Set(rec.shardUrls.map(versionOf))];
+  rec.shardVersions = [...new Set([...rec.shardUrls, ...(rec.fromCache || [])].map(versionOf))];
   rec.ms = Math.round(performance.now() - t0);
   return rec;
 }
@@ -111,6 +118,7 @@ async function main() {
   try {
     if (spec.sw) await underServiceWorker();
     await setupTf();
+    if (spec.script) await loadScript(spec.script);
     const loads = [];
     for (let i = 0; i < spec.loads; i++) {
       const rec = await loadOnce(spec, i);
