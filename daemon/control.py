@@ -10,7 +10,10 @@ This module ties the transport together and knows nothing about models:
 :func:`serve_control` takes the socket (:mod:`shardsync.daemon.control_socket`) and
 serves HTTP on it (:mod:`shardsync.daemon.httpserver`: requests, responses, the
 router, one connection). Each connection runs in its own task, so a long-poll
-(``GET /v1/events``) never holds up other clients. No route takes a request body.
+(``GET /v1/events``) never holds up other clients; at most
+:data:`~shardsync.daemon.httpserver.MAX_CONNECTIONS` are served at once, the next are
+answered 503 (:class:`~shardsync.daemon.httpserver.ConnectionLimit`). No route takes a
+request body.
 
 The routes the service declares (the glue owns the handlers)::
 
@@ -57,7 +60,7 @@ from typing import Any
 import trio
 
 from .control_socket import open_control_socket
-from .httpserver import IDLE_TIMEOUT, Handler, serve_connection
+from .httpserver import IDLE_TIMEOUT, ConnectionLimit, Handler
 
 __all__ = ["serve_control"]
 
@@ -98,8 +101,7 @@ async def serve_control(
         sock = open_control_socket(path_or_sock, cleanup, environ)
         address = sock.getsockname()
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        serve_one = functools.partial(serve_connection, handler=handler,
-                                      idle_timeout=idle_timeout)
+        serve_one = ConnectionLimit(handler, idle_timeout=idle_timeout)
         async with trio.open_nursery() as nursery:
             await nursery.start(functools.partial(
                 trio.serve_listeners, serve_one, [listener], handler_nursery=nursery))

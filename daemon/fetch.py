@@ -13,7 +13,8 @@ What a download does (:meth:`Fetcher.file`):
   whose ``Content-Range`` starts where the partial ends is appended; a 200 starts
   over; a 416 drops the partial;
 * stops reading at the most bytes the file may have + 1 (endless bodies), and
-  fails a transfer slower than ``min_rate`` or longer than its deadline;
+  fails an answer whose headers take longer than ``header_timeout``, a body (a
+  manifest's too) slower than ``min_rate``, or a file longer than its deadline;
 * retries connection errors, timeouts, 5xx and 429 with exponential backoff and
   full jitter, honouring ``Retry-After``; every retry resumes from the partial;
 * hashes while streaming (the store's ingest), never re-reading the file.
@@ -29,7 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -150,11 +152,12 @@ class Fetcher:
         hooks, which would not see these requests) uses the client.
         """
         hooks = self.client.event_hooks
+        deadline = trio.current_time() + self.policy.header_timeout
         if self._pool is not None and not hooks["request"] and not hooks["response"] and (
                 "If-None-Match" in headers or "If-Modified-Since" in headers):
             request = httpx.Request("GET", url, headers={**self._headers, **headers},
                                     extensions={"timeout": self._timeout})
-            r = await self._pool.handle_async_request(request)
+            r = await self._headers_by(deadline, url, self._pool.handle_async_request(request))
             r.request = request
             if not r.has_redirect_location:
                 try:
@@ -164,8 +167,65 @@ class Fetcher:
                 return
             await r.aclose()
             url = str(request.url.join(r.headers["location"]))
-        async with self.client.stream("GET", url, headers=headers) as r:
+        # client.stream() is build_request + send(stream=True) + aclose; spelled out so
+        # that only the wait for the headers runs under the deadline, not the body.
+        request = self.client.build_request("GET", url, headers=headers)
+        r = await self._headers_by(deadline, url, self.client.send(request, stream=True))
+        try:
             yield r
+        finally:
+            await r.aclose()
+
+    async def _headers_by(self, deadline: float, url: str,
+                          answer: Awaitable[httpx.Response]) -> httpx.Response:
+        """Await ``answer`` (a sent request: its status line and headers) until ``deadline``.
+
+        httpx's read timeout is per read, so an origin dripping its headers a byte at a
+        time never trips it; this bounds them as a whole (``header_timeout``, from
+        :meth:`_get`'s start, across redirects). Past it: :class:`FetchTimeoutError`,
+        which :meth:`_retry_loop` retries like any timeout; the cancelled request's
+        connection is closed by httpcore, not returned to the pool.
+        """
+        with trio.move_on_at(deadline):
+            return await answer
+        raise FetchTimeoutError(
+            f"headers did not arrive within {self.policy.header_timeout:g} s", file=url)
+
+    async def _body(self, r: httpx.Response, url: str) -> AsyncGenerator[bytes, None]:
+        """The raw body of ``r``, chunk by chunk, failing a transfer slower than
+        ``min_rate`` (:class:`SlowTransferError`, not retried): every body, manifests too.
+
+        Measured per ``rate_window``: a window short of ``min_rate * rate_window`` bytes
+        fails at its end, not when the next chunk comes, which a drip-feeder sends just
+        inside the read timeout. Time the caller spends with a chunk (writing, hashing)
+        counts too, as it does for the origin's connection. Use it under
+        :func:`contextlib.aclosing`; its cancel scope never spans a ``yield``.
+        """
+        policy = self.policy
+        need = policy.min_rate * policy.rate_window
+        chunks = r.aiter_raw().__aiter__()
+        window_start = trio.current_time()
+        window_bytes = 0
+        while True:
+            due = window_start + policy.rate_window if window_bytes < need else math.inf
+            chunk: bytes | None = None
+            with trio.move_on_at(due):
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+            now = trio.current_time()
+            elapsed = now - window_start
+            if chunk is not None:
+                window_bytes += len(chunk)
+            if chunk is None or (elapsed >= policy.rate_window
+                                 and window_bytes < policy.min_rate * elapsed):
+                raise SlowTransferError(
+                    f"transfer slower than {policy.min_rate:.0f} bytes/s "
+                    f"({window_bytes} bytes in {elapsed:.1f} s)", file=url)
+            if elapsed >= policy.rate_window:
+                window_start, window_bytes = now, 0
+            yield chunk
 
     # -- manifests -----------------------------------------------------------------
 
@@ -182,10 +242,12 @@ class Fetcher:
                 refuse_html(r, url)
                 cap = self.policy.max_manifest_bytes
                 data = bytearray()
-                async for chunk in r.aiter_raw():
-                    data += chunk
-                    if len(data) > cap:
-                        raise UpstreamError(f"manifest is larger than {cap} bytes", file=url)
+                async with contextlib.aclosing(self._body(r, url)) as body:
+                    async for chunk in body:
+                        data += chunk
+                        if len(data) > cap:
+                            raise UpstreamError(f"manifest is larger than {cap} bytes",
+                                                file=url)
                 return ManifestFetch(bytes(data), Validators.of(r))
 
         return await self._retrying(url, once)
@@ -306,45 +368,33 @@ class Fetcher:
         """Append the body to ``ingest``; its first ``len(overlap)`` bytes must equal
         ``overlap`` (what the partial already ends with) and are not appended: a
         mismatch starts the file over (:class:`_Restart`)."""
-        window_start = trio.current_time()
-        window_bytes = 0
-        policy = self.policy
         checked = 0
-        async for chunk in r.aiter_raw():
-            view = memoryview(chunk)
-            if checked < len(overlap):
-                head = view[:len(overlap) - checked]
-                if head != overlap[checked:checked + len(head)]:
-                    await _blocking(ingest.start, etag=None, last_modified=None,
-                                    expected_size=None, offset=0)
-                    raise _Restart
-                checked += len(head)
-                window_bytes += len(head)
-                count(len(head))  # received over the network, though not appended
-                view = view[len(head):]
-                if not view:
-                    continue
-            for start in range(0, len(view), LOOP_SLICE):
-                if start:
-                    await trio.lowlevel.checkpoint()  # let the control socket in
-                ingest.write(view[start:start + LOOP_SLICE], auto_checkpoint=False)
-            if ingest.checkpoint_due:
-                await _blocking(ingest.checkpoint)  # an fdatasync: never on the event loop
-            n = len(view)
-            count(n)
-            if cap is not None and ingest.offset > cap:
-                await _blocking(ingest.abort)
-                raise IntegrityError("body is longer than the file can be (endless body?)",
-                                     file=url, expected=f"at most {cap}",
-                                     actual=f"more than {cap}")
-            window_bytes += n
-            elapsed = trio.current_time() - window_start
-            if elapsed >= policy.rate_window:
-                if window_bytes / elapsed < policy.min_rate:
-                    raise SlowTransferError(
-                        f"transfer slower than {policy.min_rate:.0f} bytes/s "
-                        f"({window_bytes} bytes in {elapsed:.1f} s)", file=url)
-                window_start, window_bytes = trio.current_time(), 0
+        async with contextlib.aclosing(self._body(r, url)) as body:
+            async for chunk in body:
+                view = memoryview(chunk)
+                if checked < len(overlap):
+                    head = view[:len(overlap) - checked]
+                    if head != overlap[checked:checked + len(head)]:
+                        await _blocking(ingest.start, etag=None, last_modified=None,
+                                        expected_size=None, offset=0)
+                        raise _Restart
+                    checked += len(head)
+                    count(len(head))  # received over the network, though not appended
+                    view = view[len(head):]
+                    if not view:
+                        continue
+                for start in range(0, len(view), LOOP_SLICE):
+                    if start:
+                        await trio.lowlevel.checkpoint()  # let the control socket in
+                    ingest.write(view[start:start + LOOP_SLICE], auto_checkpoint=False)
+                if ingest.checkpoint_due:
+                    await _blocking(ingest.checkpoint)  # an fdatasync: never on the event loop
+                count(len(view))
+                if cap is not None and ingest.offset > cap:
+                    await _blocking(ingest.abort)
+                    raise IntegrityError("body is longer than the file can be (endless body?)",
+                                         file=url, expected=f"at most {cap}",
+                                         actual=f"more than {cap}")
 
     # -- retries -------------------------------------------------------------------
 

@@ -38,8 +38,16 @@ class FetchPolicy:
     connect_timeout: float = 20.0
     #: No byte at all for this long is a stalled transfer.
     read_timeout: float = 30.0
-    #: Least average throughput over ``rate_window`` (bytes/s): a drip-feeding server
-    #: must not hold a sync for hours. 8 KiB/s is below any link a kiosk could use.
+    #: From sending a request to having its answer's status line and headers (redirects
+    #: included): each byte resets ``read_timeout``, so without this bound headers
+    #: dripped a byte every 10 s held a sync (and a download slot) for the whole
+    #: ``file_deadline``. A static file server or CDN answers in well under a second; a
+    #: minute is a cold cache miss on a slow link, with room to spare.
+    header_timeout: float = 60.0
+    #: Least average throughput over ``rate_window`` (bytes/s) of every body, manifests
+    #: and files alike: a drip-feeding server must not hold a sync for hours. 8 KiB/s is
+    #: below any link a kiosk could use. With ``header_timeout`` it covers the whole
+    #: answer: the headers within a bound, then the body at a least rate.
     min_rate: float = 8 * 1024
     #: Window over which ``min_rate`` is measured; long enough to ride out a stall.
     rate_window: float = 60.0

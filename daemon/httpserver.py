@@ -8,7 +8,9 @@ exception becomes a logged 500 with a JSON body, and the server carries on.
 
 Connections are kept alive between requests, but a client must deliver each complete
 request within ``idle_timeout`` of connecting or of the previous answer, or it is
-disconnected. No route takes a request body: a request that announces one
+disconnected. :class:`ConnectionLimit` caps how many are served at once (each one is a
+file descriptor of the daemon's): past the cap a connection is answered 503 with
+``Retry-After`` and closed. No route takes a request body: a request that announces one
 (``Content-Length`` above 0, or ``Transfer-Encoding``) is answered 413 without
 reading the body, and its connection closed.
 
@@ -31,6 +33,11 @@ import trio
 
 __all__ = [
     "IDLE_TIMEOUT",
+    "MAX_CONNECTIONS",
+    "MAX_REFUSING",
+    "REFUSE_TIMEOUT",
+    "RETRY_AFTER",
+    "ConnectionLimit",
     "Handler",
     "HTTPError",
     "Request",
@@ -46,6 +53,20 @@ MAX_HEADER_BYTES = 16 * 1024
 # Long enough for a person typing into `nc -U`, short enough that idle keep-alive
 # connections and stalled clients do not pile up.
 IDLE_TIMEOUT = 30.0
+# Connections served at once. Each holds a file descriptor of the daemon, whose downloads
+# need theirs (1064 idle clients under systemd's soft limit of 1024 made syncs fail with
+# EMFILE); 64 is far more than an operator's status calls, dashboards and scripts use
+# at once, and a small share of even a 1024-descriptor limit.
+MAX_CONNECTIONS = 64
+# Connections over the cap being answered 503 at once; past that a new one is closed
+# unanswered, so a flood of connections holds at most MAX_CONNECTIONS + MAX_REFUSING.
+MAX_REFUSING = 16
+# How long a connection over the cap has to send its request: enough for any local
+# client (they send it at once); it is closed after, not kept for IDLE_TIMEOUT.
+REFUSE_TIMEOUT = 2.0
+# The 503's Retry-After (s): a slot frees as soon as any client's request is answered
+# (milliseconds) or an idle one times out.
+RETRY_AFTER = 1
 # One receive; requests are far smaller, so one read usually holds a whole request.
 RECV_BYTES = 64 * 1024
 
@@ -262,6 +283,62 @@ async def serve_connection(stream: trio.SocketStream, *, handler: Handler,
         log.exception("control socket: connection failed")
     finally:
         await stream.aclose()
+
+
+class ConnectionLimit:
+    """Serves connections (a ``trio.serve_listeners`` handler) with :func:`serve_connection`,
+    at most ``max_connections`` at once.
+
+    A connection over the cap is answered ``503 Service Unavailable`` with
+    ``Retry-After: 1`` and ``Connection: close`` once it has sent its request (within
+    :data:`REFUSE_TIMEOUT`), then closed; with :data:`MAX_REFUSING` of those already in
+    hand, a further one is closed at once, unanswered. So a flood costs the daemon a
+    bounded number of file descriptors, whatever the soft limit it runs under.
+
+    Why refuse the newcomer rather than close the oldest idle connection: evicting lets
+    whoever opens connections fastest push out everyone else (a dashboard between two
+    long-polls, an operator's ``shardsync status``), turning a leak in one client into
+    an outage for all; refusing keeps every client already served working, and the new
+    one gets an answer it can act on. Idle connections do not stay forever either:
+    :func:`serve_connection` closes one after ``idle_timeout`` without a request.
+
+    The count is this process's, across every listener it serves; a connection counts
+    from when its task starts to when it is closed.
+    """
+
+    def __init__(self, handler: Handler, *, idle_timeout: float = IDLE_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self.handler = handler
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.served = 0
+        self.refusing = 0
+
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        if self.served < self.max_connections:
+            self.served += 1
+            try:
+                await serve_connection(stream, handler=self.handler,
+                                       idle_timeout=self.idle_timeout)
+            finally:
+                self.served -= 1
+        elif self.refusing < MAX_REFUSING:
+            self.refusing += 1
+            try:
+                await serve_connection(stream, handler=_busy, idle_timeout=REFUSE_TIMEOUT)
+            finally:
+                self.refusing -= 1
+        else:
+            await stream.aclose()
+
+
+async def _busy(request: Request) -> Response:
+    """The answer of a connection over :class:`ConnectionLimit`'s cap."""
+    raise HTTPError(503, f"the control socket is serving its maximum of {MAX_CONNECTIONS} "
+                         "connections; try again shortly",
+                    headers=[("retry-after", str(RETRY_AFTER)), ("connection", "close")])
 
 
 class _Connection:

@@ -83,6 +83,15 @@ class Origin(_demo.Origin):
             raise ValueError(f"need chunk >= 1 and interval >= 0, not {chunk!r}, {interval!r}")
         self._add("drip", pattern, times, chunk=chunk, interval=interval)
 
+    def fault_drip_headers(self, pattern: str, interval: float, *,
+                           times: int | None = None) -> None:
+        """Send the status line and headers of any answer one byte at a time, pausing
+        ``interval`` s after each (each byte resets a client's read timeout), then the
+        body as it would be sent."""
+        if interval < 0:
+            raise ValueError(f"need interval >= 0, not {interval!r}")
+        self._add("drip_headers", pattern, times, interval=interval)
+
     def fault_endless(self, pattern: str, *, content_length: int | None = None,
                       times: int | None = None) -> None:
         """Send the body (repeated) until the client hangs up or stop().

@@ -94,6 +94,16 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
+# Run by the interpreter that then execs the service (same pid): the soft limit on open
+# files lowered to argv[1], the hard limit kept (as systemd's LimitNOFILE=1024:524288).
+_LIMIT_FILES = """\
+import os, resource, sys
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
 class NotifySocket:
     """A datagram socket standing in for systemd's ``$NOTIFY_SOCKET``.
 
@@ -181,14 +191,17 @@ class ServiceProcess:
 
     ``env`` adds to a minimal environment (PATH, HOME, LANG, TMPDIR); ``notify`` sets
     ``NOTIFY_SOCKET``; ``listen`` is passed as systemd passes a socket (fd 3,
-    ``LISTEN_FDS``, ``LISTEN_PID``). The log goes to ``log_path``. Use as a context manager:
-    on exit a process still running is killed.
+    ``LISTEN_FDS``, ``LISTEN_PID``); ``nofile`` lowers the soft ``RLIMIT_NOFILE`` the
+    service runs under (as systemd's default soft limit of 1024 does, lower). The log
+    goes to ``log_path``. Use as a context manager: on exit a process still running is
+    killed.
     """
 
     def __init__(self, config: Path, log_path: Path, *, notify: NotifySocket | None = None,
                  env: Mapping[str, str] | None = None,
-                 listen: socket.socket | None = None) -> None:
+                 listen: socket.socket | None = None, nofile: int | None = None) -> None:
         self.config = config
+        self.nofile = nofile
         self.socket = str(load_config(config).socket)
         if listen is not None:  # socket activation: the client connects to that socket
             self.socket = listen.getsockname()
@@ -215,6 +228,8 @@ class ServiceProcess:
             fd = fcntl.fcntl(self.listen.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
             pass_fds = (fd,)
             argv = [sys.executable, "-c", _ACTIVATE, str(fd), *argv[1:]]
+        if self.nofile is not None:
+            argv = [sys.executable, "-c", _LIMIT_FILES, str(self.nofile), *argv[1:]]
         try:
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,

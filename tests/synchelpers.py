@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
 from e2e.webserver import NginxServer, run_nginx
 from origin import Origin
 from storehelpers import (
@@ -35,11 +36,12 @@ from storehelpers import (
     write_model,
 )
 
+from shardsync.daemon.config import ModelConfig
 from shardsync.daemon.demo.samples import make_big_model, write_samples
 from shardsync.daemon.entrypoint import manifest_groups, shard_relpath
 from shardsync.daemon.fetch import Fetcher
 from shardsync.daemon.httpclient import FetchPolicy, make_client
-from shardsync.daemon.sync import Syncer
+from shardsync.daemon.sync import Progress, Syncer, SyncResult
 from shardsync.store import Store
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "big_model",
     "cli_command",
     "files_outside",
+    "model_config",
     "model_files",
     "open_syncer",
     "publish_on",
@@ -58,6 +61,8 @@ __all__ = [
     "run_cli",
     "sample_models",
     "serve_directory",
+    "sync",
+    "sync_together",
     "tfjs_model",
     "write_config",
 ]
@@ -142,6 +147,29 @@ async def open_syncer(
             syncer = Syncer(store, Fetcher(client, policy), concurrency=concurrency,
                             max_model_bytes=max_model_bytes)
             yield SyncEnv(state, site, store, syncer)
+
+
+def model_config(name: str, url: str) -> ModelConfig:
+    """A model as a config file declares it (the interval matters only to the service)."""
+    return ModelConfig(name=name, url=url, interval=1800.0)
+
+
+async def sync(env: SyncEnv, name: str, url: str, progress: Progress | None = None) -> SyncResult:
+    """One sync of the model ``name`` at ``url`` by ``env``'s syncer."""
+    return await env.syncer.sync(model_config(name, url), progress)
+
+
+async def sync_together(env: SyncEnv, urls: dict[str, str]) -> dict[str, SyncResult]:
+    """Sync the models ``name -> url`` concurrently in one syncer; their results by name."""
+    results: dict[str, SyncResult] = {}
+
+    async def run(name: str, url: str) -> None:
+        results[name] = await sync(env, name, url)
+
+    async with trio.open_nursery() as nursery:
+        for name, url in urls.items():
+            nursery.start_soon(run, name, url)
+    return results
 
 
 # -- nginx as the origin ------------------------------------------------------------------

@@ -3,6 +3,7 @@ the socket file's mode, stale and live sockets, systemd socket activation."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,11 +16,17 @@ import textwrap
 import pytest
 import trio
 import trio.testing
-from controlhelpers import App, RawHTTP, curl, start_server
+from controlhelpers import App, RawHTTP, curl, read_until_eof, start_server
 
 from shardsync.daemon.client import get_json
 from shardsync.daemon.control import serve_control
 from shardsync.daemon.control_socket import SOCKET_MODE, activation_socket
+from shardsync.daemon.httpserver import (
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_REFUSING,
+    RETRY_AFTER,
+)
 from shardsync.store import LockedError, ShardsyncError
 
 # ---------------------------------------------------------------- the socket file
@@ -81,6 +88,57 @@ async def test_exit_during_a_long_poll_cleans_up(sockdir):
         nursery.cancel_scope.cancel()
     assert await stream.receive_some(10) == b""
     assert not os.path.exists(path)
+
+
+# ---------------------------------------------------------------- how many connections
+
+
+async def _status_over(stream: trio.SocketStream) -> tuple[int, dict[str, str], bytes]:
+    client = RawHTTP(stream)
+    await client.send("GET", "/v1/status")
+    return await client.response()
+
+
+async def test_past_max_connections_a_request_gets_503_then_room_comes_back(served):
+    held = [await trio.open_unix_socket(served.path) for _ in range(MAX_CONNECTIONS)]
+    over = [await trio.open_unix_socket(served.path) for _ in range(4)]  # idle, past the cap
+    await trio.testing.wait_all_tasks_blocked()  # the server has taken every one of them
+
+    late = await trio.open_unix_socket(served.path)
+    status, headers, body = await _status_over(late)
+    assert status == 503
+    assert headers["retry-after"] == str(RETRY_AFTER) and headers["connection"] == "close"
+    assert f"maximum of {MAX_CONNECTIONS} connections" in json.loads(body)["error"]
+    assert await read_until_eof(late) == b""  # and closed
+
+    # Idle connections past the cap are let go after REFUSE_TIMEOUT, well before the
+    # idle timeout of the served ones: a flood does not keep its descriptors.
+    with trio.fail_after(IDLE_TIMEOUT / 2):
+        for stream in over:
+            assert await read_until_eof(stream) == b""
+    # A connection already served is unaffected by the cap.
+    status, _, _ = await _status_over(held[0])
+    assert status == 200
+
+    for stream in held[-8:]:
+        await stream.aclose()
+    await trio.testing.wait_all_tasks_blocked()  # the server has seen them close
+    code, body, _ = await curl(served.path, "http://localhost/v1/status")
+    assert code == 200 and json.loads(body)["ok"] is True
+    for stream in held[:-8]:
+        await stream.aclose()
+
+
+async def test_past_the_refusals_in_hand_a_connection_is_closed_unanswered(served):
+    streams = [await trio.open_unix_socket(served.path)
+               for _ in range(MAX_CONNECTIONS + MAX_REFUSING)]
+    await trio.testing.wait_all_tasks_blocked()
+    extra = await trio.open_unix_socket(served.path)
+    with contextlib.suppress(trio.BrokenResourceError):
+        await RawHTTP(extra).send("GET", "/v1/status")
+    assert await read_until_eof(extra) == b""  # no 503: nothing at all
+    for stream in streams:
+        await stream.aclose()
 
 
 async def test_stale_socket_file_is_replaced(sockdir, caplog):

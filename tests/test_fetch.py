@@ -10,6 +10,7 @@ and what a cancel leaves behind (a partial to resume).
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,10 +19,15 @@ from pathlib import Path
 import pytest
 import trio
 from origin import Origin
-from storehelpers import object_path, sha256, store_at
-from synchelpers import FAST
+from storehelpers import assert_published, object_path, sha256, store_at, tfjs_model
+from synchelpers import FAST, open_syncer, publish_on, sync_together
 
-from shardsync.daemon.errors import ConnectError, FetchTimeoutError, UpstreamError
+from shardsync.daemon.errors import (
+    ConnectError,
+    FetchTimeoutError,
+    SlowTransferError,
+    UpstreamError,
+)
 from shardsync.daemon.fetch import Fetcher, Validators
 from shardsync.daemon.httpclient import FetchPolicy, make_client
 from shardsync.daemon.resume import resume_start
@@ -340,6 +346,93 @@ async def test_a_silent_origin_times_out(origin: Origin, tmp_path: Path) -> None
         with pytest.raises(FetchTimeoutError, match="timed out") as info:
             await f.file(url, store)
     assert info.value.file == url
+
+
+# -- a hostile origin's drip: headers and bodies ------------------------------------------
+
+#: The header bound of the drip tests: short, so a try costs a second. The origin drips
+#: a header byte every HEADER_DRIP s: far inside FAST's 5 s read timeout, which
+#: therefore never fires, while the ~150 bytes of headers would take ~30 s.
+HEADER_BOUND = 1.0
+HEADER_DRIP = 0.2
+
+
+@pytest.mark.parametrize("kind", ["manifest", "file", "conditional check"])
+async def test_headers_dripped_past_header_timeout_time_out_and_are_retried(
+    origin: Origin, tmp_path: Path, kind: str
+) -> None:
+    url = serve(origin, b'{"format": "graph-model"}' if kind == "manifest" else DATA)
+    policy = dataclasses.replace(FAST, attempts=2, header_timeout=HEADER_BOUND)
+    async with fetcher(tmp_path, policy) as (f, store):
+        validators = None
+        if kind == "conditional check":  # the 304 path: straight to the connection pool
+            validators = (await f.file(url, store)).validators
+            origin.reset_counters()
+        origin.fault_drip_headers(PATH, HEADER_DRIP)
+        started = trio.current_time()
+        with pytest.raises(FetchTimeoutError) as info:
+            if kind == "manifest":
+                await f.manifest(url)
+            else:
+                await f.file(url, store, validators=validators)
+        took = trio.current_time() - started
+    assert not isinstance(info.value, SlowTransferError)
+    assert info.value.file == url
+    assert f"headers did not arrive within {HEADER_BOUND:g} s" in str(info.value)
+    tries = origin.requests()
+    assert len(tries) == policy.attempts  # retried, like any timeout
+    if kind == "conditional check":
+        assert all("if-none-match" in t.headers for t in tries)
+    # Each try ends at its bound (plus a backoff of at most 20 ms): far from the ~30 s
+    # the drip would hold each one.
+    assert took < 3 * HEADER_BOUND * policy.attempts
+
+
+@pytest.mark.parametrize("kind", ["manifest", "file"])
+async def test_a_body_dripped_inside_the_read_timeout_fails_as_slow_at_its_window(
+    origin: Origin, tmp_path: Path, kind: str
+) -> None:
+    # A byte every 3 s: the 5 s read timeout never fires, and the window (0.5 s) ends
+    # between two bytes; it must fail then, not when the next byte comes.
+    url = serve(origin, b'{"format": "graph-model"}' if kind == "manifest" else DATA)
+    origin.fault_drip(PATH, chunk=1, interval=3.0)
+    policy = dataclasses.replace(FAST, min_rate=1024.0, rate_window=0.5)
+    async with fetcher(tmp_path, policy) as (f, store):
+        started = trio.current_time()
+        with pytest.raises(SlowTransferError, match="slower than 1024 bytes/s") as info:
+            if kind == "manifest":
+                await f.manifest(url)
+            else:
+                await f.file(url, store)
+        took = trio.current_time() - started
+    assert info.value.file == url
+    assert len(origin.requests()) == 1  # a slow transfer is not retried
+    assert took < 3.0  # before the origin's second byte
+
+
+@pytest.mark.parametrize("dripped", ["slow/model.json", "slow/group1-shard1of1.bin"])
+async def test_dripped_headers_fail_their_model_and_the_other_in_the_pass_publishes(
+    origin: Origin, tmp_path: Path, dripped: str
+) -> None:
+    good = tfjs_model("graph-model", [{"group1-shard1of1.bin": bytes(range(256)) * 16}],
+                      tag="good")
+    slow = tfjs_model("graph-model", [{"group1-shard1of1.bin": bytes(4096)}], tag="slow")
+    urls = {"good": publish_on(origin, "good", good), "slow": publish_on(origin, "slow", slow)}
+    origin.fault_drip_headers(dripped, HEADER_DRIP)
+    policy = dataclasses.replace(FAST, header_timeout=HEADER_BOUND)
+    started = trio.current_time()
+    async with open_syncer(tmp_path, policy=policy) as env:
+        results = await sync_together(env, urls)
+        took = trio.current_time() - started
+        assert results["good"].ok, results["good"].error
+        assert_published(env.site, "good", good)
+        assert not (env.site / "slow").exists()
+    err = results["slow"].error
+    assert isinstance(err, FetchTimeoutError) and err.model == "slow", repr(err)
+    assert err.file == origin.url_for(dripped)
+    assert f"headers did not arrive within {HEADER_BOUND:g} s" in str(err)
+    assert len(origin.requests(dripped)) == policy.attempts
+    assert took < 3 * HEADER_BOUND * policy.attempts
 
 
 @pytest.mark.parametrize("status", [429, 500, 503])

@@ -410,6 +410,26 @@ def test_fault_drip_delivers_everything(origin: Origin) -> None:
     assert origin.bytes_sent() == len(DATA)
 
 
+def test_fault_drip_headers_sends_the_head_a_byte_at_a_time(origin: Origin) -> None:
+    put(origin, "a.bin")
+    origin.fault_drip_headers("a.bin", interval=30)
+    with socket.create_connection(("127.0.0.1", origin.port), timeout=10) as sock:
+        sock.sendall(b"GET /a.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = sock.recv(1024)
+    assert first == b"H"  # the next byte comes only after the 30 s pause
+    assert origin.bytes_sent("a.bin") == 0
+
+
+def test_fault_drip_headers_then_delivers_the_whole_answer(origin: Origin) -> None:
+    put(origin, "a.bin")
+    origin.fault_drip_headers("a.bin", interval=0.001, times=1)
+    with httpx.Client() as client:
+        dripped = client.get(origin.url_for("a.bin"))
+        plain = client.get(origin.url_for("a.bin"))
+    assert dripped.status_code == 200 and dripped.content == DATA
+    assert dripped.headers["etag"] == plain.headers["etag"]
+
+
 def test_fault_endless_without_length(origin: Origin) -> None:
     put(origin, "a.bin")
     origin.fault_endless("a.bin", times=1)

@@ -10,10 +10,12 @@ over the wire, from the origin's request log. Waits are on the service's own rep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import pytest
 import trio
 from origin import Origin
 from servicehelpers import (
+    WAIT,
     NotifySocket,
     ServiceProcess,
     edit_config,
@@ -42,6 +45,7 @@ from synchelpers import (
 from test_metrics import parse as parse_metrics
 
 from shardsync.daemon.config import ConfigError
+from shardsync.daemon.httpserver import MAX_CONNECTIONS, MAX_REFUSING
 from shardsync.daemon.notify import Notifier
 from shardsync.daemon.resume import resume_start
 from shardsync.daemon.service import GRACE_ENV, grace_from_env
@@ -74,9 +78,10 @@ def small(tag: str, fill: int, size: int = 8192) -> ModelFiles:
 
 
 def service(config: Path, tmp_path: Path, notify: NotifySocket | None = None, *,
-            listen: socket.socket | None = None, **env: str) -> ServiceProcess:
+            listen: socket.socket | None = None, nofile: int | None = None,
+            **env: str) -> ServiceProcess:
     return ServiceProcess(config, tmp_path / "service.log", notify=notify, env=env,
-                          listen=listen)
+                          listen=listen, nofile=nofile)
 
 
 def ref(state: Path, name: str) -> str:
@@ -497,6 +502,62 @@ def test_post_sync_checks_every_model_or_one(
         body, _, code = curl.stdout.rpartition("\n")
         assert code == "404" and "nope" in json.loads(body)["error"]
         assert svc.stop(STOP_WITHIN) == 0
+
+
+#: The soft limit on open files of the flood test. The service itself had 25 open after
+#: its first sync (interpreter, trio, watcher, store, event log, its listener); the
+#: control socket adds at most MAX_CONNECTIONS + MAX_REFUSING, a sync a few more. A
+#: flood of FLOOD idle connections would take twice the limit if each were kept.
+NOFILE = 160
+FLOOD = 2 * NOFILE
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_a_flood_of_idle_control_connections_under_a_low_file_limit_leaves_syncs_working(
+    origin: Origin, tmp_path: Path, sockets: Path, notify: NotifySocket
+) -> None:
+    a, b = small("a", 1), small("b", 3)
+    urls = {"a": publish_on(origin, "a", a), "b": publish_on(origin, "b", b)}
+    conf = tmp_path / "conf"
+    ctl = str(sockets / "ctl.sock")
+    config = write_config(conf, {"a": urls["a"]}, socket=ctl)
+    with service(config, tmp_path, notify, nofile=NOFILE) as svc, contextlib.ExitStack() as held:
+        svc.start()
+        svc.wait_event("published", model="a")
+        cursor = svc.last_event_id()
+        before = open_files(svc.pid)
+        for _ in range(FLOOD):  # connected, and never a byte sent
+            conn = held.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            # Blocking, as most clients connect: with the listen backlog full, connect()
+            # waits for the service to accept (at most WAIT: SO_SNDTIMEO bounds it).
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", int(WAIT), 0))
+            conn.connect(ctl)
+
+        # A model added while the flood holds on: the watcher reads the config, the sync
+        # opens connections to the origin and files in the store, and publishes.
+        edit_config(config, urls, socket=ctl)
+        site_b = conf / "site" / "b" / b.manifest_name
+        deadline = time.monotonic() + WAIT
+        while not site_b.exists():
+            svc.check_alive()
+            assert time.monotonic() < deadline, f"b not published\n{svc.log_tail()}"
+            time.sleep(0.05)
+        assert_published(conf / "site", "b", b)
+        # The flood costs the service no more than the cap's descriptors (plus a few the
+        # sync may still hold), not one per connection.
+        assert open_files(svc.pid) <= before + MAX_CONNECTIONS + MAX_REFUSING + 8
+
+        held.close()  # the flood ends; the socket serves again
+        published = svc.wait_event("published", model="b", since=cursor)
+        assert published["version"] == assert_published(conf / "site", "b", b)
+        assert not [e for e in svc.events_since(cursor)
+                    if "fail" in e["type"] or e["type"] == "config-error"]
+        assert by_name(svc.status(), "b")["last_error"] is None
+        assert svc.stop(STOP_WITHIN) == 0
+    assert "Too many open files" not in svc.log()
 
 
 # -- events, metrics, versions -------------------------------------------------------------------

@@ -45,24 +45,21 @@ from synchelpers import (
     publish_on,
     published_files,
     sample_models,
+    sync,
+    sync_together,
     tfjs_model,
 )
 
-from shardsync.daemon.config import ModelConfig
 from shardsync.daemon.demo.samples import CONVERTER_SHARD_SIZE
 from shardsync.daemon.errors import ConnectError, FetchTimeoutError, ManifestError, UpstreamError
 from shardsync.daemon.httpclient import FetchPolicy
 from shardsync.daemon.resume import resume_start
-from shardsync.daemon.sync import Progress, SyncResult
+from shardsync.daemon.sync import Progress
 from shardsync.store import IntegrityError, ShardsyncError, UnsafePathError
 
 #: Size of the multi-shard model: six 4 MiB converter shards and a short seventh,
 #: enough for several shards in flight at once, small enough to keep the suite quick.
 BIG_TOTAL = 24 * 1024 * 1024
-
-
-def model_config(name: str, url: str) -> ModelConfig:
-    return ModelConfig(name=name, url=url, interval=1800.0)
 
 
 def small_model(tag: object = 0, *, kind: str = "graph-model", seed: int = 0, **kw):
@@ -72,10 +69,6 @@ def small_model(tag: object = 0, *, kind: str = "graph-model", seed: int = 0, **
         {"group1-shard1of2.bin": rng.randbytes(8192), "group1-shard2of2.bin": rng.randbytes(4096)},
         {"group2-shard1of1.bin": rng.randbytes(2048)},
     ], tag=tag, **kw)
-
-
-async def sync(env: SyncEnv, name: str, url: str, progress: Progress | None = None) -> SyncResult:
-    return await env.syncer.sync(model_config(name, url), progress)
 
 
 def versions_on_disk(env: SyncEnv, name: str) -> list[str]:
@@ -214,19 +207,6 @@ async def test_a_second_model_sharing_shards_moves_no_shard_bytes(
         assert files == shards
     assert origin.bytes_sent("shared/*.bin") == 0
     assert origin.bytes_sent("shared/b.json") > 0
-
-
-async def sync_together(env: SyncEnv, urls: dict[str, str]) -> dict[str, SyncResult]:
-    """Sync the models ``name -> url`` concurrently in one syncer; their results by name."""
-    results: dict[str, SyncResult] = {}
-
-    async def run(name: str, url: str) -> None:
-        results[name] = await sync(env, name, url)
-
-    async with trio.open_nursery() as nursery:
-        for name, url in urls.items():
-            nursery.start_soon(run, name, url)
-    return results
 
 
 async def test_models_sharing_shards_synced_together_fetch_each_once(

@@ -29,6 +29,10 @@ def test_unit_has_the_contract_settings() -> None:
                  "User=shardsync", "StateDirectory=shardsync", "RuntimeDirectory=shardsync"):
         assert line in text.splitlines(), line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    # Above systemd's default soft limit of 1024 open files (issue 14: an idle-client flood
+    # and the downloads shared it).
+    m = re.search(r"^LimitNOFILE=(\d+)$", text, re.M)
+    assert m and int(m[1]) > 1024
     # DynamicUser= would put StateDirectory= under /var/lib/private (0700): nginx could
     # not reach site_dir. The static user comes from the sysusers file instead.
     assert "DynamicUser=yes" not in text.splitlines()

@@ -250,8 +250,9 @@ class Origin:
         """The arguments of a fault of ``kind`` for path ``rel``, used up by one; None here.
 
         The demo's origin serves files faithfully. The test origin (``tests/origin.py``)
-        overrides this with switchable faults (status, drop, truncate, drip, endless,
-        ignored or shifted ranges, an HTML fallback), which the handler below applies.
+        overrides this with switchable faults (status, drop, truncate, drip, dripped
+        headers, endless, ignored or shifted ranges, an HTML fallback), which the
+        handler below applies.
         """
         return None
 

@@ -3,7 +3,8 @@
 :class:`Handler` answers GET and HEAD for an :class:`~.origin.Origin`: redirects,
 status faults, conditional requests (``If-None-Match``, ``If-Modified-Since``), byte
 ranges with ``If-Range`` (RFC 9110, parsed here), and bodies by sendfile or, when a
-fault shapes them (drip, drop, truncate, endless), by plain writes. :class:`Server`
+fault shapes them (drip, drop, truncate, endless), by plain writes; headers are written
+a byte at a time under a header drip. :class:`Server`
 tracks every accepted connection so that ``Origin.stop()`` can :func:`cut` it.
 Kept apart from :mod:`.origin`, which holds the files, counters and lifecycle, because
 this is the wire protocol: what is on disk and what is counted is the origin's.
@@ -16,6 +17,7 @@ import errno
 import hashlib
 import http
 import http.server
+import io
 import re
 import socket
 import struct
@@ -296,7 +298,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        self.end_headers()
+        drip = self.origin._take("drip_headers", self.entry.path)
+        if drip is None:
+            self.end_headers()
+            return
+        real, self.wfile = self.wfile, io.BytesIO()  # end_headers() flushes into it
+        try:
+            self.end_headers()
+            head = self.wfile.getvalue()
+        finally:
+            self.wfile = real
+        stopping = self.origin._stopping
+        for i in range(len(head)):
+            self.connection.sendall(head[i:i + 1])
+            if stopping.wait(drip["interval"]):
+                # stop(): the answer is unfinished; end the connection as a cut does.
+                raise ConnectionAbortedError(errno.ECONNABORTED, "origin stopped")
 
     def _small(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
         self._head(status, {**headers, "Content-Type": "text/plain; charset=utf-8",
