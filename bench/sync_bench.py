@@ -163,12 +163,35 @@ def run_curl(work: Path, nginx: NginxOrigin, files: list[str]) -> tuple[Measured
     return curl, sha
 
 
+def run_curl_parallel(work: Path, nginx: NginxOrigin, files: list[str]) -> Measured:
+    """curl fetching 4 files at a time (``--parallel --parallel-max 4``, shardsync's
+    default concurrency) to files, then one ``sync``: issue 9's reference, which
+    neither hashes nor verifies, and makes the bytes durable once at the end."""
+    out = work / "curlp"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cfg = work / "curlp.cfg"
+    cfg.write_text("".join(f'url = "{nginx.url_for(f)}"\noutput = "{out / str(i)}"\n'
+                           for i, f in enumerate(files)))
+    start = time.perf_counter()
+    curl = run_measured(["curl", "-s", "-f", "--parallel", "--parallel-max", "4", "-K",
+                         str(cfg)], work / "logs", "curlp")
+    curl.check("curl --parallel")
+    sync = run_measured(["sync"], work / "logs", "sync")
+    sync.check("sync")
+    curl.seconds = time.perf_counter() - start
+    shutil.rmtree(out)
+    return curl
+
+
 def bench_cold(work: Path, nginx: NginxOrigin, manifests: list[str], total: int,
                repeat: int) -> dict:
     files = files_of(nginx.root, manifests)
     refs, syncs, rss, body = [], [], [], []
-    curl_t, sha_t = [], []
+    curl_t, sha_t, par_t = [], [], []
     for i in range(repeat):
+        par_t.append(run_curl_parallel(work, nginx, files).seconds)
         curl, sha = run_curl(work, nginx, files)
         got = sum((work / "curl" / str(k)).stat().st_size for k in range(len(files)))
         assert got == total, f"curl wrote {got} bytes, expected {total}"
@@ -184,6 +207,7 @@ def bench_cold(work: Path, nginx: NginxOrigin, manifests: list[str], total: int,
     shutil.rmtree(work / "sync")
     return {"files": len(files), "ref": statistics.median(refs), "sync": statistics.median(syncs),
             "curl": statistics.median(curl_t), "sha256sum": statistics.median(sha_t),
+            "curl_parallel": statistics.median(par_t),
             "rss": max(rss), "body": body}
 
 
@@ -266,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  ratio shardsync / reference: {ratio:.2f}   (goal >= {GOAL_RATIO})  "
               f"{'ok' if ratio >= GOAL_RATIO else 'MISSED'}")
         print(f"  ratio shardsync / curl alone: {sync_rate / curl_rate:.2f}")
+        par_rate = total / cold["curl_parallel"] / MB
+        print(f"  curl --parallel-max 4 + sync:      {cold['curl_parallel']:6.2f} s  "
+              f"{par_rate:6.0f} MB/s   ratio shardsync / it: {sync_rate / par_rate:.2f}")
         print(f"  body bytes nginx sent to the sync: {max(cold['body'])} "
               f"(the set is {total})")
     print(f"warm re-sync: {args.warm_models} models x {args.warm_shards} shards, nothing changed")

@@ -17,7 +17,8 @@ What a download does (:meth:`Fetcher.file`):
   manifest's too) slower than ``min_rate``, or a file longer than its deadline;
 * retries connection errors, timeouts, 5xx and 429 with exponential backoff and
   full jitter, honouring ``Retry-After``; every retry resumes from the partial;
-* hashes while streaming (the store's ingest), never re-reading the file.
+* hashes while streaming (the store's ingest, in a worker thread one chunk behind the
+  receiving loop: :mod:`.bodywriter`), never re-reading the file.
 
 Conditional checks (a request carrying validators, nearly always answered 304) skip
 the client's per-request machinery and go to its connection pool directly; see
@@ -40,6 +41,7 @@ import trio
 
 from shardsync.store import Ingest, IntegrityError, ShardsyncError, Store
 
+from .bodywriter import BodyWriter
 from .errors import ConnectError, FetchTimeoutError, SlowTransferError, UpstreamError
 from .httpanswers import (
     Validators,
@@ -59,11 +61,6 @@ __all__ = [
     "Validators",
 ]
 
-#: Most bytes hashed and written in one step of the event loop: a status request waits
-#: behind those steps. bench/service_bench.py, 512 MiB download, same quiet session:
-#: whole 512 KiB reads p99 6.5 ms at 420 MB/s; 256 KiB slices p99 4.4 ms at 428 MB/s;
-#: 128 KiB slices p99 3.5 ms but 377 MB/s.
-LOOP_SLICE = 256 * 1024
 
 T = TypeVar("T")
 
@@ -367,7 +364,32 @@ class Fetcher:
     ) -> None:
         """Append the body to ``ingest``; its first ``len(overlap)`` bytes must equal
         ``overlap`` (what the partial already ends with) and are not appended: a
-        mismatch starts the file over (:class:`_Restart`)."""
+        mismatch starts the file over (:class:`_Restart`).
+
+        The loop only receives and checks; a worker thread hashes and writes
+        (:class:`.bodywriter.BodyWriter`), one chunk behind. Every exit settles that
+        write first, so the ingest is never touched by two threads at once.
+        """
+        writer = BodyWriter(ingest)
+        try:
+            await self._receive(r, writer, ingest.offset, cap, count, url, overlap)
+            await writer.wait()
+        except _Restart:
+            await writer.settle()
+            await _blocking(ingest.start, etag=None, last_modified=None,
+                            expected_size=None, offset=0)
+            raise
+        except IntegrityError:
+            await writer.settle()
+            await _blocking(ingest.abort)
+            raise
+        finally:
+            await writer.settle()
+
+    async def _receive(
+        self, r: httpx.Response, writer: BodyWriter, offset: int, cap: int | None,
+        count: Callable[[int], None], url: str, overlap: bytes,
+    ) -> None:
         checked = 0
         async with contextlib.aclosing(self._body(r, url)) as body:
             async for chunk in body:
@@ -375,26 +397,19 @@ class Fetcher:
                 if checked < len(overlap):
                     head = view[:len(overlap) - checked]
                     if head != overlap[checked:checked + len(head)]:
-                        await _blocking(ingest.start, etag=None, last_modified=None,
-                                        expected_size=None, offset=0)
                         raise _Restart
                     checked += len(head)
                     count(len(head))  # received over the network, though not appended
                     view = view[len(head):]
                     if not view:
                         continue
-                for start in range(0, len(view), LOOP_SLICE):
-                    if start:
-                        await trio.lowlevel.checkpoint()  # let the control socket in
-                    ingest.write(view[start:start + LOOP_SLICE], auto_checkpoint=False)
-                if ingest.checkpoint_due:
-                    await _blocking(ingest.checkpoint)  # an fdatasync: never on the event loop
-                count(len(view))
-                if cap is not None and ingest.offset > cap:
-                    await _blocking(ingest.abort)
+                offset += len(view)
+                if cap is not None and offset > cap:
                     raise IntegrityError("body is longer than the file can be (endless body?)",
                                          file=url, expected=f"at most {cap}",
                                          actual=f"more than {cap}")
+                await writer.write(view)
+                count(len(view))
 
     # -- retries -------------------------------------------------------------------
 
