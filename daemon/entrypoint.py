@@ -19,7 +19,15 @@ from shardsync.store import IntegrityError, UnsafePathError, check_relpath
 
 from .jsonscan import JSONScanError, Scan, Span, scan
 
-__all__ = ["groups_span", "manifest_groups", "rewrite_paths", "scan_manifest", "shard_relpath"]
+__all__ = ["MAX_GROUP_VALUES", "groups_span", "load_groups", "manifest_groups", "rewrite_paths",
+           "scan_manifest", "shard_relpath"]
+
+#: Most JSON values (objects, arrays, strings, numbers...) the weight groups may hold.
+#: They are the one part of a manifest built as Python objects, at up to ~70 bytes per
+#: value (``{}`` is 3 bytes of text): 250,000 bound that to ~18 MiB whatever the bytes.
+#: A weight is ~8 values (its object, name, shape list and dims, dtype), so this allows
+#: ~30,000 weights; real TF.js models have hundreds to a few thousand.
+MAX_GROUP_VALUES = 250_000
 
 
 # TF.js's own `model.save('downloads://x')` writes `paths: ['./x.weights.bin']`; the
@@ -74,6 +82,21 @@ def groups_span(data: bytes, found: Scan) -> Span | None:
     return found.members.get("weightsManifest")
 
 
+def load_groups(data: bytes, span: Span) -> Any:
+    """``json.loads`` of the weight groups at ``span`` of ``data``, bounded in memory.
+
+    Counted first without building anything: every value but a container's first
+    follows a comma, and every container opens with a bracket, so commas plus brackets
+    bound the values (commas and brackets inside strings only make it count more).
+    Raises ValueError past :data:`MAX_GROUP_VALUES`.
+    """
+    values = sum(data.count(c, span.start, span.end) for c in (b",", b"{", b"[")) + 1
+    if values > MAX_GROUP_VALUES:
+        raise ValueError(f"the weight groups hold about {values} JSON values, more than the "
+                         f"{MAX_GROUP_VALUES} a TF.js model needs")
+    return json.loads(memoryview(data)[span.start:span.end].tobytes())
+
+
 def shard_relpath(path: str) -> str:
     """Return the relative file path that the manifest path ``path`` names.
 
@@ -121,7 +144,10 @@ def rewrite_paths(data: bytes, prefix: str) -> bytes:
         raise IntegrityError(f"manifest is not valid JSON: {exc}") from exc
     span = groups_span(data, found)
     view = memoryview(data)
-    groups = None if span is None else json.loads(view[span.start:span.end].tobytes())
+    try:
+        groups = None if span is None else load_groups(data, span)
+    except ValueError as exc:
+        raise IntegrityError(f"not a TF.js manifest: {exc}") from None
     if not isinstance(groups, list):
         raise IntegrityError("not a TF.js manifest: no list of weight groups")
     for i, group in enumerate(groups):

@@ -17,7 +17,6 @@ fetches what a browser would fetch. The entry-point rewrite the store is given
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from urllib.parse import unquote
 
 from shardsync.store import UnsafePathError, check_manifest_name
 
-from .entrypoint import groups_span, scan_manifest, shard_relpath
+from .entrypoint import groups_span, load_groups, scan_manifest, shard_relpath
 from .errors import ManifestError
 from .jsonscan import JSONScanError, NestingError, Scan
 
@@ -252,7 +251,10 @@ def parse_manifest(
                    f"{_SCALAR_NAMES.get(first, 'number')}")
     span = groups_span(data, found)
     assert span is not None  # _model_kind made sure of weightsManifest
-    raw_groups = json.loads(memoryview(data)[span.start:span.end].tobytes())
+    try:
+        raw_groups = load_groups(data, span)
+    except ValueError as exc:  # past MAX_GROUP_VALUES: never built
+        raise fail(str(exc)) from None
     if first == b"[":
         kind = "weights-manifest"
         if not raw_groups:

@@ -487,6 +487,46 @@ def test_a_43_mib_topology_is_parsed_in_bounded_memory(tmp_path, node):
     assert int(rewrite_mib) < 2 * 43 + 16, f"rewrite peaked {rewrite_mib} MiB above the baseline"
 
 
+_GROUPS_PROBE = """
+import resource, sys
+from shardsync.daemon.errors import ManifestError
+from shardsync.daemon.tfjs import parse_manifest
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+data = open(sys.argv[1], "rb").read()
+try:
+    parse_manifest(data, manifest_url="https://h/m/model.json")
+    print("parsed", 0)
+except ManifestError as exc:
+    print(exc.reason.split()[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 - base)
+"""
+
+
+@pytest.mark.parametrize("bare", [True, False], ids=["weights-manifest", "model-json"])
+def test_43_mib_of_weight_groups_are_refused_before_they_are_built(tmp_path, bare):
+    # The weight groups are the one part built as Python objects: 15 million {} of them
+    # would cost ~1 GB. They are counted first (MAX_GROUP_VALUES) and refused unbuilt.
+    path = tmp_path / "model.json"
+    count = (43 << 20) // 3
+    with open(path, "wb") as f:
+        f.write(b"[" if bare else b'{"modelTopology": {}, "weightsManifest": [')
+        f.write(b"{}," * (count - 1) + b"{}")
+        f.write(b"]" if bare else b"]}")
+    out = subprocess.run([sys.executable, "-c", _GROUPS_PROBE, str(path)], capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    assert out[0] == "the", out  # "the weight groups hold about ... JSON values, more than ..."
+    assert int(out[1]) < 60, f"peaked {out[1]} MiB above the baseline"
+
+
+def test_a_model_of_20000_weights_is_within_the_bound():
+    weights = [{"name": f"layer{i}/kernel", "shape": [3, 3, 64, 64], "dtype": "float32"}
+               for i in range(20_000)]
+    doc = json.dumps({"modelTopology": {"node": []}, "format": "graph-model",
+                      "weightsManifest": [{"paths": ["a.bin"], "weights": weights}]}).encode()
+    m = parse_manifest(doc, manifest_url=URL)
+    assert len(m.groups[0].weights) == 20_000
+    assert json.loads(rewrite_paths(doc, "v/"))["weightsManifest"][0]["paths"] == ["v/a.bin"]
+
+
 @pytest.mark.parametrize(("doc", "why"), [
     (b'{"modelTopology": {"node": [{}, {"a": NaN}]}, "weightsManifest": []}', "not valid JSON"),
     (b'{"modelTopology": {"node": [' + b"{}," * 50_000 + b'{]}, "weightsManifest": []}',
