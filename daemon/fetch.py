@@ -169,8 +169,13 @@ class Fetcher:
 
     # -- manifests -----------------------------------------------------------------
 
-    async def manifest(self, url: str, validators: Validators | None = None) -> ManifestFetch:
-        """GET a manifest (conditionally when ``validators`` are given), with retries."""
+    async def manifest(self, url: str, validators: Validators | None = None, *,
+                       max_size: int | None = None) -> ManifestFetch:
+        """GET a manifest (conditionally when ``validators`` are given), with retries.
+
+        Reading stops past ``max_manifest_bytes`` (the policy's cap), or past ``max_size``
+        when given (the length a signature lists: an IntegrityError, not retried).
+        """
 
         async def once() -> ManifestFetch:
             headers = conditional_headers(validators)
@@ -184,6 +189,10 @@ class Fetcher:
                 data = bytearray()
                 async for chunk in r.aiter_raw():
                     data += chunk
+                    if max_size is not None and len(data) > max_size:
+                        raise IntegrityError("manifest is longer than its signature lists",
+                                             file=url, expected=max_size,
+                                             actual=f"more than {max_size}")
                     if len(data) > cap:
                         raise UpstreamError(f"manifest is larger than {cap} bytes", file=url)
                 return ManifestFetch(bytes(data), Validators.of(r))
@@ -201,13 +210,18 @@ class Fetcher:
         max_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         source: str | None = None,
+        expected_digest: str | None = None,
+        limit: str = "its weight group",
     ) -> Fetched:
         """Download ``url`` into the store (resuming a partial); return its digest.
 
         With ``validators`` and no partial on disk, asks conditionally and returns
         ``digest=None`` on 304. ``max_size`` is the most bytes the file may have (its
-        weight group's size): a longer body or Content-Length is an IntegrityError
-        and the partial is dropped. A cancel or error keeps the partial for resume.
+        weight group's size, or the length a signature lists; ``limit`` names which in
+        the error): a longer body or Content-Length is an IntegrityError and the
+        partial is dropped, reading no further. With ``expected_digest`` (a signature's
+        SHA-256) the commit refuses other bytes (IntegrityError, the partial dropped).
+        A cancel or other error keeps the partial for resume.
         The stored file leaves a download record naming ``source`` (the manifest URL
         of the model that wants it): see :meth:`Store.downloaded`.
         """
@@ -228,7 +242,8 @@ class Fetcher:
 
         try:
             async def once() -> Fetched:
-                return await self._file_once(url, lazy, validators, max_size, count)
+                return await self._file_once(url, lazy, validators, max_size, count,
+                                             expected_digest, limit)
 
             result = await self._retrying(url, once)
         finally:
@@ -240,6 +255,7 @@ class Fetcher:
     async def _file_once(
         self, url: str, lazy: _LazyIngest, validators: Validators | None,
         max_size: int | None, count: Callable[[int], None],
+        expected_digest: str | None = None, limit: str = "its weight group",
     ) -> Fetched:
         held = lazy.ingest
         resume_from = held.offset if (held and held.offset and (held.etag or held.last_modified)) \
@@ -288,7 +304,7 @@ class Fetcher:
                                     status=r.status_code, file=url)
             if total is not None and max_size is not None and total > max_size:
                 await _blocking(ingest.abort)
-                raise IntegrityError("file is larger than its weight group",
+                raise IntegrityError(f"file is larger than {limit}",
                                      file=url, expected=f"at most {max_size}", actual=total)
             cap = total if total is not None else max_size
             await self._stream_body(r, ingest, cap, count, url, overlap)
@@ -296,7 +312,7 @@ class Fetcher:
                 raise ConnectError(
                     f"connection closed after {ingest.offset} of {total} bytes", file=url)
             size = ingest.offset
-            digest = await trio.to_thread.run_sync(ingest.commit, total, None)
+            digest = await trio.to_thread.run_sync(ingest.commit, total, expected_digest)
             return Fetched(digest, size, Validators(ingest.etag, ingest.last_modified), 0)
 
     async def _stream_body(
@@ -324,19 +340,22 @@ class Fetcher:
                 view = view[len(head):]
                 if not view:
                     continue
-            for start in range(0, len(view), LOOP_SLICE):
+            n = len(view)
+            if cap is not None and ingest.offset + n > cap:
+                # Checked before writing: bytes past the most the file may have (a
+                # signature's length, the group's size) never reach the disk.
+                count(n)
+                await _blocking(ingest.abort)
+                raise IntegrityError("body is longer than the file can be (endless body?)",
+                                     file=url, expected=f"at most {cap}",
+                                     actual=f"more than {cap}")
+            for start in range(0, n, LOOP_SLICE):
                 if start:
                     await trio.lowlevel.checkpoint()  # let the control socket in
                 ingest.write(view[start:start + LOOP_SLICE], auto_checkpoint=False)
             if ingest.checkpoint_due:
                 await _blocking(ingest.checkpoint)  # an fdatasync: never on the event loop
-            n = len(view)
             count(n)
-            if cap is not None and ingest.offset > cap:
-                await _blocking(ingest.abort)
-                raise IntegrityError("body is longer than the file can be (endless body?)",
-                                     file=url, expected=f"at most {cap}",
-                                     actual=f"more than {cap}")
             window_bytes += n
             elapsed = trio.current_time() - window_start
             if elapsed >= policy.rate_window:
