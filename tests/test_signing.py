@@ -143,6 +143,14 @@ def test_sync_refuses_a_rollback_after_the_process_restarts(
     first = run_cli("sync", "-c", cfg, "--json")
     assert first.returncode == 0, first.stderr
     published = assert_published(tmp_path / "svc" / "site", "m", v1)
+    # The signature is a file of the version: verify and gc keep to it like any other.
+    assert (tmp_path / "svc" / "site" / "m" / "versions" / published
+            / "model.json.sig.json").read_bytes() == manifest.with_name(
+                "model.json.sig.json").read_bytes()
+    checked = run_cli("verify", "-c", cfg)
+    assert checked.returncode == 0 and "0 problem(s)" in checked.stderr, checked.stderr
+    assert run_cli("gc", "-c", cfg).returncode == 0
+    assert run_cli("verify", "-c", cfg).returncode == 0
 
     v2 = tfjs_model("graph-model", [{**SHARDS, "group1-shard2of2.bin": b"\x03" * 1000}],
                     tag="v2")
