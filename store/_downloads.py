@@ -30,6 +30,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass
 
 from ._atomic import read_at, unlink_durably, write_atomic
+from ._errors import UnsafePathError
 from ._objects import check_digest
 
 __all__ = ["Download", "Downloads"]
@@ -107,7 +108,7 @@ class Downloads:
                 raw = read_at(self._fd, name)
             except FileNotFoundError:
                 continue  # removed meanwhile
-            except OSError:
-                raw = b""  # a planted symlink (ELOOP) or unreadable: damaged
+            except (OSError, UnsafePathError):
+                raw = b""  # a planted symlink (read_at refuses it) or unreadable: damaged
             out.append((name, Download.from_json(raw)))
         return out
