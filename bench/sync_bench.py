@@ -10,6 +10,9 @@ shared and noisy, so only figures taken in the same run are compared):
   ``shardsync sync`` process (goal < 1 s) and the body bytes nginx logged (goal 0).
 * peak RSS of ``shardsync sync`` (goal < 60 MB whatever the model size), read from
   ``wait4(2)`` of that one child.
+* with ``--signed`` (issue 10): the same warm re-sync of the same models, each signed
+  by ``shardsync sign`` and configured with ``public_keys``, beside the unsigned one in
+  the same run; their ratio.
 
 ``shardsync`` runs as a subprocess with this interpreter, as an operator runs it.
 Everything lives in a temporary directory (``--workdir`` chooses its parent), removed
@@ -130,13 +133,15 @@ def files_of(root: Path, manifests: list[str]) -> list[str]:
 
 
 def run_sync(work: Path, nginx: NginxOrigin, manifests: list[str], tag: str,
-             fresh: bool) -> tuple[Measured, dict]:
-    """``shardsync sync --json`` of every model in ``manifests``; (measure, JSON)."""
-    conf_dir = work / "sync"
+             fresh: bool, public_key: str | None = None) -> tuple[Measured, dict]:
+    """``shardsync sync --json`` of every model in ``manifests``; (measure, JSON). With
+    ``public_key`` every model trusts it, in a store of its own (``sync-signed``)."""
+    conf_dir = work / ("sync" if public_key is None else "sync-signed")
     if fresh and conf_dir.exists():
         shutil.rmtree(conf_dir)
     models = {rel.partition("/")[0]: nginx.url_for(rel) for rel in manifests}
-    config = write_config(conf_dir, models)
+    keys = {name: {"public_keys": [public_key]} for name in models} if public_key else None
+    config = write_config(conf_dir, models, model_keys=keys)
     m = run_measured(cli_command("sync", "-c", config, "--json"), work / "logs", tag)
     m.check(f"shardsync sync ({tag})")
     doc = json.loads(m.stdout.read_text())
@@ -211,12 +216,16 @@ def bench_cold(work: Path, nginx: NginxOrigin, manifests: list[str], total: int,
             "rss": max(rss), "body": body}
 
 
-def bench_warm(work: Path, nginx: NginxOrigin, manifests: list[str], repeat: int) -> dict:
-    cold, _ = run_sync(work, nginx, manifests, "warm-first", fresh=True)
+def bench_warm(work: Path, nginx: NginxOrigin, manifests: list[str], repeat: int,
+               public_key: str | None = None) -> dict:
+    tag = "warm" if public_key is None else "signed"
+    cold, _ = run_sync(work, nginx, manifests, f"{tag}-first", fresh=True,
+                       public_key=public_key)
     times, cpu, rss, bodies, statuses, requests = [], [], [], [], set(), []
     for i in range(repeat):
         nginx.clear()
-        m, doc = run_sync(work, nginx, manifests, f"warm{i}", fresh=False)
+        m, doc = run_sync(work, nginx, manifests, f"{tag}{i}", fresh=False,
+                          public_key=public_key)
         assert not any(r["changed"] for r in doc["models"]), "a warm re-sync changed a model"
         hits = nginx.hits()
         times.append(m.seconds)
@@ -228,6 +237,18 @@ def bench_warm(work: Path, nginx: NginxOrigin, manifests: list[str], repeat: int
     return {"first": cold.seconds, "seconds": statistics.median(times),
             "cpu": statistics.median(cpu), "rss": max(rss),
             "body": max(bodies), "statuses": sorted(statuses), "requests": max(requests)}
+
+
+def sign_set(work: Path, root: Path, manifests: list[str]) -> str:
+    """Sign every model of ``manifests`` with a new key, as a publisher does (``shardsync
+    keygen`` once, ``shardsync sign`` per model); return the public key."""
+    key = work / "publisher.pem"
+    m = run_measured(cli_command("keygen", key), work / "logs", "keygen")
+    m.check("shardsync keygen")
+    for rel in manifests:
+        run_measured(cli_command("sign", "--key", key, root / rel), work / "logs",
+                     "sign").check(f"shardsync sign {rel}")
+    return m.stdout.read_text().strip()
 
 
 def startup_seconds(work: Path) -> float:
@@ -255,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, default=None,
                    help="parent of the temporary directory (default: the system's)")
     p.add_argument("--skip-cold", action="store_true", help="only the warm re-sync")
+    p.add_argument("--signed", action="store_true",
+                   help="also the warm re-sync of the same models signed (public_keys)")
     args = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="shardsync-bench-", dir=args.workdir) as tmp:
@@ -273,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 total = sum((root / f).stat().st_size for f in files_of(root, cold_set))
                 cold = bench_cold(work, nginx, cold_set, total, args.repeat)
             warm = bench_warm(work, nginx, warm_set, args.repeat)
+            signed = None
+            if args.signed:
+                public = sign_set(work, root, warm_set)
+                signed = bench_warm(work, nginx, warm_set, args.repeat, public_key=public)
 
     print(f"shardsync sync benchmarks (nginx on loopback, {os.cpu_count()} CPUs, "
           f"{f'median of {args.repeat} runs' if args.repeat > 1 else 'one run'})")
@@ -302,6 +329,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  CPU time (user + system): {warm['cpu']:.2f} s")
     print(f"  requests: {warm['requests']}, statuses {warm['statuses']}, "
           f"body bytes: {warm['body']}   (goal 0)  {'ok' if warm['body'] == 0 else 'MISSED'}")
+    if signed is not None:
+        print("warm re-sync of the same models, signed (public_keys, one key)")
+        print(f"  wall time: {signed['seconds']:.2f} s   CPU time: {signed['cpu']:.2f} s   "
+              f"(its first, cold, sync: {signed['first']:.2f} s)")
+        print(f"  requests: {signed['requests']}, statuses {signed['statuses']}, "
+              f"body bytes: {signed['body']}")
+        print(f"  ratio signed / unsigned: wall {signed['seconds'] / warm['seconds']:.2f}, "
+              f"CPU {signed['cpu'] / warm['cpu']:.2f}")
     peak = max(warm["rss"], cold["rss"] if cold else 0.0)
     print("peak RSS of shardsync sync: "
           + (f"cold {cold['rss']:.1f} MB, " if cold else "")

@@ -31,6 +31,7 @@ from .httpserver import HTTPError, Request, Response, Router
 from .metrics import CONTENT_TYPE, Exposition, Kind
 from .processmetrics import add_process_metrics, read_process
 from .scheduler import ModelState
+from .signing import signature_status
 
 if TYPE_CHECKING:
     from shardsync.store import Store, StoreStats
@@ -73,6 +74,7 @@ class ControlApi:
         self.service = service
         # The service's dict, shared: it records each sync's version, this reads it.
         self._versions = service.current_versions
+        self._trust = service.trust_records
 
     @property
     def store(self) -> Store | None:
@@ -102,11 +104,13 @@ class ControlApi:
 
     def _model_json(self, st: ModelState) -> dict[str, Any]:
         assert self.store
+        version = self._current_version(st.config.name)
         return {
             "name": st.config.name,
             "url": st.config.url,
             "state": st.progress.state,
-            "version": self._current_version(st.config.name),
+            "version": version,
+            "signature": signature_status(self._trust_record(st.config.name), version),
             "last_check": st.last_check,
             "last_success": st.last_success,
             "next_check": st.next_check if st.progress.state in ("idle", "error") else None,
@@ -119,6 +123,15 @@ class ControlApi:
         if name not in self._versions:  # not synced yet since start: ask the store once
             self._versions[name] = self.store.current_id(name)
         return self._versions[name]
+
+    def _trust_record(self, name: str) -> dict[str, Any] | None:
+        assert self.store
+        if name not in self._trust:  # not known since the last sync: ask the store once
+            try:
+                self._trust[name] = self.store.trust_record(name)
+            except ShardsyncError:
+                self._trust[name] = None  # damaged: the model's next sync reports it
+        return self._trust[name]
 
     def status(self) -> dict[str, Any]:
         """The status document (see :mod:`.control` for its shape)."""

@@ -103,6 +103,18 @@ def _parser() -> argparse.ArgumentParser:
     sp = cmd("demo", _cmd_demo, "the whole path on built-in sample models, no network")
     sp.add_argument("--dir", type=Path, help="keep the demo here (default: a temp dir)")
 
+    sp = cmd("keygen", _cmd_keygen,
+             "write a new Ed25519 private key for signing models; print its public key")
+    sp.add_argument("keyfile", type=Path, metavar="KEYFILE")
+
+    sp = cmd("sign", _cmd_sign, "sign a model directory: write MANIFEST.sig.json beside it")
+    sp.add_argument("--key", required=True, type=Path, metavar="KEYFILE")
+    sp.add_argument("manifest", type=Path, metavar="MANIFEST")
+    sp.add_argument("--expires", default="90d", type=_duration, metavar="DURATION",
+                    help="how long the signature is valid (default %(default)s)")
+    sp.add_argument("--version", type=_positive, metavar="N", dest="sig_version",
+                    help="the signature's version (default: the previous file's + 1)")
+
     sp = cmd("nginx-config", _cmd_nginx, "print an nginx server block serving site_dir")
     sp.add_argument("-c", "--config", required=True, type=Path)
     sp.add_argument("--listen", default="127.0.0.1:8080")
@@ -203,6 +215,44 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         verb = "would free" if args.dry_run else "freed"
         print(f"gc: {verb} {report.bytes_freed} bytes in {report.objects_removed} object(s); "
               f"{report.objects_kept} kept", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- signing ------------------------------------------------------------------------
+
+
+def _duration(text: str) -> float:
+    """argparse type: a duration as the config writes one (``90d``, ``12h``)."""
+    from .config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer of at least 1")
+    return int(text)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .signing import generate_key
+
+    print(generate_key(args.keyfile))
+    return EXIT_OK
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from .signing import sign_manifest
+
+    path, doc = sign_manifest(args.key, args.manifest, expires_in=args.expires,
+                              version=args.sig_version)
+    signed = doc["signed"]
+    print(f"{path}: version {signed['version']}, {len(signed['files'])} files, "
+          f"expires {signed['expires']}, key id {doc['signatures'][0]['keyid']}",
+          file=sys.stderr)
     return EXIT_OK
 
 

@@ -28,6 +28,7 @@ from shardsync.store import NotFoundError, UnsafePathError, check_name
 
 from .errors import ConfigError, ManifestError
 from .pagescript import PAGE_SCRIPT
+from .signing import KEY_PREFIX, parse_public_key
 from .tfjs import DEFAULT_MAX_TOTAL, manifest_filename
 
 __all__ = [
@@ -56,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _TOP_KEYS = frozenset(DEFAULTS) | {"model"}
-_MODEL_KEYS = frozenset({"name", "url", "interval"})
+_MODEL_KEYS = frozenset({"name", "url", "interval", "public_keys"})
 _REQUIRED_MODEL_KEYS = ("name", "url")
 
 # Seconds per duration unit.
@@ -70,11 +71,16 @@ _SIZE = re.compile(r"\s*(\d+)\s*([A-Za-z]*)\s*")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One ``[[model]]``: ``interval`` is its own, or else the file's default (seconds)."""
+    """One ``[[model]]``: ``interval`` is its own, or else the file's default (seconds).
+
+    ``public_keys`` are raw Ed25519 public keys (32 bytes each); with any, the model must
+    carry a valid signature by one of them (:func:`.signing.trusted_keys`).
+    """
 
     name: str
     url: str
     interval: float
+    public_keys: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -292,7 +298,13 @@ def _model(where: _Locator, i: int, block: dict[str, Any], default_interval: flo
     interval = default_interval
     if "interval" in block:
         interval = _checked(where, "interval", parse_duration, block["interval"], model=i)
-    return ModelConfig(name=name, url=url, interval=interval)
+    keys = block.get("public_keys", [])
+    if not isinstance(keys, list):
+        raise where.error(f"must be a list of \"{KEY_PREFIX}BASE64\" strings, not {keys!r}",
+                          "public_keys", model=i)
+    public_keys = tuple(_checked(where, "public_keys", parse_public_key, k, model=i)
+                        for k in keys)
+    return ModelConfig(name=name, url=url, interval=interval, public_keys=public_keys)
 
 
 def _check_url(url: str) -> str:

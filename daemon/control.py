@@ -38,6 +38,10 @@ The status document (``GET /v1/status``), shared with ``shardsync status``
         {"name": "bodypix",
          "state": "idle" | "queued" | "checking" | "downloading" | "publishing" | "error",
          "version": "3f2a9c01d2e4" | null,         # current published version
+         "signature": {"signed": true | false,     # the current version came signed
+                       "keyid": "<hex>" | null,    # by this trusted key
+                       "version": 3 | null,        # its signature's version
+                       "expires": "2027-03-01T00:00:00Z" | null},
          "last_check": 1718000000.0 | null,        # unix times
          "last_success": 1718000000.0 | null,
          "next_check": 1718001800.0 | null,

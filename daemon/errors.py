@@ -6,6 +6,8 @@ from there (one name, one home)::
     ShardsyncError
     ├── ConfigError        the config file is wrong; says file, key and line
     ├── ManifestError      a model.json / weights manifest we refuse (format, dtype, size, path)
+    ├── SignatureError     a model's signature we refuse (missing, invalid, untrusted key,
+    │                      expired, rollback); the published version stays
     ├── UpstreamError      the origin answered, but not with what we need (4xx, 5xx, bad range)
     ├── FetchTimeoutError  the origin was too slow (deadline, stall)
     │   └── SlowTransferError  below the minimum throughput (not retried: it would drip again)
@@ -27,6 +29,7 @@ __all__ = [
     "ConnectError",
     "FetchTimeoutError",
     "ManifestError",
+    "SignatureError",
     "SlowTransferError",
     "UpstreamError",
 ]
@@ -55,6 +58,11 @@ class ConfigError(ShardsyncError):
 
 class ManifestError(ShardsyncError):
     """A TF.js manifest that shardsync refuses to mirror."""
+
+
+class SignatureError(ShardsyncError):
+    """A signature (``<manifest>.sig.json``) that does not let the model through: none,
+    none valid by a trusted key, malformed, expired, or older than the last accepted."""
 
 
 class UpstreamError(ShardsyncError):

@@ -226,8 +226,13 @@ class Fetcher:
 
     # -- manifests -----------------------------------------------------------------
 
-    async def manifest(self, url: str, validators: Validators | None = None) -> ManifestFetch:
-        """GET a manifest (conditionally when ``validators`` are given), with retries."""
+    async def manifest(self, url: str, validators: Validators | None = None, *,
+                       max_size: int | None = None) -> ManifestFetch:
+        """GET a manifest (conditionally when ``validators`` are given), with retries.
+
+        Reading stops past ``max_manifest_bytes`` (the policy's cap), or past ``max_size``
+        when given (the length a signature lists: an IntegrityError, not retried).
+        """
 
         async def once() -> ManifestFetch:
             headers = conditional_headers(validators)
@@ -242,6 +247,10 @@ class Fetcher:
                 async with contextlib.aclosing(self._body(r, url)) as body:
                     async for chunk in body:
                         data += chunk
+                        if max_size is not None and len(data) > max_size:
+                            raise IntegrityError("manifest is longer than its signature lists",
+                                                 file=url, expected=max_size,
+                                                 actual=f"more than {max_size}")
                         if len(data) > cap:
                             raise UpstreamError(f"manifest is larger than {cap} bytes",
                                                 file=url)
@@ -260,13 +269,18 @@ class Fetcher:
         max_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         source: str | None = None,
+        expected_digest: str | None = None,
+        limit: str = "its weight group",
     ) -> Fetched:
         """Download ``url`` into the store (resuming a partial); return its digest.
 
         With ``validators`` and no partial on disk, asks conditionally and returns
         ``digest=None`` on 304. ``max_size`` is the most bytes the file may have (its
-        weight group's size): a longer body or Content-Length is an IntegrityError
-        and the partial is dropped. A cancel or error keeps the partial for resume.
+        weight group's size, or the length a signature lists; ``limit`` names which in
+        the error): a longer body or Content-Length is an IntegrityError and the
+        partial is dropped, reading no further. With ``expected_digest`` (a signature's
+        SHA-256) the commit refuses other bytes (IntegrityError, the partial dropped).
+        A cancel or other error keeps the partial for resume.
         The stored file leaves a download record naming ``source`` (the manifest URL
         of the model that wants it): see :meth:`Store.downloaded`.
         """
@@ -287,7 +301,8 @@ class Fetcher:
 
         try:
             async def once() -> Fetched:
-                return await self._file_once(url, lazy, validators, max_size, count)
+                return await self._file_once(url, lazy, validators, max_size, count,
+                                             expected_digest, limit)
 
             result = await self._retrying(url, once)
         finally:
@@ -299,6 +314,7 @@ class Fetcher:
     async def _file_once(
         self, url: str, lazy: _LazyIngest, validators: Validators | None,
         max_size: int | None, count: Callable[[int], None],
+        expected_digest: str | None = None, limit: str = "its weight group",
     ) -> Fetched:
         held = lazy.ingest
         resume_from = held.offset if (held and held.offset and (held.etag or held.last_modified)) \
@@ -347,7 +363,7 @@ class Fetcher:
                                     status=r.status_code, file=url)
             if total is not None and max_size is not None and total > max_size:
                 await _blocking(ingest.abort)
-                raise IntegrityError("file is larger than its weight group",
+                raise IntegrityError(f"file is larger than {limit}",
                                      file=url, expected=f"at most {max_size}", actual=total)
             cap = total if total is not None else max_size
             await self._stream_body(r, ingest, cap, count, url, overlap)
@@ -355,7 +371,7 @@ class Fetcher:
                 raise ConnectError(
                     f"connection closed after {ingest.offset} of {total} bytes", file=url)
             size = ingest.offset
-            digest = await trio.to_thread.run_sync(ingest.commit, total, None)
+            digest = await trio.to_thread.run_sync(ingest.commit, total, expected_digest)
             return Fetched(digest, size, Validators(ingest.etag, ingest.last_modified), 0)
 
     async def _stream_body(
@@ -405,6 +421,9 @@ class Fetcher:
                         continue
                 offset += len(view)
                 if cap is not None and offset > cap:
+                    # Checked before writing: bytes past the most the file may have (a
+                    # signature's length, the group's size) never reach the disk.
+                    count(len(view))
                     raise IntegrityError("body is longer than the file can be (endless body?)",
                                          file=url, expected=f"at most {cap}",
                                          actual=f"more than {cap}")

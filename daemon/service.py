@@ -173,6 +173,8 @@ class Service:
         # Current version per model, as the last sync left it: /v1/status must not read
         # every model's ref from disk on the event loop for each request.
         self.current_versions: dict[str, str | None] = {}
+        # Trust record per model (signed models), as the last sync left it; same reason.
+        self.trust_records: dict[str, dict[str, Any] | None] = {}
         self.api = ControlApi(self)  # what the control socket serves
 
     # -- phases --------------------------------------------------------------------
@@ -331,6 +333,7 @@ class Service:
                 async with self.gate.collecting():
                     await trio.to_thread.run_sync(self.store.remove_model, name)
                 self.current_versions.pop(name, None)
+                self.trust_records.pop(name, None)
             except ShardsyncError as exc:
                 log.error("model %s: cannot unpublish it: %s", name, exc)
                 self._event("unpublish-failed", model=name, error=str(exc))
@@ -349,6 +352,10 @@ class Service:
         assert self.events
         name = state.config.name
         self.current_versions[name] = result.version
+        if result.signature is not None:
+            self.trust_records[name] = result.signature
+        else:  # unsigned, or refused: the store's record says what the current one was
+            self.trust_records.pop(name, None)
         if result.error is not None:
             self._event("sync-failed", model=name, error=str(result.error),
                         file=result.error.file)

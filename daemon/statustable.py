@@ -18,7 +18,11 @@ __all__ = ["format_status_table"]
 # Longest error text in the table, so one long traceback line does not wrap every row.
 _ERROR_WIDTH = 60
 
-_COLUMNS = ("MODEL", "STATE", "VERSION", "LAST SUCCESS", "NEXT CHECK", "PROGRESS", "LAST ERROR")
+_COLUMNS = ("MODEL", "STATE", "VERSION", "SIGNED", "LAST SUCCESS", "NEXT CHECK", "PROGRESS",
+            "LAST ERROR")
+
+# Hex digits of a key id the table shows: enough to tell an operator's few keys apart.
+_KEYID_WIDTH = 8
 
 
 def format_status_table(status: Mapping[str, Any], *, now: float | None = None) -> str:
@@ -65,11 +69,24 @@ def _row(model: Mapping[str, Any], now: float) -> tuple[str, ...]:
         str(model.get("name", "?")),
         str(model.get("state") or "-"),
         str(version)[:12] if version else "-",
+        _signed(model.get("signature")),
         _relative(model.get("last_success"), now),
         _relative(model.get("next_check"), now),
         _progress(model),
         error or "-",
     )
+
+
+def _signed(sig: Any) -> str:
+    """``v3 key 1a2b3c4d until 2027-03-01``, or ``-`` for a model not signed."""
+    if not isinstance(sig, Mapping) or not sig.get("signed"):
+        return "-"
+    parts = [f"v{sig.get('version', '?')}"]
+    if sig.get("keyid"):
+        parts.append(f"key {str(sig['keyid'])[:_KEYID_WIDTH]}")
+    if sig.get("expires"):
+        parts.append(f"until {str(sig['expires'])[:10]}")
+    return " ".join(parts)
 
 
 def _progress(model: Mapping[str, Any]) -> str:

@@ -7,6 +7,12 @@ also when both sync at the same time.
 
 What one :meth:`Syncer.sync` does:
 
+0. For a model with trusted keys (:func:`.signing.trusted_keys`), GET its signature
+   ``<manifest>.sig.json`` first (conditionally, like any file) and check it
+   (:mod:`.signing`): a valid signature by a trusted key, not expired, its version not
+   below the last accepted (the store's trust record). From then on every file is held
+   to the length and SHA-256 the signature lists, and a file whose listed digest the
+   store already holds is not asked for at all (the manifest included).
 1. GET the manifest, conditionally with the validators of the current version
    (a 304 reuses the manifest the store holds), and parse it (:mod:`.tfjs`).
 2. For every shard, ask the origin, conditionally when the store already holds a
@@ -14,7 +20,10 @@ What one :meth:`Syncer.sync` does:
    download it, resuming any partial. Each file is hashed while it streams.
 3. Check every weight group's bytes against the manifest (TF.js never does).
 4. Record the version (the tree digest) and, if it differs from the current one,
-   publish it.
+   publish it. A signed version holds its signature as one more file,
+   ``<manifest>.sig.json``, so it is published beside the pinned manifest under
+   ``versions/<id>/`` (docs/design.md, "Signed models"); its trust record is written
+   before the publish, so the record never lags the published version.
 
 On any failure the current version stays published, partial downloads stay on disk
 for the next try, and the result carries an error naming the model, file and reason.
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -32,13 +42,24 @@ from typing import Any
 
 import trio
 
-from shardsync.store import FileEntry, ShardsyncError, Store, Version
+from shardsync.store import FileEntry, IntegrityError, ShardsyncError, Store, Version
 
 from .config import ModelConfig
+from .errors import SignatureError, UpstreamError
 from .fairshare import FairLimiter
-from .fetch import Fetched, Fetcher, Validators
+from .fetch import Fetched, Fetcher, ManifestFetch, Validators
 from .groupcheck import check_group_bytes
-from .tfjs import Group, Manifest, parse_manifest, shard_url
+from .signing import (
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_SUFFIX,
+    Listed,
+    Signed,
+    check_rollback,
+    trust_record,
+    trusted_keys,
+    verify_signature,
+)
+from .tfjs import Group, Manifest, manifest_filename, parse_manifest, shard_url, signature_url
 
 __all__ = ["Progress", "SyncResult", "Syncer"]
 
@@ -89,6 +110,9 @@ class SyncResult:
     files_fetched: int = 0         # files whose body came over the network
     files_reused: int = 0          # files answered 304 or already held
     error: ShardsyncError | None = None
+    #: The store's trust record after this sync (signed models; None otherwise): what
+    #: the service shows of the signature without reading it back from disk.
+    signature: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -115,6 +139,16 @@ class _Answer:
     entry: FileEntry  # its path is not meaningful here: the caller puts the model's own
     fetched: bool     # the body came over the network in this call
     received: int
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """A model's signature that passed every check: what it signs, its file as the
+    version will hold it, and the trust record as it was before this sync."""
+
+    signed: Signed
+    entry: FileEntry
+    record: dict[str, Any] | None
 
 
 class Syncer:
@@ -209,12 +243,32 @@ class Syncer:
         previous = store.current(model.name)
         index = self._index()
         known = index.get(model.url)
-        # Under the download limit too: a pass over many models would otherwise queue
-        # every manifest request in httpcore's pool at once, whose bookkeeping grows with
-        # the queue (each answer rescans every waiting request against every connection).
-        async with self.limiter.slot(model.name):  # "queued" until then
-            progress.state = "checking"
-            mf = await self.fetcher.manifest(model.url, _validators(known, store))
+        keys = trusted_keys(model)
+        accepted = await self._signature(model, keys, progress) if keys else None
+        signed_files = accepted.signed.files if accepted else None
+        listed = signed_files.get(manifest_filename(model.url)) if signed_files else None
+        if signed_files is not None and listed is None:
+            raise SignatureError(f"the manifest {manifest_filename(model.url)!r} is not in "
+                                 "the signed files", file=model.url)
+        if listed is not None and store.has_object(listed.sha256):
+            # Signed bytes the store holds: nothing to ask the origin (validators kept
+            # only if they describe these bytes).
+            held = known if known is not None and known.digest == listed.sha256 else None
+            mf = ManifestFetch(None, Validators(held.meta.get("etag"),
+                                                held.meta.get("last_modified"))
+                               if held else Validators())
+            known = FileEntry(manifest_filename(model.url), listed.sha256, listed.length)
+        else:
+            # Under the download limit too: a pass over many models would otherwise queue
+            # every manifest request in httpcore's pool at once, whose bookkeeping grows
+            # with the queue (each answer rescans every waiting request against every
+            # connection).
+            async with self.limiter.slot(model.name):  # "queued" until then
+                progress.state = "checking"
+                if listed is None:
+                    mf = await self.fetcher.manifest(model.url, _validators(known, store))
+                else:  # a 304 could hand back other bytes than the signed ones
+                    mf = await self.fetcher.manifest(model.url, None, max_size=listed.length)
         manifest_digest: str | None = None  # known when the manifest comes from the store
         if mf.data is None:
             assert known is not None
@@ -226,8 +280,16 @@ class Syncer:
             manifest_digest, validators = known.digest, mf.validators
         else:
             data, validators = mf.data, mf.validators
+            if listed is not None:
+                await _check_listed(data, listed, file=model.url)
         kwargs = {"max_total": self.max_model_bytes} if self.max_model_bytes else {}
         manifest = parse_manifest(data, manifest_url=model.url, **kwargs)
+        if signed_files is not None:
+            unlisted = [p for p in manifest.files if p not in signed_files]
+            if unlisted:
+                more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
+                raise SignatureError(f"shard {unlisted[0]!r} is not in the signed files{more}",
+                                     file=shard_url(model.url, unlisted[0]))
         progress.files_total = len(manifest.files)
         progress.bytes_total = manifest.expected_size or 0
 
@@ -236,12 +298,20 @@ class Syncer:
         progress.state = "queued"  # "downloading" once its first file has a slot
 
         async def one(group: Group, path: str) -> None:
+            want = signed_files[path] if signed_files is not None else None
             try:
-                answer = await self._file(model, group, path, progress)
+                answer = await self._file(model, group, path, progress, want)
+                e = answer.entry
+                if want is not None and (e.digest, e.size) != (want.sha256, want.length):
+                    # Bytes another model's fetch of the same URL brought, unsigned.
+                    raise IntegrityError(
+                        "differs from the length and SHA-256 its signature lists",
+                        file=shard_url(model.url, path),
+                        expected=f"{want.length} bytes, {want.sha256}",
+                        actual=f"{e.size} bytes, {e.digest}")
             except ShardsyncError as exc:
                 errors.append(exc.with_context(model=model.name))
                 return
-            e = answer.entry
             files[path] = FileEntry(path, e.digest, e.size, e.meta)
             if answer.fetched:
                 result.files_fetched += 1
@@ -266,20 +336,67 @@ class Syncer:
                 "last_modified": validators.last_modified}
         manifest_entry = FileEntry(manifest.filename, manifest_digest, len(data), meta)
         ordered = [files[p] for p in manifest.files]
+        if accepted is not None:
+            ordered.append(accepted.entry)
         version = Version.build(model.name, manifest_entry, ordered)
         if previous is not None and previous.id == version.id:
             # The same bytes as the published version, whose groups were checked before
             # it was published: no need to walk string weights again on every check.
             if _metas(previous) != _metas(version):
                 await trio.to_thread.run_sync(store.update_record, version)
+            await self._accept(model, accepted, version, result)
         else:
             await self._check_groups(model, manifest, files)
+            await self._accept(model, accepted, version, result)
             progress.state = "publishing"
             await trio.to_thread.run_sync(store.publish, version)
             result.changed = True
             log.info("model %s: published version %s", model.name, version.id)
         self._learn(version)
         await self._forget_downloads(version)
+
+    # -- signatures ------------------------------------------------------------------
+
+    async def _signature(
+        self, model: ModelConfig, keys: frozenset[bytes], progress: Progress
+    ) -> _Accepted:
+        """Fetch and check the signature of ``model`` (SignatureError if it does not let
+        the model through); a 304 reuses the signature file the store holds."""
+        url = signature_url(model.url)
+        try:
+            answer = await self._fetch(
+                model, url, progress, MAX_SIGNATURE_BYTES, None, state="checking",
+                limit=f"the {MAX_SIGNATURE_BYTES} bytes a signature may have")
+        except UpstreamError as exc:
+            if exc.status == 404:
+                raise SignatureError(
+                    "no signature: the model has trusted public_keys, so the origin must "
+                    "serve its signature, and it has none (HTTP 404)", file=url) from exc
+            raise
+        self._index()[url] = answer.entry
+        e = answer.entry
+        if e.size <= _INLINE_READ:
+            data = self.store.read_object(e.digest, model=model.name)
+        else:
+            data = await trio.to_thread.run_sync(
+                functools.partial(self.store.read_object, e.digest, model=model.name))
+        signed = verify_signature(data, keys, now=time.time(), file=url)
+        record = self.store.trust_record(model.name)
+        check_rollback(signed, record, file=url)
+        path = manifest_filename(model.url) + SIGNATURE_SUFFIX
+        return _Accepted(signed, FileEntry(path, e.digest, e.size, e.meta), record)
+
+    async def _accept(self, model: ModelConfig, accepted: _Accepted | None, version: Version,
+                      result: SyncResult) -> None:
+        """Remember the accepted signature durably (the trust record) before ``version``
+        is published; written only when it changed, so a warm check writes nothing."""
+        if accepted is None:
+            return
+        record = trust_record(accepted.signed, model_version=version.id,
+                              signature_digest=accepted.entry.digest)
+        if record != accepted.record:
+            await trio.to_thread.run_sync(self.store.set_trust_record, model.name, record)
+        result.signature = record
 
     async def _forget_downloads(self, version: Version) -> None:
         """Drop the download records a recorded ``version`` now makes redundant."""
@@ -289,10 +406,20 @@ class Syncer:
             await trio.to_thread.run_sync(self.store.forget_downloads, sorted(urls))
 
     async def _file(
-        self, model: ModelConfig, group: Group, path: str, progress: Progress
+        self, model: ModelConfig, group: Group, path: str, progress: Progress,
+        listed: Listed | None = None,
     ) -> _Answer:
-        """The file at ``path`` of ``model``: from the origin, deduplicated by URL."""
+        """The file at ``path`` of ``model``: from the origin, deduplicated by URL.
+
+        With ``listed`` (its signature's length and SHA-256), a file whose digest the
+        store already holds is not asked for at all, whatever URL brought it.
+        """
         url = shard_url(model.url, path)
+        if listed is not None and self.store.has_object(listed.sha256):
+            known = self._index().get(url)
+            meta = dict(known.meta) if known is not None and known.digest == listed.sha256 \
+                else {"url": url}
+            return _Answer(FileEntry("-", listed.sha256, listed.length, meta), False, 0)
         while (other := self._inflight.get(url)) is not None:
             await other.done.wait()  # another model fetches the same URL right now
             if other.error is not None:
@@ -302,7 +429,9 @@ class Syncer:
             # its sync was cancelled (model removed, shutdown): fetch it ourselves
         flight = self._inflight[url] = _Flight()
         try:
-            answer = await self._fetch(model, group, url, progress)
+            max_size = group.expected_size if group.expected_size is not None \
+                else self.max_model_bytes
+            answer = await self._fetch(model, url, progress, max_size, listed)
             flight.entry = answer.entry
             # Known from now on, not only once this model's version is recorded: another
             # model that asks for this URL after the flight has landed (while this model
@@ -319,23 +448,35 @@ class Syncer:
             flight.done.set()
 
     async def _fetch(
-        self, model: ModelConfig, group: Group, url: str, progress: Progress
+        self, model: ModelConfig, url: str, progress: Progress, max_size: int | None,
+        listed: Listed | None, *, state: str = "downloading", limit: str = "its weight group",
     ) -> _Answer:
+        """Fetch ``url`` into the store under a download slot: conditionally when the
+        store holds a file from it, or, with ``listed``, unconditionally (the store does
+        not hold the listed bytes, so a 304 would hand back other ones), reading at most
+        the listed length and committing only the listed SHA-256."""
         store = self.store
         known = self._index().get(url)
-        max_size = group.expected_size if group.expected_size is not None \
-            else self.max_model_bytes
 
         def count(n: int) -> None:
             progress.bytes_done += n
             progress.received += n
 
         async with self.limiter.slot(model.name):
-            progress.state = "downloading"  # from "queued", at its first file
-            got: Fetched = await self.fetcher.file(
-                url, store, validators=_validators(known, store), max_size=max_size,
-                progress=count, source=model.url,
-            )
+            progress.state = state  # from "queued", at its first file
+            if listed is None:
+                got: Fetched = await self.fetcher.file(
+                    url, store, validators=_validators(known, store), max_size=max_size,
+                    progress=count, source=model.url, limit=limit,
+                )
+            else:
+                got = await self.fetcher.file(
+                    url, store, max_size=listed.length, progress=count, source=model.url,
+                    expected_digest=listed.sha256, limit="the length its signature lists",
+                )
+                if got.size != listed.length:  # shorter; a longer body stopped at the length
+                    raise IntegrityError("length differs from its signature", file=url,
+                                         expected=listed.length, actual=got.size)
         if got.digest is None:  # 304: the file we hold is current
             assert known is not None
             return _Answer(known, False, 0)
@@ -360,6 +501,20 @@ class Syncer:
     def _chunks(self, digests: list[str]) -> Iterator[bytes]:
         for digest in digests:
             yield from self.store.iter_object(digest)
+
+
+async def _check_listed(data: bytes, listed: Listed, *, file: str) -> None:
+    """IntegrityError unless ``data`` has the length and SHA-256 its signature lists."""
+    if len(data) != listed.length:
+        raise IntegrityError("length differs from its signature", file=file,
+                             expected=listed.length, actual=len(data))
+    if len(data) <= _INLINE_READ:
+        digest = hashlib.sha256(data).hexdigest()
+    else:
+        digest = await trio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+    if digest != listed.sha256:
+        raise IntegrityError("SHA-256 differs from its signature", file=file,
+                             expected=listed.sha256, actual=digest)
 
 
 def _validators(known: FileEntry | None, store: Store) -> Validators | None:

@@ -27,6 +27,7 @@ from shardsync.store import UnsafePathError, check_manifest_name
 from .entrypoint import groups_span, load_groups, scan_manifest, shard_relpath
 from .errors import ManifestError
 from .jsonscan import JSONScanError, NestingError, Scan
+from .signing import SIGNATURE_SUFFIX
 
 __all__ = [
     "DEFAULT_MAX_TOTAL",
@@ -39,6 +40,7 @@ __all__ = [
     "manifest_filename",
     "parse_manifest",
     "shard_url",
+    "signature_url",
 ]
 
 
@@ -190,6 +192,15 @@ def shard_url(manifest_url: str, path: str) -> str:
     """
     head, query = _split_url(manifest_url)
     return head[: head.rfind("/") + 1] + shard_relpath(path) + query
+
+
+def signature_url(manifest_url: str) -> str:
+    """Return the URL of the signature of the manifest at ``manifest_url``: its path plus
+    ``.sig.json``, then the manifest URL's query string, the rule of :func:`shard_url`
+    (docs/design.md, "Signed models"), so an origin that needs ``?tfjs-format=file`` or a
+    signed-URL query on every file gets it here too. A ``#fragment`` is dropped."""
+    head, query = _split_url(manifest_url)
+    return head + SIGNATURE_SUFFIX + query
 
 
 def _split_url(url: str) -> tuple[str, str]:

@@ -23,7 +23,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from ._atomic import clean_tmp_at, exists_at, list_at
@@ -41,6 +41,7 @@ from ._ingest import Ingest, IngestStatus, ingest_ref, statuses
 from ._objects import CHUNK, Objects
 from ._paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
 from ._site import Site
+from ._trust import TrustRecords
 from ._verify import Problem, Verifier
 from ._versions import FileEntry, Version, Versions
 
@@ -104,14 +105,16 @@ class Store:
             self._downloads_fd = open_dir_at(self._fd, "downloads", create=True)
             self.downloads = Downloads(self._downloads_fd)
             self.versions = Versions(self._fd)
+            self._trust_fd = open_dir_at(self._fd, "trust", create=True)
+            self.trust = TrustRecords(self._trust_fd)
             self.site = Site(site_dir)
         self.recover()
 
     def close(self) -> None:
         for closer in (self.objects.close, self.site.close):
             closer()
-        for fd in (self._partial_fd, self._locks_fd, self._downloads_fd, self._lock_fd,
-                   self._fd):
+        for fd in (self._partial_fd, self._locks_fd, self._downloads_fd, self._trust_fd,
+                   self._lock_fd, self._fd):
             os.close(fd)
 
     def __enter__(self) -> Store:
@@ -169,6 +172,22 @@ class Store:
         (their model left the config) and damaged ones; return how many."""
         with translate_oserror("cannot remove download records", file="downloads"):
             return self.downloads.prune(sources)
+
+    # -- trust records -------------------------------------------------------------
+
+    def trust_record(self, name: str) -> dict[str, Any] | None:
+        """What was last accepted about model ``name``'s signature (``trust/<name>.json``),
+        or None. The store does not interpret it; IntegrityError if it is damaged (a lost
+        record would let a rollback through, so it is never treated as absent)."""
+        with translate_oserror("cannot read the trust record", model=name):
+            return self.trust.get(name)
+
+    def set_trust_record(self, name: str, record: Mapping[str, Any]) -> None:
+        """Replace the trust record of model ``name`` durably (temp, fsync, rename, fsync
+        the directory): a crash leaves the old record or the new one. It outlives the
+        model's removal from the config, so a config edit cannot undo a rollback check."""
+        with translate_oserror("cannot write the trust record", model=name):
+            self.trust.set(name, record)
 
     # -- versions ----------------------------------------------------------------
 
@@ -372,7 +391,7 @@ class Store:
 
     def _clean_temporaries(self) -> None:
         """Remove ``.tmp-*`` names left by writers that died, in every directory we write."""
-        dirs = ["partial", "downloads", "refs", "history", "snapshots"]
+        dirs = ["partial", "downloads", "refs", "history", "snapshots", "trust"]
         with contextlib.suppress(OSError, ShardsyncError):  # best effort, like clean_tmp_at
             dirs += [f"snapshots/{n}" for n in list_at(self._fd, "snapshots")
                      if not n.startswith(".")]

@@ -255,18 +255,21 @@ def serve_directory(root: Path, workdir: Path) -> Iterator[NginxOrigin]:
 
 
 def write_config(
-    directory: Path, models: Mapping[str, str], **keys: Any
+    directory: Path, models: Mapping[str, str], *,
+    model_keys: Mapping[str, Mapping[str, Any]] | None = None, **keys: Any
 ) -> Path:
     """Write ``directory/shardsync.toml`` naming ``models`` (name -> URL); return its path.
 
     state_dir, site_dir and socket are ``state``, ``site`` and ``ctl.sock`` in
     ``directory`` unless ``keys`` says otherwise; other ``keys`` go in as they are.
+    ``model_keys`` adds keys to a model's block (name -> {"public_keys": [...]}).
     """
     values: dict[str, Any] = {"state_dir": "state", "site_dir": "site", "socket": "ctl.sock",
                               **keys}
     lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     for name, url in models.items():
         lines += ["", "[[model]]", f"name = {json.dumps(name)}", f"url = {json.dumps(url)}"]
+        lines += [f"{k} = {json.dumps(v)}" for k, v in (model_keys or {}).get(name, {}).items()]
     path = directory / "shardsync.toml"
     directory.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

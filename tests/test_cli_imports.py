@@ -72,6 +72,13 @@ def test_sync_imports_no_service_control_socket_event_log_or_watchdog(config: Pa
     assert loaded(modules, SERVICE_ONLY) == []
 
 
+def test_a_sync_of_unsigned_models_does_not_import_cryptography(config: Path) -> None:
+    """~90 ms of start-up (daemon/signing.py) that only signed models need."""
+    status, modules = modules_after("sync", "-c", config)
+    assert status == 0 and "shardsync.daemon.signing" in modules
+    assert loaded(modules, ("cryptography",)) == []
+
+
 def test_help_imports_neither_trio_nor_httpx_nor_the_store() -> None:
     status, modules = modules_after("--help")
     assert status == 0

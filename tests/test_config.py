@@ -60,7 +60,8 @@ def test_example_config_loads_with_the_documented_defaults():
 def test_example_documents_every_key():
     text = (REPO / "config.example.toml").read_text()
     for key in ("state_dir", "site_dir", "socket", "interval", "concurrency", "keep_versions",
-                "max_model_bytes", "metrics_listen", "[[model]]", "name", "url"):
+                "max_model_bytes", "metrics_listen", "[[model]]", "name", "url",
+                "public_keys"):
         assert f"\n{key}" in text or f"#   {key}" in text, key
 
 

@@ -677,3 +677,50 @@ async def test_run_watchdog_pings_only_while_healthy(notify: NotifySocket, autoj
     n.close()
     assert [t - start for t in asked] == [0, 5, 10, 15, 20]
     assert notify.drain() == [{"WATCHDOG": "1"}] * 3
+
+
+def test_status_and_the_model_route_say_whether_each_model_is_signed_by_whom_and_until(
+    origin: Origin, tmp_path: Path, sockets: Path, notify: NotifySocket
+) -> None:
+    from shardsync.daemon.signing import generate_key, key_id, parse_public_key, sign_manifest
+
+    public = generate_key(tmp_path / "k.pem")
+    signed_url = publish_on(origin, "signed", small("signed", 1))
+    sign_manifest(tmp_path / "k.pem", origin.root / "signed" / "model.json",
+                  expires_in=30 * 86400, version=4)
+    plain_url = publish_on(origin, "plain", small("plain", 5))
+    conf = tmp_path / "conf"
+    config = write_config(conf, {"signed": signed_url, "plain": plain_url},
+                          socket=str(sockets / "ctl.sock"),
+                          model_keys={"signed": {"public_keys": [public]}})
+    expires = json.loads((origin.root / "signed" / "model.json.sig.json").read_bytes()
+                         )["signed"]["expires"]
+    keyid = key_id(parse_public_key(public))
+    want = {"signed": True, "keyid": keyid, "version": 4, "expires": expires}
+    unsigned = {"signed": False, "keyid": None, "version": None, "expires": None}
+
+    def both_published(s: dict) -> bool:
+        return all(m["version"] and m["state"] == "idle" for m in s["models"])
+
+    with service(config, tmp_path, notify) as svc:
+        svc.start()
+        status = svc.wait_status(both_published, "both models published")
+        assert by_name(status, "signed")["signature"] == want
+        assert by_name(status, "plain")["signature"] == unsigned
+        assert svc.client.get("/v1/models/signed")["signature"] == want
+        table = subprocess.run(cli_command("status", "-c", config), capture_output=True,
+                               text=True, timeout=30)
+        assert table.returncode == 0, table.stderr
+        (row,) = [line for line in table.stdout.splitlines() if line.startswith("signed ")]
+        assert f"v4 key {keyid[:8]} until {expires[:10]}" in row
+        assert svc.stop(STOP_WITHIN) == 0
+    # Restarted, with the origin failing: the version it still serves was signed, and
+    # the status says so from the store's trust record.
+    origin.fault_status("signed/*", 404, retry_after=None, times=None)
+    with service(config, tmp_path, notify) as svc:
+        svc.start()
+        svc.wait_status(lambda s: by_name(s, "signed")["last_error"], "the check failing")
+        as_json = subprocess.run(cli_command("status", "-c", config, "--json"),
+                                 capture_output=True, text=True, timeout=30)
+        assert by_name(json.loads(as_json.stdout), "signed")["signature"] == want
+        assert svc.stop(STOP_WITHIN) == 0

@@ -25,11 +25,11 @@ def test_status_table():
     table = format_status_table(STATUS, now=1_000_000.0)
     lines = table.splitlines()
     assert lines[0] == "shardsync 0.1.0, pid 4242, up 1h 23m, config /etc/shardsync.toml"
-    assert lines[1].split() == ["MODEL", "STATE", "VERSION", "LAST", "SUCCESS", "NEXT", "CHECK",
-                                "PROGRESS", "LAST", "ERROR"]
-    assert lines[2].split() == ["bodypix", "downloading", "3f2a9c01d2e4", "2h", "0m", "ago", "-",
-                                "25%", "12.0", "MiB/48.0", "MiB,", "3/12", "files", "-"]
-    assert lines[3].split()[:6] == ["face-api", "error", "-", "-", "in", "5m"]
+    assert lines[1].split() == ["MODEL", "STATE", "VERSION", "SIGNED", "LAST", "SUCCESS", "NEXT",
+                                "CHECK", "PROGRESS", "LAST", "ERROR"]
+    assert lines[2].split() == ["bodypix", "downloading", "3f2a9c01d2e4", "-", "2h", "0m", "ago",
+                                "-", "25%", "12.0", "MiB/48.0", "MiB,", "3/12", "files", "-"]
+    assert lines[3].split()[:7] == ["face-api", "error", "-", "-", "-", "in", "5m"]
     assert lines[3].endswith("...") and "\n" not in lines[3] and len(lines[3].split("-", 1)) == 2
     # Columns line up: every row has "STATE" values starting at the same offset.
     col = lines[1].index("STATE")
@@ -41,7 +41,7 @@ def test_status_table_without_models_or_fields():
     assert format_status_table({"service": {"version": "0.1.0"}, "models": []}) == (
         "shardsync 0.1.0\nno models configured\n")
     sparse = format_status_table({"models": [{"name": "m"}]}, now=0)
-    assert sparse.splitlines()[2].split() == ["m", "-", "-", "-", "-", "-", "-"]
+    assert sparse.splitlines()[2].split() == ["m", "-", "-", "-", "-", "-", "-", "-"]
 
 
 def test_a_model_waiting_for_a_download_slot_shows_queued_with_its_progress():
@@ -49,5 +49,18 @@ def test_a_model_waiting_for_a_download_slot_shows_queued_with_its_progress():
               "progress": {"bytes_done": 0, "bytes_total": 160 * 2**20, "files_done": 0,
                            "files_total": 40}}
     row = format_status_table({"models": [queued]}, now=1_000_000.0).splitlines()[2]
-    assert row.split() == ["big", "queued", "-", "-", "-", "0%", "0", "B/160.0", "MiB,",
+    assert row.split() == ["big", "queued", "-", "-", "-", "-", "0%", "0", "B/160.0", "MiB,",
                            "0/40", "files", "-"]
+
+
+def test_a_signed_model_shows_its_signature_version_key_and_expiry():
+    signed = {"name": "face", "state": "idle", "version": "3f2a9c01d2e4ffff",
+              "signature": {"signed": True, "keyid": "1a2b3c4d5e6f" + "0" * 52, "version": 7,
+                            "expires": "2027-03-01T00:00:00Z"}}
+    unsigned = {"name": "plain", "state": "idle", "version": "aa",
+                "signature": {"signed": False, "keyid": None, "version": None,
+                              "expires": None}}
+    lines = format_status_table({"models": [signed, unsigned]}, now=0).splitlines()
+    col = lines[1].index("SIGNED")
+    assert lines[2][col:].startswith("v7 key 1a2b3c4d until 2027-03-01  ")
+    assert lines[3][col:].startswith("- ")
