@@ -174,6 +174,8 @@ class OriginTransport(httpx.AsyncBaseTransport):
 
     def _route(self, url: httpx.URL) -> tuple[httpx.AsyncHTTPTransport,
                                               tuple[tuple[str, str], ...]]:
+        if not self._routes:  # no [[origin]], no userinfo: skip parsing the URL
+            return self._default, ()
         key = origin_key(str(url))
         for r in self._routes:
             if key.startswith(r.prefix):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 from servicehelpers import NotifySocket, ServiceProcess, short_dir
 from storehelpers import ModelFiles, tfjs_model, write_model
@@ -206,6 +208,21 @@ async def test_a_redirect_to_another_origin_carries_no_credentials(
     assert a.url_for("moved/m/model.json") in snapshots and b.url not in snapshots
 
 
+async def test_httpx_alone_would_carry_a_custom_header_across_origins(
+        redirecting: list[SiteLog], pki: Pki) -> None:
+    """Why the headers are added below the client (httpclient.OriginTransport): httpx
+    strips Authorization from a redirect to another origin, but keeps every other header
+    a client was made with."""
+    a, b, _ = redirecting
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Fleet": "north"}
+    async with httpx.AsyncClient(verify=ctx, headers=headers, follow_redirects=True,
+                                 trust_env=False) as client:
+        r = await client.get(a.url_for("moved/m/model.json"))
+        assert r.status_code == 200
+    assert [(h.authorization, h.x_fleet) for h in b.hits()] == [("", "north")]
+
+
 async def test_a_redirect_from_https_to_http_is_refused(
         redirecting: list[SiteLog], pki: Pki, conf_dir: Path) -> None:
     a, _, plain = redirecting
@@ -321,11 +338,13 @@ def test_no_secret_in_the_services_status_events_metrics_or_log(
     basic = __import__("base64").b64encode(f"kiosk:{PASSWORD}".encode()).decode()
     sites = [Site(pki.server_cert, pki.server_key, TOKEN_CHECK),
              Site(pki.server_cert, pki.server_key,
-                  f'    if ($http_authorization != "Basic {basic}") {{ return 401; }}\n')]
-    with serve_sites(root, tmp_path / "nginx", sites) as (a, b), short_dir() as sock:
+                  f'    if ($http_authorization != "Basic {basic}") {{ return 401; }}\n'),
+             Site(pki.self_signed_cert, pki.self_signed_key)]
+    with serve_sites(root, tmp_path / "nginx", sites) as (a, b, c), short_dir() as sock:
         userinfo = f"https://kiosk:{PASSWORD}@127.0.0.1:{b.port}"
         path = config(conf_dir, {"m": a.url_for("m/model.json"), "n": f"{userinfo}/m/model.json",
-                                 "gone": f"{userinfo}/gone/model.json"},
+                                 "gone": f"{userinfo}/gone/model.json",
+                                 "untrusted": c.url_for("m/model.json")},
                       [f'prefix = "{a.url}/"\n{ca(pki)}\ntoken_file = "token"',
                        f'prefix = "{b.url}/"\n{ca(pki)}'], socket=f"{sock}/ctl.sock")
         token_file(conf_dir)
@@ -335,7 +354,12 @@ def test_no_secret_in_the_services_status_events_metrics_or_log(
             svc.wait_event("published", model="m")
             svc.wait_event("published", model="n")
             svc.wait_event("sync-failed", model="gone")
+            # a TLS error says what is wrong in the event and the status too
+            failed = svc.wait_event("sync-failed", model="untrusted")
+            assert "self-signed" in json.dumps(failed)
             status = svc.status()
+            assert "self-signed" in {m["name"]: m["last_error"]
+                                     for m in status["models"]}["untrusted"]
             assert {m["name"]: m["url"] for m in status["models"]}["n"] == \
                 f"https://127.0.0.1:{b.port}/m/model.json"
             outputs = [json.dumps(status), json.dumps(svc.events_since(0)),
