@@ -149,10 +149,13 @@ class Fetcher:
         re-sync is ~1100 of them, nearly all answered 304 with no body, and the client's
         own work per request (merging, cookies, redirect and auth machinery, hooks) was
         ~13 % of that sync's time. Same connections, headers, timeouts and exception
-        types (the transport raises httpx's). What differs: the answer's cookies are not
-        kept (shardsync sends none; origins are static file servers), and a redirect is
-        not followed here but handed to the client from its target, which follows any
-        further ones: the same requests go out as through the client alone.
+        types (the transport raises httpx's), and the same routing by origin: the pool
+        is the client's :class:`.httpclient.OriginTransport`, which adds an origin's
+        credentials and headers and picks its TLS settings on either path. What
+        differs: the answer's cookies are not kept (shardsync sends none; origins are
+        static file servers), and a redirect is not followed here but handed to the
+        client from its target, which follows any further ones: the same requests go
+        out as through the client alone.
         Everything else (first downloads, resumes, other clients, a client with event
         hooks, which would not see these requests) uses the client.
         """

@@ -432,3 +432,25 @@ def test_the_proxy_is_the_configured_one_never_the_environments(
         assert sorted(h.uri for h in via.hits()) == [
             "/m/group1-shard1of2.bin", "/m/group1-shard2of2.bin", "/m/model.json"]
         assert len(origin.hits()) == 6
+
+
+async def test_url_userinfo_goes_to_its_directory_with_its_origins_trust_and_headers(
+        pki: Pki, root: Path, tmp_path: Path, conf_dir: Path) -> None:
+    """A model URL's userinfo is Basic auth for its manifest's directory, replacing the
+    covering origin's token there; the origin's CA and headers still apply."""
+    basic = __import__("base64").b64encode(f"kiosk:{PASSWORD}".encode()).decode()
+    write_model(root / "n", small(5))
+    check = f'    if ($http_authorization != "Basic {basic}") {{ return 401; }}\n'
+    site = Site(pki.server_cert, pki.server_key,
+                f"    location /n/ {{\n{check}    }}\n")
+    with serve_sites(root, tmp_path / "nginx", [site]) as (s,):
+        host = f"127.0.0.1:{s.port}"
+        path = config(conf_dir, {"n": f"https://kiosk:{PASSWORD}@{host}/n/model.json",
+                                 "m": s.url_for("m/model.json")},
+                      [f'prefix = "{s.url}/"\n{ca(pki)}\ntoken_file = "token"\n'
+                       'headers = { "X-Fleet" = "north" }'])
+        token_file(conf_dir)
+        results = await sync(path)
+        assert all(r.ok for r in results), [r.error for r in results]
+        by_dir = {(h.uri.split("/")[1], h.authorization, h.x_fleet) for h in s.hits()}
+        assert by_dir == {("n", f"Basic {basic}", "north"), ("m", f"Bearer {TOKEN}", "north")}
