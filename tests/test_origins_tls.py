@@ -122,6 +122,10 @@ async def test_mtls_sync_succeeds_with_the_client_certificate(
     assert result.ok, result.error
     assert_published(conf_dir / "site", "m", small())
     assert {h.status for h in mtls.hits()} == {200} and len(mtls.hits()) == 3
+    # the warm check's conditional requests (Fetcher._get's fast path) use the same pool
+    [result] = await sync(path)
+    assert result.ok and not result.changed, result.error
+    assert [h.status for h in mtls.hits()[3:]] == [304] * 3
 
 
 async def test_mtls_without_a_client_certificate_fails_saying_so(
