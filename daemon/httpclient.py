@@ -152,7 +152,7 @@ class OriginTransport(httpx.AsyncBaseTransport):
         config was read.
         """
         origins = tuple(origins)
-        routes = [_Route(o.prefix, _pool_key(o), _origin_headers(o)) for o in origins]
+        routes: list[_Route] = []
         for m in models:
             if m.userinfo is None:
                 continue
@@ -164,12 +164,14 @@ class OriginTransport(httpx.AsyncBaseTransport):
                             if h[0].lower() != "authorization")
             routes.append(_Route(prefix, _pool_key(covering),
                                  (*headers, ("Authorization", f"Basic {basic}"))))
+        routes += [_Route(o.prefix, _pool_key(o), _origin_headers(o)) for o in origins]
         wanted = {r.pool for r in routes} | {()}
         for o in origins:
             self._pool_for(o)
         for unused in [k for k in self._pools if k not in wanted]:
             self._retired.append(self._pools.pop(unused))
-        # longest first; for one prefix, a model's userinfo before its origin
+        # longest first; for one prefix, a model's userinfo (listed first: the sort is
+        # stable) before the origin of that same prefix
         self._routes = sorted(routes, key=lambda r: -len(r.prefix))
 
     def _route(self, url: httpx.URL) -> tuple[httpx.AsyncHTTPTransport,

@@ -452,9 +452,12 @@ async def test_url_userinfo_goes_to_its_directory_with_its_origins_trust_and_hea
         path = config(conf_dir, {"n": f"https://kiosk:{PASSWORD}@{host}/n/model.json",
                                  "m": s.url_for("m/model.json")},
                       [f'prefix = "{s.url}/"\n{ca(pki)}\ntoken_file = "token"\n'
-                       'headers = { "X-Fleet" = "north" }'])
+                       'headers = { "X-Fleet" = "north" }',
+                       # the very prefix of the userinfo's directory: the userinfo still wins
+                       f'prefix = "{s.url}/n/"\n{ca(pki)}\ntoken_file = "token"\n'
+                       'headers = { "X-Fleet" = "n-fleet" }'])
         token_file(conf_dir)
         results = await sync(path)
         assert all(r.ok for r in results), [r.error for r in results]
         by_dir = {(h.uri.split("/")[1], h.authorization, h.x_fleet) for h in s.hits()}
-        assert by_dir == {("n", f"Basic {basic}", "north"), ("m", f"Bearer {TOKEN}", "north")}
+        assert by_dir == {("n", f"Basic {basic}", "n-fleet"), ("m", f"Bearer {TOKEN}", "north")}
