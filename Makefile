@@ -40,6 +40,7 @@ bench: $(VENV)/.installed deps
 	$(PY) bench/sync_bench.py --repeat 3
 	$(PY) bench/service_bench.py
 	$(PY) bench/startup_bench.py
+	$(PY) bench/tls_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .typecheck

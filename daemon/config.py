@@ -8,18 +8,31 @@ config: the service keeps the last good one when a reload fails.
 
 Choices beyond docs/design.md: a duration is a string of one or more ``<number><unit>``
 parts with unit ``s``, ``m``, ``h`` or ``d`` (``"90s"``, ``"1h30m"``, ``"1.5h"``), or a
-bare TOML number, read as seconds. ``[[model]]`` blocks are numbered from 1 in error
-keys (``model[1]`` is the first block), the way an operator counts them.
+bare TOML number, read as seconds. ``[[model]]`` and ``[[origin]]`` blocks are numbered
+from 1 in error keys (``model[1]`` is the first block), the way an operator counts them.
+
+``[[origin]]`` blocks (docs/design.md, "Additions for the field") are read into
+:class:`OriginConfig`: their files are opened here (a missing or unreadable one, a
+PEM that does not load, an empty token is a ConfigError naming key, file and line),
+and a token or key file that group or others may read is logged as a warning naming
+it. The token itself is read here, so a reload picks up a rotated one.
+``public_keys`` are checked and kept for signature checks. A model URL's
+``user:password@`` is taken out of it (:func:`.urls.split_userinfo`): ``url`` is the
+canonical URL that is stored and shown, ``userinfo`` the credential, sent only to URLs
+in the manifest's directory.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import os
 import re
+import ssl
+import stat
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,12 +43,16 @@ from .errors import ConfigError, ManifestError
 from .pagescript import PAGE_SCRIPT
 from .signing import KEY_PREFIX, parse_public_key
 from .tfjs import DEFAULT_MAX_TOTAL, manifest_filename
+from .tls import tls_context
+from .urls import origin_key, redact_url, split_userinfo
 
 __all__ = [
     "DEFAULTS",
     "Config",
     "ModelConfig",
+    "OriginConfig",
     "load_config",
+    "origin_for",
     "parse_config",
     "parse_duration",
     "parse_listen",
@@ -56,8 +73,24 @@ DEFAULTS: dict[str, Any] = {
     "metrics_listen": "",                        # off: /metrics only on the control socket
 }
 
-_TOP_KEYS = frozenset(DEFAULTS) | {"model"}
+log = logging.getLogger(__name__)
+
+_TOP_KEYS = frozenset(DEFAULTS) | {"model", "origin"}
 _MODEL_KEYS = frozenset({"name", "url", "interval", "public_keys"})
+_ORIGIN_KEYS = frozenset({"prefix", "ca_file", "client_cert", "client_key", "token_file",
+                          "headers", "proxy", "public_keys"})
+
+#: Request headers an ``[[origin]]`` may not set: the ones the fetcher's protocol is
+#: made of (conditional requests, resumes, raw bytes), the ones that frame the message
+#: or the connection (smuggling), and the proxy's own (sent to the proxy, not to the
+#: origin). ``Authorization`` comes from ``token_file`` when that is set.
+_RESERVED_HEADERS = frozenset({
+    "host", "range", "if-range", "if-none-match", "if-modified-since", "if-match",
+    "if-unmodified-since", "accept-encoding", "content-length", "transfer-encoding",
+    "content-encoding", "connection", "keep-alive", "te", "trailer", "upgrade", "expect",
+    "proxy-authorization", "proxy-connection",
+})
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _REQUIRED_MODEL_KEYS = ("name", "url")
 
 # Seconds per duration unit.
@@ -74,13 +107,46 @@ class ModelConfig:
     """One ``[[model]]``: ``interval`` is its own, or else the file's default (seconds).
 
     ``public_keys`` are raw Ed25519 public keys (32 bytes each); with any, the model must
-    carry a valid signature by one of them (:func:`.signing.trusted_keys`).
+    carry a valid signature by one of them (:func:`.signing.trusted_keys`). ``url`` is
+    canonical: without the ``user:password@`` the config may have written in it, which
+    is ``userinfo`` (never shown: ``repr=False``).
     """
 
     name: str
     url: str
     interval: float
     public_keys: tuple[bytes, ...] = ()
+    userinfo: tuple[str, str] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    """One ``[[origin]]``: how every URL starting with ``prefix`` is reached.
+
+    ``prefix`` is normalized by :func:`.urls.origin_key` (scheme and host lower-case, no
+    default port, at least ``/`` as path). Paths are absolute; ``token`` is the first
+    line of ``token_file``. ``token``, ``headers`` and ``proxy`` (which may hold a
+    proxy password) are kept out of ``repr``: a logged config shows no secret.
+    ``public_keys`` are raw Ed25519 keys (from ``"ed25519:BASE64"``), joined into every
+    model under the prefix (a model trusts its own keys and its origin's).
+    """
+
+    prefix: str
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    token_file: Path | None = None
+    token: str | None = field(default=None, repr=False)
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    proxy: str | None = field(default=None, repr=False)
+    public_keys: tuple[bytes, ...] = ()
+
+    def covers(self, url: str) -> bool:
+        """Whether ``url`` is under ``prefix`` (compared as :func:`.urls.origin_key`)."""
+        try:
+            return origin_key(url).startswith(self.prefix)
+        except ValueError:
+            return False
 
 
 @dataclass(frozen=True)
@@ -102,6 +168,11 @@ class Config:
     models: tuple[ModelConfig, ...]
     #: ``(host, port)`` to serve ``GET /metrics`` on over TCP, or None (the default: off).
     metrics_listen: tuple[str, int] | None = None
+    origins: tuple[OriginConfig, ...] = ()
+
+    def origin_for(self, url: str) -> OriginConfig | None:
+        """The ``[[origin]]`` that applies to ``url``: the longest prefix it starts with."""
+        return origin_for(self.origins, url)
 
     @property
     def manifest_urls(self) -> frozenset[str]:
@@ -115,6 +186,15 @@ class Config:
             if m.name == name:
                 return m
         raise NotFoundError(f"no model {name!r} in {self.path}", model=name)
+
+
+def origin_for(origins: tuple[OriginConfig, ...], url: str) -> OriginConfig | None:
+    """The one of ``origins`` whose prefix is the longest that ``url`` starts with."""
+    best: OriginConfig | None = None
+    for o in origins:
+        if o.covers(url) and (best is None or len(o.prefix) > len(best.prefix)):
+            best = o
+    return best
 
 
 def parse_duration(value: Any) -> float:
@@ -267,10 +347,32 @@ def parse_config(text: str, *, path: Path) -> Config:
         first_line[model.name] = where.line("name", model=i)
         models.append(model)
 
+    origin_blocks = doc.get("origin", [])
+    if not isinstance(origin_blocks, list) or not all(isinstance(b, dict)
+                                                      for b in origin_blocks):
+        raise where.error("must be [[origin]] blocks (an array of tables)", "origin")
+    origins: list[OriginConfig] = []
+    prefixes: dict[str, int] = {}
+    for i, block in enumerate(origin_blocks):
+        origin = _origin(where, i, block, path.parent)
+        if origin.prefix in prefixes:
+            raise where.error(f"duplicate prefix {origin.prefix!r} (also in "
+                              f"origin[{prefixes[origin.prefix] + 1}])", "prefix", origin=i)
+        prefixes[origin.prefix] = i
+        origins.append(origin)
+
+    # A model trusts its own keys and its origin's (DESIGN.md: "per model, in addition to
+    # its origin's"): joined here, once, so signing.trusted_keys reads the model alone.
+    for n, model in enumerate(models):
+        home = origin_for(tuple(origins), model.url)
+        if home is not None and home.public_keys:
+            joined = tuple(dict.fromkeys(model.public_keys + home.public_keys))
+            models[n] = replace(model, public_keys=joined)
+
     return Config(path=path, state_dir=state_dir, site_dir=site_dir, socket=socket,
                   interval=interval, concurrency=concurrency, keep_versions=keep_versions,
                   max_model_bytes=max_model_bytes, models=tuple(models),
-                  metrics_listen=metrics_listen)
+                  metrics_listen=metrics_listen, origins=tuple(origins))
 
 
 def _model(where: _Locator, i: int, block: dict[str, Any], default_interval: float) -> ModelConfig:
@@ -295,6 +397,7 @@ def _model(where: _Locator, i: int, block: dict[str, Any], default_interval: flo
     if not isinstance(url, str):
         raise where.error(f"must be a string, not {url!r}", "url", model=i)
     _checked(where, "url", _check_url, url, model=i)
+    url, userinfo = split_userinfo(url)
     interval = default_interval
     if "interval" in block:
         interval = _checked(where, "interval", parse_duration, block["interval"], model=i)
@@ -304,26 +407,173 @@ def _model(where: _Locator, i: int, block: dict[str, Any], default_interval: flo
                           "public_keys", model=i)
     public_keys = tuple(_checked(where, "public_keys", parse_public_key, k, model=i)
                         for k in keys)
-    return ModelConfig(name=name, url=url, interval=interval, public_keys=public_keys)
+    return ModelConfig(name=name, url=url, interval=interval, public_keys=public_keys,
+                       userinfo=userinfo)
 
 
 def _check_url(url: str) -> str:
+    shown = redact_url(url)  # a password in the URL must not land in a log
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        raise ValueError(f"URL {url!r} contains whitespace or control characters")
+        raise ValueError(f"URL {shown!r} contains whitespace or control characters")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        raise ValueError(f"URL {url!r} is not valid: {exc}") from exc
+        raise ValueError(f"URL {shown!r} is not valid: {exc}") from exc
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"URL {url!r} must start with http:// or https://")
+        raise ValueError(f"URL {shown!r} must start with http:// or https://")
     if not parts.hostname:
-        raise ValueError(f"URL {url!r} has no host")
+        raise ValueError(f"URL {shown!r} has no host")
     try:
         manifest_filename(url)
     except ManifestError as exc:
-        raise ValueError(exc.reason) from exc
+        raise ValueError(redact_url(exc.reason)) from exc
     return url
+
+
+def _origin(where: _Locator, i: int, block: dict[str, Any], base: Path) -> OriginConfig:
+    """Check one ``[[origin]]`` block and read its files (see the module docstring)."""
+    for key in block:
+        if key not in _ORIGIN_KEYS:
+            raise where.error(f"unknown key {key!r} (known: {', '.join(sorted(_ORIGIN_KEYS))})",
+                              key, origin=i)
+    if "prefix" not in block:
+        raise where.error("missing 'prefix'", "prefix", origin=i)
+
+    def err(key: str, reason: str) -> ConfigError:
+        return where.error(reason, key, origin=i)
+
+    prefix = _origin_prefix(block["prefix"], lambda r: err("prefix", r))
+
+    def file(key: str) -> Path | None:
+        if key not in block:
+            return None
+        value = block[key]
+        if not isinstance(value, str) or not value.strip():
+            raise err(key, f"must be a path (a non-empty string), not {value!r}")
+        p = Path(os.path.normpath(base / value))
+        try:
+            mode = os.stat(p).st_mode
+            if not stat.S_ISREG(mode):  # checked before open: a FIFO would block it
+                raise err(key, f"{p} is not a regular file")
+            with open(p, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise err(key, f"cannot read {p}: {exc.strerror or exc}") from exc
+        if key in ("token_file", "client_key") and mode & 0o077:
+            log.warning("%s: %s: %s can be read by group or others (mode %04o): "
+                        "chmod 600 it", where.path, where.dotted(key, origin=i), p,
+                        stat.S_IMODE(mode))
+        return p
+
+    ca_file, cert, cert_key, token_file = (
+        file(k) for k in ("ca_file", "client_cert", "client_key", "token_file"))
+    if (cert is None) != (cert_key is None):
+        given, missing = ("client_cert", "client_key") if cert else ("client_key", "client_cert")
+        raise err(given, f"{given} needs {missing} too (both or neither)")
+    # Loaded once here, apart, so a bad file is named as its own key's error.
+    if ca_file is not None:
+        try:
+            tls_context(ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise err("ca_file", f"{ca_file} is not a PEM file of CA certificates: "
+                                 f"{exc}") from exc
+    if cert is not None:
+        try:
+            tls_context(None, cert, cert_key)
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise err("client_cert", f"{cert} and {cert_key} are not a PEM certificate and its "
+                                     f"unencrypted key: {exc}") from exc
+
+    token = None
+    if token_file is not None:
+        token = _read_token(token_file, lambda r: err("token_file", r))
+
+    headers = _origin_headers(block.get("headers", {}), token is not None,
+                              lambda r: err("headers", r))
+
+    proxy = block.get("proxy")
+    if proxy is not None:
+        if not isinstance(proxy, str):
+            raise err("proxy", f"must be a string, not {type(proxy).__name__}")
+        try:
+            pparts = urlsplit(proxy)
+            pparts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise err("proxy", f"{redact_url(proxy)!r} is not a valid URL: {exc}") from exc
+        if pparts.scheme not in ("http", "https") or not pparts.hostname:
+            raise err("proxy", f"{redact_url(proxy)!r} must be an http:// or https:// URL "
+                               "with a host")
+
+    keys = block.get("public_keys", [])
+    if not isinstance(keys, list):
+        raise err("public_keys", f"must be a list of \"{KEY_PREFIX}BASE64\" strings")
+    raw_keys = []
+    for k in keys:
+        try:
+            raw_keys.append(parse_public_key(k))
+        except ValueError as exc:
+            raise err("public_keys", str(exc)) from None
+
+    return OriginConfig(prefix=prefix, ca_file=ca_file, client_cert=cert, client_key=cert_key,
+                        token_file=token_file, token=token, headers=headers, proxy=proxy,
+                        public_keys=tuple(raw_keys))
+
+
+def _origin_prefix(value: Any, fail: Any) -> str:
+    if not isinstance(value, str):
+        raise fail(f"must be a string, not {value!r}")
+    shown = redact_url(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise fail(f"{shown!r} is not a valid URL: {exc}") from exc
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise fail(f"{shown!r} must be an http:// or https:// URL with a host")
+    if "@" in parts.netloc:
+        raise fail(f"{shown!r} must not hold user:password@ (use token_file, or put the "
+                   "userinfo in the model's url)")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise fail(f"{shown!r} must not have a query or fragment")
+    prefix = origin_key(value)
+    # "https://host" means the whole host, never "https://host.evil.example/".
+    return prefix if parts.path else prefix + "/"
+
+
+def _read_token(p: Path, fail: Any) -> str:
+    try:
+        first = p.read_bytes().split(b"\n", 1)[0].rstrip(b"\r").strip()
+    except OSError as exc:
+        raise fail(f"cannot read {p}: {exc.strerror or exc}") from exc
+    try:
+        token = first.decode("ascii")
+    except UnicodeDecodeError:
+        raise fail(f"the first line of {p} is not ASCII text") from None
+    if not token:
+        raise fail(f"the first line of {p} is empty: it should be the token")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in token):
+        raise fail(f"the first line of {p} holds control characters")
+    return token
+
+
+def _origin_headers(value: Any, has_token: bool, fail: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise fail("must be a table of header names to string values")
+    out = []
+    for name, v in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise fail(f"{name!r} is not a valid header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise fail(f"{name!r} may not be set here: shardsync's requests depend on it")
+        if name.lower() == "authorization" and has_token:
+            raise fail("'Authorization' may not be set here as well as token_file")
+        if not isinstance(v, str):
+            raise fail(f"{name!r} must have a string value, not {type(v).__name__}")
+        if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in v):
+            raise fail(f"the value of {name!r} holds CR, LF or another control character")
+        out.append((name, v))
+    return tuple(out)
 
 
 def _checked(where: _Locator, key: str, check: Any, value: Any, *, model: int | None = None) -> Any:
@@ -353,29 +603,45 @@ class _Locator:
         self.path = path
         self.lines = text.splitlines()
 
-    def error(self, reason: str, key: str, *, model: int | None = None) -> ConfigError:
-        dotted = key if model is None else f"model[{model + 1}].{key}"
-        return ConfigError(reason, path=self.path, key=dotted, line=self.line(key, model=model))
+    def error(self, reason: str, key: str, *, model: int | None = None,
+              origin: int | None = None) -> ConfigError:
+        return ConfigError(reason, path=self.path, key=self.dotted(key, model=model,
+                                                                   origin=origin),
+                           line=self.line(key, model=model, origin=origin))
 
-    def line(self, key: str, *, model: int | None = None) -> int | None:
+    @staticmethod
+    def dotted(key: str, *, model: int | None = None, origin: int | None = None) -> str:
+        if model is not None:
+            return f"model[{model + 1}].{key}"
+        if origin is not None:
+            return f"origin[{origin + 1}].{key}"
+        return key
+
+    def line(self, key: str, *, model: int | None = None,
+             origin: int | None = None) -> int | None:
         assign = re.compile(r"\s*(?:" + re.escape(key) + r'|"' + re.escape(key) + r'")\s*[=.]')
         header = re.compile(r"\s*\[\[?\s*" + re.escape(key) + r"\s*[\].]")
-        section: int | None = None   # None: top level; -1: another table; n: model block n
-        blocks = -1
+        block_header = re.compile(r"\[\[\s*(model|origin)\s*\]\]")
+        target = None if model is None and origin is None else \
+            ("model", model) if model is not None else ("origin", origin)
+        # None: top level; ("other", -1): another table; (kind, n): the nth block of kind
+        section: tuple[str, int | None] | None = None
+        blocks = {"model": -1, "origin": -1}
         block_line = None
         for no, text in enumerate(self.lines, 1):
             stripped = text.strip()
             if stripped.startswith("["):
-                if model is None and header.match(text):
+                if target is None and header.match(text):
                     return no
-                if re.match(r"\[\[\s*model\s*\]\]", stripped):
-                    blocks += 1
-                    section = blocks
-                    if blocks == model:
+                m = block_header.match(stripped)
+                if m:
+                    blocks[m[1]] += 1
+                    section = (m[1], blocks[m[1]])
+                    if section == target:
                         block_line = no
                 else:
-                    section = -1
+                    section = ("other", -1)
                 continue
-            if section == model and assign.match(text):
+            if section == target and assign.match(text):
                 return no
         return block_line

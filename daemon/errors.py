@@ -12,6 +12,8 @@ from there (one name, one home)::
     ├── FetchTimeoutError  the origin was too slow (deadline, stall)
     │   └── SlowTransferError  below the minimum throughput (not retried: it would drip again)
     └── ConnectError       the origin could not be reached or dropped the connection
+        └── TLSError       the TLS handshake failed: says why (unknown CA, expired, ...);
+                           not retried within a sync (it does not fix itself in 30 s)
     (and the store's: IntegrityError, NotFoundError, UnsafePathError, LockedError,
     StorageError)
 
@@ -31,6 +33,7 @@ __all__ = [
     "ManifestError",
     "SignatureError",
     "SlowTransferError",
+    "TLSError",
     "UpstreamError",
 ]
 
@@ -85,3 +88,12 @@ class SlowTransferError(FetchTimeoutError):
 
 class ConnectError(ShardsyncError):
     """The origin could not be reached, or the connection broke mid-transfer."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake with the origin failed; the reason says what is wrong.
+
+    A ConnectError (the origin could not be used), but not retried within a sync: an
+    untrusted CA, a wrong name or an expired certificate do not fix themselves in the
+    seconds a retry waits. The scheduler tries again at its next check.
+    """

@@ -2,7 +2,9 @@
 
 This is the one place that talks httpx: its exceptions are translated here, once,
 into :mod:`shardsync.daemon.errors` (``ConnectError``, ``FetchTimeoutError``,
-``UpstreamError``), and nothing else catches them.
+``UpstreamError``), and nothing else catches them. A failed TLS handshake becomes a
+``TLSError`` saying what is wrong (:func:`.tls.describe_tls_error`, from the
+``ssl`` error at the bottom of httpx's and trio's wrapping), which is not retried.
 
 What a download does (:meth:`Fetcher.file`):
 
@@ -42,7 +44,7 @@ import trio
 from shardsync.store import Ingest, IntegrityError, ShardsyncError, Store
 
 from .bodywriter import BodyWriter
-from .errors import ConnectError, FetchTimeoutError, SlowTransferError, UpstreamError
+from .errors import ConnectError, FetchTimeoutError, SlowTransferError, TLSError, UpstreamError
 from .httpanswers import (
     Validators,
     check_status,
@@ -53,6 +55,7 @@ from .httpanswers import (
 )
 from .httpclient import Client, FetchPolicy, retry_delay
 from .resume import resume_start, same_validators
+from .tls import describe_tls_error, find_ssl_error
 
 __all__ = [
     "Fetched",
@@ -69,6 +72,10 @@ T = TypeVar("T")
 #: failure made a new partial; more than two means the origin is broken. Counted apart
 #: from ``attempts``, which budgets failures: a restart is the protocol, not a failure.
 _MAX_RESTARTS = 2
+
+#: Most bytes of an error answer's body read for its reason (nginx's pages are ~150 B;
+#: their <title> says "No required SSL certificate was sent").
+_ERROR_BODY = 1024
 
 @dataclass(frozen=True)
 class ManifestFetch:
@@ -141,10 +148,13 @@ class Fetcher:
         re-sync is ~1100 of them, nearly all answered 304 with no body, and the client's
         own work per request (merging, cookies, redirect and auth machinery, hooks) was
         ~13 % of that sync's time. Same connections, headers, timeouts and exception
-        types (the transport raises httpx's). What differs: the answer's cookies are not
-        kept (shardsync sends none; origins are static file servers), and a redirect is
-        not followed here but handed to the client from its target, which follows any
-        further ones: the same requests go out as through the client alone.
+        types (the transport raises httpx's), and the same routing by origin: the pool
+        is the client's :class:`.httpclient.OriginTransport`, which adds an origin's
+        credentials and headers and picks its TLS settings on either path. What
+        differs: the answer's cookies are not kept (shardsync sends none; origins are
+        static file servers), and a redirect is not followed here but handed to the
+        client from its target, which follows any further ones: the same requests go
+        out as through the client alone.
         Everything else (first downloads, resumes, other clients, a client with event
         hooks, which would not see these requests) uses the client.
         """
@@ -240,7 +250,7 @@ class Fetcher:
                 if r.status_code == 304 and validators:
                     await _drain(r)  # the (empty) body's end: else the connection is closed
                     return ManifestFetch(None, validators)
-                check_status(r, url)
+                check_status(r, url, await _error_body(r))
                 refuse_html(r, url)
                 cap = self.policy.max_manifest_bytes
                 data = bytearray()
@@ -340,7 +350,7 @@ class Fetcher:
                 await _blocking(held.start, etag=None, last_modified=None, expected_size=None,
                                 offset=0)
                 raise _Restart
-            check_status(r, url)
+            check_status(r, url, await _error_body(r))
             refuse_html(r, url)
             got = Validators.of(r)
             ingest = await lazy.open()
@@ -454,8 +464,10 @@ class Fetcher:
                 except httpx.TooManyRedirects as exc:
                     raise UpstreamError("too many redirects", file=url) from exc
                 except httpx.TransportError as exc:
-                    raise ConnectError(f"connection failed: {exc or type(exc).__name__}",
-                                       file=url) from exc
+                    tls = find_ssl_error(exc)
+                    if tls is not None:
+                        raise TLSError(describe_tls_error(tls), file=url) from exc
+                    raise ConnectError(f"connection failed: {_reason(exc)}", file=url) from exc
                 except httpx.InvalidURL as exc:
                     raise UpstreamError(f"invalid URL: {exc}", file=url) from exc
             except _Restart:
@@ -469,6 +481,30 @@ class Fetcher:
                 if delay is None or attempt >= policy.attempts:
                     raise
                 await trio.sleep(delay)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first non-empty message down ``exc``'s chain (httpx's is often empty: trio's
+    ``BrokenResourceError()`` keeps its reason in ``__cause__``), else its type's name."""
+    e: BaseException | None = exc
+    while e is not None:
+        if str(e):
+            return str(e) if e is exc else f"{type(e).__name__}: {e}"
+        e = e.__cause__ or e.__context__
+    return type(exc).__name__
+
+
+async def _error_body(r: httpx.Response) -> bytes:
+    """The first :data:`_ERROR_BODY` bytes of an error answer's body, for its reason;
+    empty for any other answer (whose body is the file)."""
+    if r.status_code < 400:
+        return b""
+    data = bytearray()
+    async for chunk in r.aiter_raw():
+        data += chunk
+        if len(data) >= _ERROR_BODY:
+            break
+    return bytes(data[:_ERROR_BODY])
 
 
 async def _drain(r: httpx.Response) -> None:

@@ -46,14 +46,44 @@ def conditional_headers(validators: Validators | None) -> dict[str, str]:
     return headers
 
 
-def check_status(r: httpx.Response, url: str) -> None:
+_TITLE_RE = re.compile(rb"<title>\s*([^<]{1,200}?)\s*</title>", re.IGNORECASE)
+
+#: nginx's page for ``ssl_verify_client on`` without a client certificate (a 400).
+_NO_CLIENT_CERT = b"No required SSL certificate was sent"
+
+
+def check_status(r: httpx.Response, url: str, body: bytes = b"") -> None:
+    """Raise UpstreamError for any status but 200 and 206; ``body`` (the start of the
+    answer's body) adds the server's own words when it has some: an HTML page's
+    title, or a short text's first line."""
     if r.status_code in (200, 206):
         return
     retry_after = retry_after_seconds(r.headers.get("retry-after"))
     reason = f"HTTP {r.status_code} {r.reason_phrase}".rstrip()
     if r.status_code == 404:
         reason = "not found on the origin (HTTP 404)"
+    said = _said(r, body)
+    if said and said.lower() not in reason.lower() and said.lower() != r.reason_phrase.lower():
+        reason += f": {said}"
+    if _NO_CLIENT_CERT in body:
+        reason += (" (the server wants a client certificate: set client_cert and client_key "
+                   "in an [[origin]] for this URL)")
     raise UpstreamError(reason, status=r.status_code, retry_after=retry_after, file=url)
+
+
+def _said(r: httpx.Response, body: bytes) -> str:
+    """What an error body says in a few words, or "" (binary, JSON, long, empty)."""
+    ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
+    text = b""
+    if ctype == "text/html":
+        m = _TITLE_RE.search(body)
+        text = m[1] if m else b""
+        # nginx titles repeat the status: "400 No required SSL certificate was sent"
+        text = re.sub(rb"^\d{3}\s+", b"", text)
+    elif ctype == "text/plain":
+        text = body.split(b"\n", 1)[0].strip()[:200]
+    said = text.decode("utf-8", "replace")
+    return "".join(c for c in said if c.isprintable())
 
 
 def refuse_html(r: httpx.Response, url: str) -> None:

@@ -57,7 +57,8 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
     await trio.to_thread.run_sync(store.prune_downloads, config.manifest_urls)
     progress = {n: Progress() for n in names}
     results: dict[str, SyncResult] = {}
-    async with make_client(max_connections=config.concurrency * 2) as client:
+    async with make_client(max_connections=config.concurrency * 2, origins=config.origins,
+                           models=config.models) as client:
         syncer = Syncer(store, Fetcher(client), concurrency=config.concurrency,
                         max_model_bytes=config.max_model_bytes)
 

@@ -16,6 +16,10 @@ Decisions beyond docs/design.md:
   applies everything else and says a restart is needed. (A listening address is
   deployment, like the socket: moving it live would turn a port clash into a failure
   half-way through a reload, after the rest was applied.)
+* A reload applies changed ``[[origin]]`` blocks (and the userinfo of model URLs) at
+  once: requests from then on go out with the new trust, certificates, token, headers
+  and proxy (a rotated token file is read again); transfers already running finish
+  on the connections they have. No restart is needed.
 * A model removed from the config stops at once, and its published directory is
   removed after the store's grace period (5 min): a page that was loading it may
   finish, and a device does not keep serving (and storing) a model nobody
@@ -43,6 +47,7 @@ import functools
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -68,7 +73,7 @@ from .entrypoint import rewrite_paths
 from .errors import ConfigError
 from .events import EventLog
 from .fetch import Fetcher
-from .httpclient import make_client
+from .httpclient import Client, make_client
 from .metricsserver import serve_metrics
 from .notify import Notifier
 from .pagescript import publish as publish_page_script
@@ -162,6 +167,7 @@ class Service:
         self.events: EventLog | None = None
         self.scheduler: Scheduler | None = None
         self.syncer: Syncer | None = None
+        self.client: Client | None = None
         self.gate = Gate()
         self._stop = trio.Event()
         self._published = trio.Event()
@@ -198,7 +204,9 @@ class Service:
             # The pool is sized once, but a reload may raise `concurrency` (the limiter
             # follows at once): leave room, connections only open when needed.
             pool = max(POOL_CONNECTIONS, config.concurrency * 2)
-            async with make_client(max_connections=pool) as client:
+            async with make_client(max_connections=pool, origins=config.origins,
+                                   models=config.models) as client:
+                self.client = client
                 self.syncer = Syncer(self.store, Fetcher(client), concurrency=config.concurrency,
                                      max_model_bytes=config.max_model_bytes)
                 await self._main(task_status)
@@ -298,6 +306,16 @@ class Service:
                     new = replace(new, state_dir=self.config.state_dir,
                                   site_dir=self.config.site_dir, socket=self.config.socket,
                                   metrics_listen=self.config.metrics_listen)
+                assert self.client is not None
+                try:
+                    self.client.configure(new.origins, new.models)
+                except (OSError, ValueError, ssl.SSLError) as exc:
+                    # A CA or key file changed on disk since load_config checked it.
+                    error = f"{self.config.path}: [[origin]] files could not be loaded: {exc}"
+                    self.config_error = error
+                    log.error("reload (%s) failed, keeping the running config: %s", why, error)
+                    self._event("config-error", error=error)
+                    return error
                 self.config = new
                 self.config_error = None
                 self.syncer.limiter.total_tokens = new.concurrency

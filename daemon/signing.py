@@ -132,9 +132,8 @@ def key_id(raw: bytes) -> str:
 def trusted_keys(model: ModelConfig) -> frozenset[bytes]:
     """The raw public keys whose signature lets ``model`` through; empty: unsigned.
 
-    Today the model's own ``public_keys``. The one place that decides it, so that an
-    ``[[origin]]``'s ``public_keys`` join here (a union: DESIGN.md, "per model, in
-    addition to its origin's") without the sync changing.
+    The model's ``public_keys``, which the config has already joined with its
+    ``[[origin]]``'s (DESIGN.md: "per model, in addition to its origin's").
     """
     return frozenset(model.public_keys)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import textwrap
 from pathlib import Path
 
@@ -61,8 +62,9 @@ def test_example_documents_every_key():
     text = (REPO / "config.example.toml").read_text()
     for key in ("state_dir", "site_dir", "socket", "interval", "concurrency", "keep_versions",
                 "max_model_bytes", "metrics_listen", "[[model]]", "name", "url",
-                "public_keys"):
-        assert f"\n{key}" in text or f"#   {key}" in text, key
+                "[[origin]]", "prefix", "ca_file", "client_cert", "client_key", "token_file",
+                "headers", "proxy", "public_keys"):
+        assert f"\n{key}" in text or f"#   {key}" in text or f"# {key}" in text, key
 
 
 def test_defaults_and_relative_paths(tmp_path):
@@ -274,3 +276,193 @@ def test_bad_listen_addresses(value):
 def test_metrics_listen_is_read_from_the_file(tmp_path):
     cfg = load_config(write(tmp_path, 'metrics_listen = "[::1]:9464"\n'))
     assert cfg.metrics_listen == ("::1", 9464)
+
+
+# -- [[origin]] -------------------------------------------------------------------------
+
+ORIGIN_MODEL = """
+[[model]]
+name = "face"
+url = "https://models.example.com/private/face/model.json"
+"""
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> dict[str, Path]:
+    """A CA, a client certificate and key, a token (0600) as files beside the config."""
+    from tlshelpers import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    token = tmp_path / "token"
+    token.write_text("s3cret\nsecond line ignored\n")
+    token.chmod(0o600)
+    return {"ca": pki.ca, "cert": pki.client_cert, "key": pki.client_key, "token": token,
+            "server_key": pki.server_key}
+
+
+def test_origin_blocks_are_read_with_paths_relative_to_the_config(tmp_path, pem):
+    key = "ed25519:" + "A" * 43 + "="
+    cfg = load_config(write(tmp_path, f"""
+        [[origin]]
+        prefix = "HTTPS://Models.Example.com:443/private/"
+        ca_file = "pki/ca.pem"
+        client_cert = "pki/client.pem"
+        client_key = "pki/client.key"
+        token_file = "token"
+        headers = {{ "X-Fleet" = "north" }}
+        proxy = "http://proxy.lan:3128"
+        public_keys = ["{key}"]
+
+        [[origin]]
+        prefix = "https://models.example.com"
+        """ + ORIGIN_MODEL))
+    private, host = cfg.origins
+    assert private.prefix == "https://models.example.com/private/"
+    assert host.prefix == "https://models.example.com/"  # the whole host, not a name prefix
+    assert (private.ca_file, private.client_cert, private.client_key, private.token_file) == (
+        pem["ca"], pem["cert"], pem["key"], pem["token"])
+    assert private.token == "s3cret"
+    assert private.headers == (("X-Fleet", "north"),)
+    assert private.proxy == "http://proxy.lan:3128"
+    assert private.public_keys == (bytes(32),)  # raw, as the signature check uses them
+    assert "s3cret" not in repr(cfg) and "north" not in repr(cfg)
+    # the longest prefix wins; another host (even one whose name starts alike) has none
+    assert cfg.origin_for(cfg.models[0].url) is private
+    assert cfg.origin_for("https://models.example.com/public/m.json") is host
+    assert cfg.origin_for("https://models.example.com.evil.example/private/m.json") is None
+    assert cfg.origin_for("http://models.example.com/private/m.json") is None
+
+
+def test_userinfo_is_taken_out_of_a_model_url(tmp_path):
+    cfg = load_config(write(tmp_path, """
+        [[model]]
+        name = "m"
+        url = "https://kiosk:p%40ss@example.com/m/model.json"
+        """))
+    (m,) = cfg.models
+    assert m.url == "https://example.com/m/model.json"
+    assert m.userinfo == ("kiosk", "p@ss")
+    assert "p%40ss" not in repr(m) and "p@ss" not in repr(m)
+
+
+def test_a_bad_model_url_with_userinfo_is_named_without_the_password(tmp_path):
+    err = error_of(write(tmp_path, """
+        [[model]]
+        name = "m"
+        url = "ftp://kiosk:hunter2@example.com/m/model.json"
+        """))
+    assert err.key == "model[1].url" and "hunter2" not in str(err) and "***@" in str(err)
+
+
+def test_a_token_or_key_others_can_read_is_a_warning_naming_the_file(tmp_path, pem, caplog):
+    pem["token"].chmod(0o644)
+    path = write(tmp_path, f"""
+        [[origin]]
+        prefix = "https://e.com/"
+        token_file = "{pem['token']}"
+        """)
+    load_config(path)
+    [record] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert str(pem["token"]) in record.getMessage()
+    assert "origin[1].token_file" in record.getMessage() and "0644" in record.getMessage()
+    pem["token"].chmod(0o600)
+    caplog.clear()
+    load_config(path)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+ORIGIN_ERRORS = [
+    ('prefix = "https://e.com/"\nbogus = 1', "bogus", 3, "unknown key 'bogus'"),
+    ('prefix = "https://e.com/"\nmax_rate = "1MiB"', "max_rate", 3, "unknown key 'max_rate'"),
+    ('ca_file = "ca.pem"', "prefix", 1, "missing 'prefix'"),
+    ('prefix = 5', "prefix", 2, "must be a string"),
+    ('prefix = "ftp://e.com/"', "prefix", 2, "http:// or https://"),
+    ('prefix = "https:///x/"', "prefix", 2, "with a host"),
+    ('prefix = "https://u:pw@e.com/"', "prefix", 2, "must not hold user:password@"),
+    ('prefix = "https://e.com/?a=1"', "prefix", 2, "query or fragment"),
+    ('prefix = "https://e.com/"\nca_file = "missing.pem"', "ca_file", 3,
+     "cannot read {dir}/missing.pem: No such file or directory"),
+    ('prefix = "https://e.com/"\nca_file = "."', "ca_file", 3, "is not a regular file"),
+    ('prefix = "https://e.com/"\nca_file = "token"', "ca_file", 3,
+     "{dir}/token is not a PEM file of CA certificates"),
+    ('prefix = "https://e.com/"\ntoken_file = "nope"', "token_file", 3,
+     "cannot read {dir}/nope"),
+    ('prefix = "https://e.com/"\ntoken_file = "empty"', "token_file", 3,
+     "the first line of {dir}/empty is empty"),
+    ('prefix = "https://e.com/"\nclient_cert = "pki/client.pem"', "client_cert", 3,
+     "client_cert needs client_key too (both or neither)"),
+    ('prefix = "https://e.com/"\nclient_key = "pki/client.key"', "client_key", 3,
+     "client_key needs client_cert too"),
+    ('prefix = "https://e.com/"\nclient_cert = "pki/client.pem"\nclient_key = "pki/server.key"',
+     "client_cert", 3, "are not a PEM certificate and its unencrypted key"),
+    ('prefix = "https://e.com/"\nheaders = { "X-A" = "1\\r\\nX-Evil: 2" }', "headers", 3,
+     "CR, LF or another control character"),
+    ('prefix = "https://e.com/"\nheaders = { "X A" = "1" }', "headers", 3,
+     "'X A' is not a valid header name"),
+    ('prefix = "https://e.com/"\nheaders = { "host" = "x" }', "headers", 3,
+     "'host' may not be set here"),
+    ('prefix = "https://e.com/"\nheaders = { "Range" = "bytes=0-" }', "headers", 3,
+     "'Range' may not be set here"),
+    ('prefix = "https://e.com/"\nheaders = { "If-None-Match" = "x" }', "headers", 3,
+     "may not be set here"),
+    ('prefix = "https://e.com/"\nheaders = { "X-N" = 5 }', "headers", 3, "string value"),
+    ('prefix = "https://e.com/"\nheaders = "X: y"', "headers", 3, "must be a table"),
+    ('prefix = "https://e.com/"\ntoken_file = "token"\nheaders = { "Authorization" = "x" }',
+     "headers", 4, "as well as token_file"),
+    ('prefix = "https://e.com/"\nproxy = "socks://p.lan"', "proxy", 3,
+     "http:// or https:// URL"),
+    ('prefix = "https://e.com/"\nproxy = "http://u:hunter2@p.lan:99999"', "proxy", 3,
+     "not a valid URL"),
+    ('prefix = "https://e.com/"\npublic_keys = "ed25519:x"', "public_keys", 3, "must be a list"),
+    ('prefix = "https://e.com/"\npublic_keys = ["rsa:AAAA"]', "public_keys", 3,
+     "is not a public key like \"ed25519:BASE64\""),
+    ('prefix = "https://e.com/"\npublic_keys = ["ed25519:AAAA"]', "public_keys", 3,
+     "32 bytes"),
+]
+
+
+@pytest.mark.parametrize(("body", "key", "offset", "why"), ORIGIN_ERRORS)
+def test_origin_errors_name_block_key_and_line(tmp_path, pem, body, key, offset, why):
+    (tmp_path / "empty").write_text("\n")
+    text = 'interval = "1h"\n\n[[origin]]\nprefix = "https://other.example/"\n\n' \
+           f"[[origin]]\n{body}\n"
+    err = error_of(write(tmp_path, text))
+    assert err.key == f"origin[2].{key}"
+    assert err.line == 5 + offset
+    assert why.format(dir=tmp_path) in err.reason
+    assert "hunter2" not in str(err)
+
+
+def test_duplicate_origin_prefixes_are_refused(tmp_path):
+    err = error_of(write(tmp_path, '[[origin]]\nprefix = "https://e.com"\n'
+                                   '[[origin]]\nprefix = "HTTPS://E.COM:443/"\n'))
+    assert (err.key, err.line) == ("origin[2].prefix", 4)
+    assert "duplicate prefix 'https://e.com/' (also in origin[1])" in err.reason
+
+
+def test_origin_must_be_blocks(tmp_path):
+    err = error_of(write(tmp_path, 'origin = "https://e.com/"\n'))
+    assert (err.key, err.line) == ("origin", 1)
+
+
+def test_a_model_trusts_its_own_keys_and_its_origins(tmp_path):
+    # DESIGN.md: public_keys "per model, in addition to its origin's".
+    own, theirs = "ed25519:" + "A" * 43 + "=", "ed25519:" + "B" * 43 + "="
+    path = tmp_path / "shardsync.toml"
+    path.write_text(f"""
+[[origin]]
+prefix = "https://models.example.com/"
+public_keys = ["{theirs}"]
+
+[[model]]
+name = "a"
+url = "https://models.example.com/a/model.json"
+public_keys = ["{own}"]
+
+[[model]]
+name = "b"
+url = "https://other.example.com/b/model.json"
+""")
+    cfg = load_config(path)
+    assert set(cfg.model("a").public_keys) == {bytes(32), base64.b64decode("B" * 43 + "=")}
+    assert cfg.model("b").public_keys == ()
