@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, logstream
 
 if TYPE_CHECKING:
     from .sync import SyncResult
@@ -38,12 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)  # --help, --version and bad usage exit here
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="shardsync: %(levelname)s: %(message)s", stream=sys.stderr,
-    )
-    if not getattr(args, "verbose", False):
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
+    logstream.configure(verbose=bool(getattr(args, "verbose", False)))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -54,10 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"shardsync: config error: {exc}", file=sys.stderr)
+        log.error("config error: %s", exc)
         return EXIT_USAGE
     except ShardsyncError as exc:
-        print(f"shardsync: {exc}", file=sys.stderr)
+        log.error("%s", exc)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -130,7 +125,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         for n in names:
             config.model(n)
     except NotFoundError as exc:
-        print(f"shardsync: {exc.reason}", file=sys.stderr)
+        log.error("%s", exc.reason)
         return EXIT_USAGE
     tty = sys.stderr.isatty() and not args.json
     with open_store(config) as store:
@@ -255,7 +250,7 @@ def _socket_of(config_path: Path) -> Path:
     try:
         return Path(load_config(config_path).socket)
     except ConfigError as exc:
-        print(f"shardsync: warning: {exc}", file=sys.stderr)
+        log.warning("%s", exc)
     try:
         raw = tomllib.loads(config_path.read_text()).get("socket")
     except (OSError, ValueError):
