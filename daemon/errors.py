@@ -9,7 +9,8 @@ from there (one name, one home)::
     ├── UpstreamError      the origin answered, but not with what we need (4xx, 5xx, bad range)
     ├── FetchTimeoutError  the origin was too slow (deadline, stall)
     │   └── SlowTransferError  below the minimum throughput (not retried: it would drip again)
-    └── ConnectError       the origin could not be reached or dropped the connection
+    ├── ConnectError       the origin could not be reached or dropped the connection
+    └── UnreachableError   the control socket: no service answers there, or it is not ours to use
     (and the store's: IntegrityError, NotFoundError, UnsafePathError, LockedError,
     StorageError)
 
@@ -28,6 +29,7 @@ __all__ = [
     "FetchTimeoutError",
     "ManifestError",
     "SlowTransferError",
+    "UnreachableError",
     "UpstreamError",
 ]
 
@@ -77,3 +79,10 @@ class SlowTransferError(FetchTimeoutError):
 
 class ConnectError(ShardsyncError):
     """The origin could not be reached, or the connection broke mid-transfer."""
+
+
+class UnreachableError(ShardsyncError):
+    """No service can be asked on the control socket: nothing answers there (not
+    running), or this user may not connect. Distinct from an error the service
+    answers with, so that ``shardsync status`` can tell "down" from "failing" (exit 3
+    against 1, docs/design.md "Exit status")."""
