@@ -1,8 +1,16 @@
 """The `shardsync` command: parses arguments, calls the library, turns errors into exit codes.
 
-Exit status (docs/design.md): 0 all went well, 1 some model failed (the others were still
-done), 2 bad usage or config. Only this module decides exit statuses; everything
-below it raises :class:`~shardsync.daemon.errors.ShardsyncError`.
+Exit status (docs/design.md, "Exit status"): 0 all went well, 1 some model failed (the
+others were still done), 2 bad usage or config, 3 the store or the service is not
+available to this command (another shardsync holds the store or the socket; for
+``status``, no service answers), 130 interrupted (Ctrl-C), 141 stdout was closed
+before the report was written. Only this module decides exit statuses; everything
+below it raises :class:`~shardsync.daemon.errors.ShardsyncError`, mapped in
+:func:`_failure`, the one place.
+
+Reports go to stdout, diagnostics (one ``shardsync: error: ...`` line, never a
+traceback for an error the library reports) to stderr. With ``--json`` stdout gets
+exactly one JSON document, an error too: ``{"ok": false, "error": ..., "exit": N}``.
 
 Each command imports what it uses inside its own function, and this module imports only
 the standard library at the top: a one-shot command on a kiosk is mostly start-up, so
@@ -14,111 +22,256 @@ but ``run`` loads the service, the control socket, the event log or watchdog
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__
+from . import __version__, logstream
 
 if TYPE_CHECKING:
+    from .config import Config
     from .sync import SyncResult
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "EXIT_BROKEN_PIPE",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: Busy or absent: another shardsync holds the store or the socket, or no service
+#: answers ``status`` (LSB's and ``systemctl status``'s code for "not running").
+EXIT_UNAVAILABLE = 3
+#: 128 + SIGINT: what a shell reports for a command Ctrl-C killed, so scripts that
+#: test for it see an interrupted shardsync the same way.
+EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE: what a shell reports for every C tool whose reader went away
+#: (``yes | head``). Not the command's own status: its report was cut off.
+EXIT_BROKEN_PIPE = 141
+
+#: The config every command reads without ``-c``: where a package puts it (FHS /etc).
+DEFAULT_CONFIG = Path("/etc/shardsync/config.toml")
 
 log = logging.getLogger("shardsync")
 
 
+class UsageError(Exception):
+    """A command line that cannot run (argparse's own complaints, an unknown NAME): exit 2.
+
+    argparse would print and exit by itself; raising lets ``--json`` still get its one
+    document. ``usage`` is the parser's usage text, printed above the message.
+    """
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, raising :class:`UsageError` instead of exiting (subparsers too: they
+    are made of their parent's class)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("shardsync").strip()  # "sync", or "" at the top
+        raise UsageError(f"{command}: {message}" if command else message, self.format_usage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)  # --help, --version and bad usage exit here
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="shardsync: %(levelname)s: %(message)s", stream=sys.stderr,
-    )
-    if not getattr(args, "verbose", False):
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    from shardsync.store import ShardsyncError
+    """Entry point of the console script; returns the exit status.
 
-    from .errors import ConfigError
-
+    A closed stdout (``shardsync status --json | head -c1``) ends the command quietly
+    with :data:`EXIT_BROKEN_PIPE`: stdout is pointed at /dev/null, as the Python docs'
+    note on SIGPIPE recommends, so the interpreter's own flush at exit cannot raise
+    again. stdout is flushed here so that such an error shows while it can be handled.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
+        status = _main(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was being reported
+        return EXIT_INTERRUPTED
+    return status
+
+
+def _main(argv: list[str]) -> int:
+    wants_json = "--json" in argv  # until argparse has said what argv means
+    try:
+        logstream.configure()
+        parser = _parser()
+        try:
+            args = parser.parse_args(argv)  # --help and --version exit here
+        except UsageError as exc:
+            sys.stderr.write(exc.usage)
+            return _fail(wants_json, exc)
+        wants_json = bool(getattr(args, "json", False))
+        if getattr(args, "verbose", False):
+            logstream.configure(verbose=True)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
         return int(args.func(args))
-    except ConfigError as exc:
-        print(f"shardsync: config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ShardsyncError as exc:
-        print(f"shardsync: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:
+        if _failure(exc) is None:
+            raise  # a bug (with its traceback), SystemExit, or a closed pipe for main()
+        return _fail(wants_json, exc)
+
+
+def _failure(exc: BaseException) -> tuple[int, str] | None:
+    """(exit status, one-line message) for an exception the CLI reports, or None for
+    one it must not swallow. A trio nursery may wrap a Ctrl-C, or the one error that
+    stopped it, in an exception group: the group counts as what it holds."""
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.subgroup(KeyboardInterrupt) is not None:
+            return EXIT_INTERRUPTED, "interrupted"
+        if len(exc.exceptions) == 1:
+            return _failure(exc.exceptions[0])
+        return None
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE, str(exc)
+    if not isinstance(exc, Exception) or "shardsync.store" not in sys.modules:
+        return None  # no ShardsyncError can exist before the store is imported
+    from shardsync.store import LockedError, ShardsyncError
+
+    from .errors import ConfigError, UnreachableError
+
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE, f"config error: {exc}"
+    if isinstance(exc, (LockedError, UnreachableError)):
+        return EXIT_UNAVAILABLE, str(exc)
+    if isinstance(exc, ShardsyncError):
+        return EXIT_FAILED, str(exc)
+    return None
+
+
+def _fail(wants_json: bool, exc: BaseException, **extra: Any) -> int:
+    """Report ``exc`` (one of :func:`_failure`'s) in one line on stderr and, for
+    ``--json``, as the one document on stdout; return its exit status."""
+    failure = _failure(exc)
+    assert failure is not None
+    status, message = failure
+    log.error("%s", message)
+    if wants_json:
+        _print_json({"ok": False, "error": message, "exit": status, **extra})
+    return status
+
+
+def _print_json(doc: object) -> None:
+    json.dump(doc, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    """``-c``, or :data:`DEFAULT_CONFIG`; a default that does not exist is a config
+    error saying so (a missing file named by ``-c`` is load_config's to report)."""
+    if args.config is not None:
+        return Path(args.config)
+    if not DEFAULT_CONFIG.exists():
+        from .errors import ConfigError
+
+        raise ConfigError("no such file (the default config; -c FILE chooses another)",
+                          path=str(DEFAULT_CONFIG))
+    return DEFAULT_CONFIG
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    from .config import load_config
+
+    return load_config(_config_path(args))
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="shardsync", description="Mirror TensorFlow.js models for offline devices.")
+    p = _Parser(prog="shardsync", description="Mirror TensorFlow.js models for offline devices.")
     p.add_argument("--version", action="version", version=f"shardsync {__version__}")
     sub = p.add_subparsers(metavar="COMMAND")
 
     def cmd(name: str, func: object, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
-        sp.add_argument("-v", "--verbose", action="store_true", help="log more")
+        sp.add_argument("-v", "--verbose", action="store_true", help="log more (debug lines)")
         return sp
 
+    def config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", type=Path, metavar="FILE",
+                        help=f"the config file (default: {DEFAULT_CONFIG})")
+
+    def json_option(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--json", action="store_true",
+                        help=f"{what} as one JSON document on stdout (errors too)")
+
     sp = cmd("run", _cmd_run, "run the service (foreground; sd_notify under systemd)")
-    sp.add_argument("-c", "--config", required=True, type=Path)
+    config(sp)
 
     sp = cmd("sync", _cmd_sync, "one pass over all (or the named) models, then exit")
-    sp.add_argument("-c", "--config", required=True, type=Path)
-    sp.add_argument("names", nargs="*", metavar="NAME")
-    sp.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    config(sp)
+    sp.add_argument("names", nargs="*", metavar="NAME",
+                    help="models to sync, as named in the config (default: all)")
+    json_option(sp, "each model's result")
 
-    sp = cmd("status", _cmd_status, "ask the running service what every model is doing")
+    sp = cmd("status", _cmd_status, "ask the running service what every model is doing "
+             "(exit 1 if a model's last sync failed, 3 if no service answers)")
     g = sp.add_mutually_exclusive_group()
-    g.add_argument("-c", "--config", type=Path)
-    g.add_argument("--socket", type=Path)
-    sp.add_argument("--json", action="store_true")
+    g.add_argument("-c", "--config", type=Path, metavar="FILE",
+                   help=f"ask the service of this config (default: {DEFAULT_CONFIG}, "
+                        "if it exists, else the default socket)")
+    g.add_argument("--socket", type=Path, metavar="PATH",
+                   help="ask the service on this control socket")
+    json_option(sp, "the service's status")
 
     sp = cmd("verify", _cmd_verify, "re-hash every object and check every published file")
-    sp.add_argument("-c", "--config", required=True, type=Path)
+    config(sp)
     sp.add_argument("--repair", action="store_true",
                     help="put back what is wrong (re-downloading where needed)")
-    sp.add_argument("--json", action="store_true")
+    json_option(sp, "the problems found")
 
-    sp = cmd("gc", _cmd_gc, "drop what no kept version references")
-    sp.add_argument("-c", "--config", required=True, type=Path)
-    sp.add_argument("--dry-run", action="store_true")
-    sp.add_argument("--json", action="store_true")
+    sp = cmd("gc", _cmd_gc, "drop what no kept version references "
+             "(refused, exit 3, while the service runs: it runs gc itself)")
+    config(sp)
+    sp.add_argument("--dry-run", action="store_true",
+                    help="only say what would be freed; remove nothing")
+    json_option(sp, "what was (or would be) freed")
 
     sp = cmd("demo", _cmd_demo, "the whole path on built-in sample models, no network")
     sp.add_argument("--dir", type=Path, help="keep the demo here (default: a temp dir)")
 
     sp = cmd("keygen", _cmd_keygen,
              "write a new Ed25519 private key for signing models; print its public key")
-    sp.add_argument("keyfile", type=Path, metavar="KEYFILE")
+    sp.add_argument("keyfile", type=Path, metavar="KEYFILE",
+                    help="where to write the private key (PEM, mode 0600; never overwritten)")
 
     sp = cmd("sign", _cmd_sign, "sign a model directory: write MANIFEST.sig.json beside it")
-    sp.add_argument("--key", required=True, type=Path, metavar="KEYFILE")
-    sp.add_argument("manifest", type=Path, metavar="MANIFEST")
+    sp.add_argument("--key", required=True, type=Path, metavar="KEYFILE",
+                    help="the private key `shardsync keygen` wrote")
+    sp.add_argument("manifest", type=Path, metavar="MANIFEST",
+                    help="the model's manifest (model.json), its shards beside it")
     sp.add_argument("--expires", default="90d", type=_duration, metavar="DURATION",
                     help="how long the signature is valid (default %(default)s)")
     sp.add_argument("--version", type=_positive, metavar="N", dest="sig_version",
                     help="the signature's version (default: the previous file's + 1)")
 
     sp = cmd("nginx-config", _cmd_nginx, "print an nginx server block serving site_dir")
-    sp.add_argument("-c", "--config", required=True, type=Path)
-    sp.add_argument("--listen", default="127.0.0.1:8080")
-    sp.add_argument("--location", default="/models/")
+    config(sp)
+    sp.add_argument("--listen", default="127.0.0.1:8080", metavar="ADDR",
+                    help="nginx's listen address (default: %(default)s)")
+    sp.add_argument("--location", default="/models/", metavar="PATH",
+                    help="the URL path site_dir is served under (default: %(default)s)")
     return p
 
 
@@ -126,30 +279,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    import json
-
+    """Sync, then report. A Ctrl-C cancels the downloads where they are (their partials
+    are checkpointed for the next run) before it reaches :func:`_failure`."""
     import trio
 
     from shardsync.store import NotFoundError
 
-    from .config import load_config
     from .oneshot import open_store, sync_models
     from .progress import result_line
 
-    config = load_config(args.config)
+    config = _load_config(args)
     names = args.names or [m.name for m in config.models]
     try:
         for n in names:
             config.model(n)
     except NotFoundError as exc:
-        print(f"shardsync: {exc.reason}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(exc.reason) from None
     tty = sys.stderr.isatty() and not args.json
     with open_store(config) as store:
         results = trio.run(sync_models, config, store, names, tty)
     if args.json:
-        json.dump({"models": [r.to_json() for r in results]}, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json({"models": [r.to_json() for r in results]})
     else:
         for r in results:
             print(result_line(r), file=sys.stderr)
@@ -160,12 +310,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    import json
-
-    from .config import load_config
+    """Verify (and repair); the report, problems and re-syncs alike, goes to stdout."""
     from .oneshot import open_store
 
-    config = load_config(args.config)
+    config = _load_config(args)
     with open_store(config) as store:
         problems = store.verify(repair=args.repair)
         resynced: list[SyncResult] = []
@@ -181,40 +329,35 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 p for p in problems if p.repaired]
         remaining = [p for p in problems if not p.repaired]
     if args.json:
-        json.dump({"problems": [p.__dict__ for p in problems],
-                   "resynced": [r.to_json() for r in resynced],
-                   "ok": not remaining}, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json({"problems": [p.__dict__ for p in problems],
+                     "resynced": [r.to_json() for r in resynced],
+                     "ok": not remaining})
     else:
         for p in problems:
-            print(p, file=sys.stderr)
+            print(p)
         if resynced:
             from .progress import result_line
         for r in resynced:
-            print(result_line(r), file=sys.stderr)
-        print(f"verify: {len(problems)} problem(s), {len(remaining)} remaining",
-              file=sys.stderr)
+            print(result_line(r))
+        print(f"verify: {len(problems)} problem(s), {len(remaining)} remaining")
     return EXIT_OK if not remaining else EXIT_FAILED
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
-    import json
-
-    from .config import load_config
+    """gc by hand; beside a running service the store's LockedError makes it exit 3."""
     from .oneshot import open_store
 
-    config = load_config(args.config)
+    config = _load_config(args)
     with open_store(config) as store:
         report = store.gc(dry_run=args.dry_run, sources=config.manifest_urls)
     if args.json:
-        json.dump({"dry_run": args.dry_run, "objects_removed": report.objects_removed,
-                   "bytes_freed": report.bytes_freed, "objects_kept": report.objects_kept,
-                   "partials_removed": report.partials_removed}, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json({"dry_run": args.dry_run, "objects_removed": report.objects_removed,
+                     "bytes_freed": report.bytes_freed, "objects_kept": report.objects_kept,
+                     "partials_removed": report.partials_removed})
     else:
         verb = "would free" if args.dry_run else "freed"
         print(f"gc: {verb} {report.bytes_freed} bytes in {report.objects_removed} object(s); "
-              f"{report.objects_kept} kept", file=sys.stderr)
+              f"{report.objects_kept} kept")
     return EXIT_OK
 
 
@@ -262,35 +405,34 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .service import run_service
 
-    return run_service(args.config)
+    return run_service(_config_path(args))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    import json
-
-    from shardsync.store import ShardsyncError
-
+    """The service's status; exit 1 when a model's last sync failed (what a monitor
+    checks), 3 when no service answers (with ``--json``, a document that says
+    ``"running": false`` and which socket was asked)."""
     from .client import get_json
     from .config import DEFAULTS
+    from .errors import UnreachableError
     from .statustable import format_status_table
 
-    sock = args.socket or (_socket_of(args.config) if args.config else None)
+    config = args.config
+    if config is None and args.socket is None and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG
+    sock = args.socket or (_socket_of(config) if config else None)
     sock = sock or Path(str(DEFAULTS["socket"]))
     try:
         status = get_json(str(sock), "/v1/status")
-    except ShardsyncError as exc:
-        if not args.json:
-            raise
-        # --json promises one JSON document on stdout, also when nobody answers.
-        json.dump({"running": False, "socket": str(sock), "error": str(exc)}, sys.stdout)
-        sys.stdout.write("\n")
-        return EXIT_FAILED
+    except UnreachableError as exc:
+        return _fail(args.json, exc, running=False, socket=str(sock))
     if args.json:
-        json.dump(status, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        _print_json(status)
     else:
         print(format_status_table(status))
-    return EXIT_OK
+    failing = any(m.get("state") == "error" or m.get("last_error")
+                  for m in status.get("models", []))
+    return EXIT_FAILED if failing else EXIT_OK
 
 
 def _socket_of(config_path: Path) -> Path:
@@ -305,7 +447,7 @@ def _socket_of(config_path: Path) -> Path:
     try:
         return Path(load_config(config_path).socket)
     except ConfigError as exc:
-        print(f"shardsync: warning: {exc}", file=sys.stderr)
+        log.warning("%s", exc)
     try:
         raw = tomllib.loads(config_path.read_text()).get("socket")
     except (OSError, ValueError):
@@ -322,10 +464,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_nginx(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .nginx import render_nginx_config
 
-    config = load_config(args.config)
+    config = _load_config(args)
     print(render_nginx_config(config.site_dir, listen=args.listen, location=args.location),
           end="")
     return EXIT_OK

@@ -2,8 +2,8 @@
 
 The CLI runs without trio, so this uses httpx's synchronous client over the Unix
 socket (``httpx.HTTPTransport(uds=path)``; the host in ``http://localhost`` is
-ignored). Connection failures are translated here, once, into a
-:class:`ShardsyncError` whose message tells the operator what to do: the service
+ignored). Connection failures are translated here, once, into an
+:class:`UnreachableError` whose message tells the operator what to do: the service
 is not running, or they lack permission on the socket. Error answers become
 :class:`NotFoundError` (404) or :class:`ShardsyncError` carrying the service's
 ``{"error": ...}`` message.
@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 
 from shardsync.store import NotFoundError, ShardsyncError
+
+from .errors import UnreachableError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -108,18 +110,20 @@ def post_json(socket_path: str, path: str, body: Any = None, *,
 
 
 def _connect_error(exc: httpx.TransportError, path: str) -> ShardsyncError:
+    """What a transport failure means to the operator: the service cannot be reached
+    (:class:`UnreachableError`) when the connection itself failed, else a plain error."""
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
     if isinstance(cause, FileNotFoundError):
-        return ShardsyncError(f"shardsync is not running (no socket at {path})")
+        return UnreachableError(f"shardsync is not running (no socket at {path})")
     if isinstance(cause, ConnectionRefusedError):
-        return ShardsyncError(f"shardsync is not running (nothing listens on {path})")
+        return UnreachableError(f"shardsync is not running (nothing listens on {path})")
     if isinstance(cause, PermissionError):
-        return ShardsyncError(f"permission denied on {path} (the socket is for the service's "
-                              "user and group: use sudo, or join that group)")
+        return UnreachableError(f"permission denied on {path} (the socket is for the "
+                                "service's user and group: use sudo, or join that group)")
     if isinstance(exc, httpx.ConnectError):
-        return ShardsyncError(f"cannot connect to shardsync at {path}: {cause or exc}")
+        return UnreachableError(f"cannot connect to shardsync at {path}: {cause or exc}")
     return ShardsyncError(f"the connection to shardsync at {path} failed: {exc}")
 
 

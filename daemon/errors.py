@@ -11,9 +11,10 @@ from there (one name, one home)::
     ├── UpstreamError      the origin answered, but not with what we need (4xx, 5xx, bad range)
     ├── FetchTimeoutError  the origin was too slow (deadline, stall)
     │   └── SlowTransferError  below the minimum throughput (not retried: it would drip again)
-    └── ConnectError       the origin could not be reached or dropped the connection
-        └── TLSError       the TLS handshake failed: says why (unknown CA, expired, ...);
-                           not retried within a sync (it does not fix itself in 30 s)
+    ├── ConnectError       the origin could not be reached or dropped the connection
+    │   └── TLSError       the TLS handshake failed: says why (unknown CA, expired, ...);
+    │                      not retried within a sync (it does not fix itself in 30 s)
+    └── UnreachableError   the control socket: no service answers there, or it is not ours to use
     (and the store's: IntegrityError, NotFoundError, UnsafePathError, LockedError,
     StorageError)
 
@@ -34,6 +35,7 @@ __all__ = [
     "SignatureError",
     "SlowTransferError",
     "TLSError",
+    "UnreachableError",
     "UpstreamError",
 ]
 
@@ -97,3 +99,10 @@ class TLSError(ConnectError):
     untrusted CA, a wrong name or an expired certificate do not fix themselves in the
     seconds a retry waits. The scheduler tries again at its next check.
     """
+
+
+class UnreachableError(ShardsyncError):
+    """No service can be asked on the control socket: nothing answers there (not
+    running), or this user may not connect. Distinct from an error the service
+    answers with, so that ``shardsync status`` can tell "down" from "failing" (exit 3
+    against 1, docs/design.md "Exit status")."""

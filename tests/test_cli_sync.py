@@ -2,7 +2,8 @@
 config file on disk, a real origin on 127.0.0.1.
 
 Exit statuses are docs/design.md's: 0 all went well, 1 some model failed (the others are
-still published), 2 bad usage or config. ``--json`` prints one JSON document on stdout.
+still published), 2 bad usage or config (3 and 130: tests/test_cli_exits.py). ``--json``
+prints one JSON document on stdout.
 A `shardsync sync` killed with SIGKILL mid-download resumes on the next run without
 fetching again what it already had.
 """
@@ -105,7 +106,8 @@ def test_a_bad_config_is_exit_2_naming_file_key_and_line(tmp_path: Path) -> None
     assert not (tmp_path / "conf" / "state").exists()
     missing = run_cli("sync", "-c", tmp_path / "nope.toml", "--json")
     assert missing.returncode == 2 and "nope.toml" in missing.stderr
-    assert missing.stdout == ""
+    doc = json.loads(missing.stdout)  # --json: one document, the error too
+    assert (doc["ok"], doc["exit"]) == (False, 2) and "nope.toml" in doc["error"]
 
 
 def test_an_unknown_model_name_is_exit_2(origin: Origin, tmp_path: Path) -> None:
@@ -191,7 +193,7 @@ def test_gc_dry_run_and_gc(origin: Origin, tmp_path: Path) -> None:
     assert run_cli("verify", "-c", config).returncode == 0
     assert_published(tmp_path / "conf" / "site", "a", a)
     again = run_cli("gc", "-c", config)
-    assert again.returncode == 0 and "0 object(s)" in again.stderr
+    assert again.returncode == 0 and "0 object(s)" in again.stdout  # a report: stdout
 
 
 # -- SIGKILL -----------------------------------------------------------------------------------

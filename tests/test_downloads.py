@@ -164,7 +164,7 @@ def test_records_of_a_model_that_left_the_config_are_dropped(origin: Origin,
     objects = [object_path(conf / "state", r["digest"]) for r in kept]
     assert all(p.exists() for p in objects)
     # While the model is configured, gc keeps what its records name.
-    assert "0 object(s)" in run_cli("gc", "-c", config).stderr
+    assert "0 object(s)" in run_cli("gc", "-c", config).stdout
     assert all(p.exists() for p in objects)
     # Once it left the config, gc drops its records and frees their objects.
     write_config(conf, {})

@@ -183,7 +183,7 @@ def test_status_command_and_curl_against_the_running_service(
         version = ref(conf / "state", "a")
 
         table = run_cli("status", "-c", config)
-        assert table.returncode == 0, table.stderr
+        assert table.returncode == 1, table.stderr  # b's last sync failed
         lines = table.stdout.splitlines()
         assert lines[0].startswith("shardsync ") and f"pid {svc.pid}" in lines[0]
         assert lines[1].split()[:3] == ["MODEL", "STATE", "VERSION"]
@@ -193,7 +193,7 @@ def test_status_command_and_curl_against_the_running_service(
         assert row_b.split()[:3] == ["b", "error", "-"] and "b/model.json" in row_b
 
         as_json = run_cli("status", "--socket", svc.socket, "--json")
-        assert as_json.returncode == 0, as_json.stderr
+        assert as_json.returncode == 1, as_json.stderr
         doc = json.loads(as_json.stdout)
         assert by_name(doc, "a")["version"] == version
         assert by_name(doc, "b")["state"] == "error" and "404" in by_name(doc, "b")["last_error"]
@@ -211,7 +211,7 @@ def test_status_command_and_curl_against_the_running_service(
         assert oct(os.stat(svc.socket).st_mode & 0o777) == oct(0o660)
         assert svc.stop(STOP_WITHIN) == 0
     gone = run_cli("status", "--socket", svc.socket)
-    assert gone.returncode == 1 and "not running" in gone.stderr
+    assert gone.returncode == 3 and "not running" in gone.stderr
 
 
 def test_a_socket_passed_by_systemd_is_used(
