@@ -35,7 +35,7 @@ from ._atomic import (
 )
 from ._errors import UnsafePathError
 from ._objects import Objects, hash_file
-from ._paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
+from ._paths import DIR_MODE, VERSIONS_DIR, check_name, open_dir, open_dir_at
 from ._versions import FileEntry, Version
 
 __all__ = ["MISSING", "NOT_REGULAR", "UNSAFE", "VERSIONS_DIR", "Site"]
@@ -79,10 +79,10 @@ class Site:
                 return
             clean_tmp(vfd)  # a build of ours that crashed; nothing else writes here
             tmp = tmp_name(version.id)
-            os.mkdir(tmp, 0o755, dir_fd=vfd)
+            os.mkdir(tmp, DIR_MODE, dir_fd=vfd)
             try:
                 self._build_into(vfd, tmp, version, objects)
-                os.chmod(tmp, 0o755, dir_fd=vfd)
+                os.chmod(tmp, DIR_MODE, dir_fd=vfd)  # past the umask: the web server reads it
                 os.rename(tmp, version.id, src_dir_fd=vfd, dst_dir_fd=vfd)
             except BaseException:
                 # clean_tmp spares our own pid's temporaries (we may still be writing
