@@ -328,6 +328,64 @@ class Site:
         finally:
             os.close(dfd)
 
+    # -- what a web server (another user) can read --------------------------------
+
+    def unreadable(self) -> list[tuple[str, int, bool]]:
+        """What a web server running as another user could not get through, as
+        ``(path, mode, is_dir)``: site_dir, or a directory in it, without o+x, a regular
+        file in it without o+r (temporaries and symlinks aside: nginx-config refuses
+        both). Paths are absolute. Walked without following symlinks. The directories
+        above site_dir are the operator's and not looked at."""
+        out: list[tuple[str, int, bool]] = []
+        root = os.path.abspath(self.path)
+        mode = os.fstat(self._fd).st_mode
+        if not mode & stat.S_IXOTH:
+            out.append((root, stat.S_IMODE(mode), True))
+        self._unreadable_below(self._fd, root, out)
+        return out
+
+    def _unreadable_below(self, fd: int, path: str, out: list[tuple[str, int, bool]]) -> None:
+        for e in sorted(os.listdir(fd)):
+            if e.startswith(TMP_PREFIX):
+                continue
+            st = os.stat(e, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                if not st.st_mode & stat.S_IXOTH:
+                    out.append((f"{path}/{e}", stat.S_IMODE(st.st_mode), True))
+                sub = open_dir_at(fd, e)
+                try:
+                    self._unreadable_below(sub, f"{path}/{e}", out)
+                finally:
+                    os.close(sub)
+            elif stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IROTH:
+                out.append((f"{path}/{e}", stat.S_IMODE(st.st_mode), False))
+
+    def make_readable(self, path: str) -> bool:
+        """Give ``path`` (one of :meth:`unreadable`'s, below site_dir) the read bits a web
+        server needs: r-x for group and others on a directory, r-- on a file. Returns
+        False, changing nothing, for a path outside site_dir. Walked to without
+        following symlinks; the file is opened O_NOFOLLOW and changed through its fd."""
+        root = os.path.abspath(self.path)
+        if path == root:
+            fd = os.dup(self._fd)
+        elif path.startswith(root + "/"):
+            parent, _, base = path[len(root) + 1:].rpartition("/")
+            dfd = open_dir_at(self._fd, parent)
+            try:
+                fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        else:
+            return False
+        try:
+            st = os.fstat(fd)
+            extra = 0o055 if stat.S_ISDIR(st.st_mode) else 0o044
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | extra)
+        finally:
+            os.close(fd)
+        return True
+
     # -- listing and removal -----------------------------------------------------
 
     def version_ids(self, name: str) -> list[str]:

@@ -9,6 +9,7 @@ modes decide, as they do on a kiosk (root's workers would read anything).
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import stat
 import subprocess
@@ -76,3 +77,41 @@ def test_a_sync_under_umask_077_is_served_by_nginx_as_another_user(
                 site, listen=listen), user=web.name) as server:
             for rel, data in files.items():
                 assert get(server.port, f"/models/{rel}") == (200, data), rel
+
+
+def test_verify_names_what_the_web_server_cannot_read_and_repair_fixes_it(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """A shard without o+r and a version directory without o+x: nginx (as another user)
+    answers 404 for them; verify reports each as site-unreadable by its full path (exit
+    1), --repair gives back the bits, and nginx then serves them."""
+    with public_dir() as base, system_user("ssweb") as web:
+        site = sync_under_umask_077(origin, base)
+        files = site_files(site)
+        shard = next(p for p in files if p.endswith("w/group1-shard2of2.bin"))
+        (site / shard).chmod(0o400)
+        version_dir = site / "m" / "versions" / shard.split("/")[2]
+        version_dir.chmod(0o700)
+        config = base / "conf" / "shardsync.toml"
+        with run_nginx(tmp_path / "nginx", lambda listen: render_nginx_config(
+                site, listen=listen), user=web.name) as server:
+            assert get(server.port, f"/models/{shard}")[0] == 404
+
+            run = subprocess.run(cli_command("verify", "-c", config, "--json"),
+                                 capture_output=True, text=True, timeout=120)
+            assert run.returncode == 1, run.stderr
+            unreadable = {p["path"]: p for p in json.loads(run.stdout)["problems"]
+                          if p["kind"] == "site-unreadable"}
+            assert set(unreadable) == {str(version_dir), str(site / shard)}
+            assert "mode 0700" in unreadable[str(version_dir)]["detail"]
+            assert "mode 0400" in unreadable[str(site / shard)]["detail"]
+
+            run = subprocess.run(cli_command("verify", "-c", config, "--repair"),
+                                 capture_output=True, text=True, timeout=120)
+            assert run.returncode == 0, run.stderr
+            assert f"site-unreadable: file {site / shard}: " in run.stdout + run.stderr
+            for rel, data in files.items():
+                assert get(server.port, f"/models/{rel}") == (200, data), rel
+        run = subprocess.run(cli_command("verify", "-c", config), capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0 and "site-unreadable" not in run.stdout + run.stderr
