@@ -33,7 +33,7 @@ from ._atomic import (
     unlink_durably,
     write_atomic,
 )
-from ._errors import UnsafePathError
+from ._errors import StorageError, UnsafePathError
 from ._objects import Objects, hash_file
 from ._paths import DIR_MODE, VERSIONS_DIR, check_name, open_dir, open_dir_at
 from ._versions import FileEntry, Version
@@ -396,16 +396,19 @@ class Site:
     def remove_version(self, name: str, version_id: str) -> None:
         """Remove a version directory: renamed away first (atomic), then deleted, so a
         crash never leaves a half-removed directory under the version's name."""
+        rel = f"{check_name(name)}/{VERSIONS_DIR}"
         with contextlib.suppress(FileNotFoundError):
-            fd = open_dir_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}")
+            fd = open_dir_at(self._fd, rel)
             try:
-                _remove_atomically(fd, version_id)
+                _remove_atomically(fd, version_id, f"{os.path.abspath(self.path)}/{rel}",
+                                   "cannot remove old version")
             finally:
                 os.close(fd)
 
     def remove_model(self, name: str) -> None:
         """Remove ``<name>/`` entirely, by the same rename-then-delete."""
-        _remove_atomically(self._fd, check_name(name))
+        _remove_atomically(self._fd, check_name(name), os.path.abspath(self.path),
+                           "cannot remove model")
 
     def models(self) -> list[str]:
         return sorted(
@@ -416,11 +419,23 @@ class Site:
         )
 
 
-def _remove_atomically(dir_fd: int, name: str) -> None:
+def _remove_atomically(dir_fd: int, name: str, where: str, what: str) -> None:
+    """Rename ``name`` in ``dir_fd`` (whose path is ``where``) to a temporary, then delete
+    it. A failure is a StorageError saying ``what`` and naming the path that failed (a
+    root-owned directory left by `sudo shardsync sync` fails the delete: the message
+    says which file, and that the rest waits under the temporary name)."""
     tmp = tmp_name("rm")
     try:
         os.rename(name, tmp, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise StorageError.from_oserror(exc, what, file=f"{where}/{name}") from exc
     os.fsync(dir_fd)
-    rmtree_at(dir_fd, tmp)
+    try:
+        rmtree_at(dir_fd, tmp)
+    except OSError as exc:
+        failed = f"{where}/{exc.filename or tmp}"
+        raise StorageError(f"{what}: {exc.strerror or exc}: {failed} (renamed from {name} "
+                           f"for removal; what is left stays under {tmp})",
+                           file=f"{where}/{name}") from exc
