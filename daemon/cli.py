@@ -49,12 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     from shardsync.store import ShardsyncError
 
-    from .errors import ConfigError
+    from .errors import ConfigError, WrongUserError
 
     try:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"shardsync: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except WrongUserError as exc:  # run by the wrong user: usage, not a failed model
+        print(f"shardsync: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ShardsyncError as exc:
         print(f"shardsync: {exc}", file=sys.stderr)

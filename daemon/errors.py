@@ -9,7 +9,8 @@ from there (one name, one home)::
     ├── UpstreamError      the origin answered, but not with what we need (4xx, 5xx, bad range)
     ├── FetchTimeoutError  the origin was too slow (deadline, stall)
     │   └── SlowTransferError  below the minimum throughput (not retried: it would drip again)
-    └── ConnectError       the origin could not be reached or dropped the connection
+    ├── ConnectError       the origin could not be reached or dropped the connection
+    └── WrongUserError     a one-shot command run by someone other than state_dir's owner
     (and the store's: IntegrityError, NotFoundError, UnsafePathError, LockedError,
     StorageError)
 
@@ -29,6 +30,7 @@ __all__ = [
     "ManifestError",
     "SlowTransferError",
     "UpstreamError",
+    "WrongUserError",
 ]
 
 
@@ -77,3 +79,13 @@ class SlowTransferError(FetchTimeoutError):
 
 class ConnectError(ShardsyncError):
     """The origin could not be reached, or the connection broke mid-transfer."""
+
+
+class WrongUserError(ShardsyncError):
+    """A command that writes the store, run by a user who does not own state_dir (often
+    ``sudo``): what it made there, the owner (the service) could not remove later.
+    ``owner`` is that user's name (or uid); the CLI exits 2, as for bad usage."""
+
+    def __init__(self, reason: str, *, owner: str, **where: Any) -> None:
+        super().__init__(reason, **where)
+        self.owner = owner
