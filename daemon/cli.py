@@ -150,10 +150,12 @@ def _failure(exc: BaseException) -> tuple[int, str] | None:
         return None  # no ShardsyncError can exist before the store is imported
     from shardsync.store import LockedError, ShardsyncError
 
-    from .errors import ConfigError, UnreachableError
+    from .errors import ConfigError, UnreachableError, WrongUserError
 
     if isinstance(exc, ConfigError):
         return EXIT_USAGE, f"config error: {exc}"
+    if isinstance(exc, WrongUserError):
+        return EXIT_USAGE, str(exc)
     if isinstance(exc, (LockedError, UnreachableError)):
         return EXIT_UNAVAILABLE, str(exc)
     if isinstance(exc, ShardsyncError):

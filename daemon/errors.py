@@ -14,7 +14,8 @@ from there (one name, one home)::
     ├── ConnectError       the origin could not be reached or dropped the connection
     │   └── TLSError       the TLS handshake failed: says why (unknown CA, expired, ...);
     │                      not retried within a sync (it does not fix itself in 30 s)
-    └── UnreachableError   the control socket: no service answers there, or it is not ours to use
+    ├── UnreachableError   the control socket: no service answers there, or it is not ours to use
+    └── WrongUserError     a one-shot command run by someone other than state_dir's owner
     (and the store's: IntegrityError, NotFoundError, UnsafePathError, LockedError,
     StorageError)
 
@@ -37,6 +38,7 @@ __all__ = [
     "TLSError",
     "UnreachableError",
     "UpstreamError",
+    "WrongUserError",
 ]
 
 
@@ -106,3 +108,13 @@ class UnreachableError(ShardsyncError):
     running), or this user may not connect. Distinct from an error the service
     answers with, so that ``shardsync status`` can tell "down" from "failing" (exit 3
     against 1, docs/design.md "Exit status")."""
+
+
+class WrongUserError(ShardsyncError):
+    """A command that writes the store, run by a user who does not own state_dir (often
+    ``sudo``): what it made there, the owner (the service) could not remove later.
+    ``owner`` is that user's name (or uid); the CLI exits 2, as for bad usage."""
+
+    def __init__(self, reason: str, *, owner: str, **where: Any) -> None:
+        super().__init__(reason, **where)
+        self.owner = owner

@@ -19,6 +19,7 @@ from shardsync.store import Store
 
 from .config import Config
 from .entrypoint import rewrite_paths
+from .owner import check_owner
 
 if TYPE_CHECKING:
     from .sync import SyncResult
@@ -27,7 +28,9 @@ __all__ = ["open_store", "sync_models"]
 
 
 def open_store(config: Config) -> Store:
-    """The store ``config`` names, opened (and recovered) for a one-shot command."""
+    """The store ``config`` names, opened (and recovered) for a one-shot command; a
+    WrongUserError, writing nothing, unless this user owns state_dir (:mod:`.owner`)."""
+    check_owner(config.state_dir)
     return Store(config.state_dir, config.site_dir, entry_point=rewrite_paths,
                  keep_versions=config.keep_versions)
 

@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import stat
+import sys
 from collections.abc import Callable
 
 from ._errors import UnsafePathError
@@ -135,16 +136,29 @@ def rmtree_at(dir_fd: int, name: str) -> None:
     """Remove ``name`` (a file or a tree) below ``dir_fd``; symlinks are removed, never followed.
 
     ``shutil.rmtree`` with ``dir_fd`` uses openat/unlinkat and is safe against symlink
-    races on Linux. Missing is fine.
+    races on Linux. Missing is fine. An OSError names, as its ``filename``, the path
+    below ``dir_fd`` that failed (``name/sub/file``; rmtree's own names only the last
+    component, which tells an operator nothing).
     """
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
+        if sys.version_info >= (3, 12):  # onerror is deprecated there
+            shutil.rmtree(name, dir_fd=dir_fd, onexc=lambda _f, p, e: _raise_with_path(p, e))
+        else:
+            shutil.rmtree(name, dir_fd=dir_fd,
+                          onerror=lambda _f, p, info: _raise_with_path(p, info[1]))
     else:
         os.unlink(name, dir_fd=dir_fd)
+
+
+def _raise_with_path(path: str, exc: BaseException) -> None:
+    """rmtree's error hook: re-raise its OSError naming ``path`` (relative to its dir_fd)."""
+    if isinstance(exc, OSError):
+        raise OSError(exc.errno, exc.strerror, path) from exc
+    raise exc
 
 
 def unlink_durably(dir_fd: int, *names: str) -> None:

@@ -16,6 +16,7 @@ import re
 from ._errors import UnsafePathError
 
 __all__ = [
+    "DIR_MODE",
     "NAME_MAX",
     "NAME_RE",
     "SEGMENT_MAX",
@@ -47,6 +48,12 @@ _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 # Directories are opened like this everywhere: never through a symlink.
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+#: The mode of every directory shardsync makes, set after the mkdir so that the umask
+#: cannot narrow it: the web server (another user) must traverse state_dir to site_dir
+#: and every directory below it (under umask 077 a site_dir made 0700 was a 404 in
+#: nginx). Nothing secret is kept by directory modes: the few private files are 0600.
+DIR_MODE = 0o755
 
 
 def check_name(name: str) -> str:
@@ -119,18 +126,39 @@ def open_dir(path: str | os.PathLike[str], *, create: bool = False) -> int:
     """Open a top-level directory (state_dir, site_dir) and return its fd.
 
     The top-level path itself is trusted (it comes from the operator's config);
-    what lies inside it is not, see :func:`open_dir_at`.
+    what lies inside it is not, see :func:`open_dir_at`. With ``create``, each missing
+    directory on the path is made mode :data:`DIR_MODE` whatever the umask.
     """
     if create:
-        os.makedirs(path, exist_ok=True)
+        missing = []
+        p = os.path.abspath(path)
+        while not os.path.isdir(p):
+            missing.append(p)
+            p = os.path.dirname(p)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, DIR_MODE)
+            except FileExistsError:
+                continue  # made meanwhile by another writer, which sets its mode
+            _set_mode(os.open(d, _DIR_FLAGS), DIR_MODE)
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def open_dir_at(dir_fd: int, relpath: str, *, create: bool = False, mode: int = 0o755) -> int:
+def _set_mode(fd: int, mode: int) -> None:
+    """fchmod the directory ``fd`` we just made to ``mode`` (past the umask), and close it."""
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def open_dir_at(dir_fd: int, relpath: str, *, create: bool = False,
+                mode: int = DIR_MODE) -> int:
     """Open ``relpath`` below ``dir_fd`` without following any symlink; return the fd.
 
-    With ``create``, missing directories are made on the way, each made durable
-    (its parent fsynced once, right after the mkdir). A component that is
+    With ``create``, missing directories are made on the way, each given ``mode``
+    whatever the umask and made durable (its parent fsynced once, right after the
+    mkdir). A component that is
     a symlink or not a directory raises UnsafePathError (from ELOOP/ENOTDIR).
     The caller closes the fd.
     """
@@ -149,6 +177,7 @@ def open_dir_at(dir_fd: int, relpath: str, *, create: bool = False, mode: int = 
                 except FileExistsError:
                     pass  # made meanwhile by another writer, which fsyncs the parent
                 else:
+                    _set_mode(os.open(seg, _DIR_FLAGS, dir_fd=fd), mode)
                     # The new entry is durable only once its parent is: without this a
                     # power cut can lose a new fanout dir under an object or ref already
                     # fsynced inside it.

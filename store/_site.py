@@ -33,9 +33,9 @@ from ._atomic import (
     unlink_durably,
     write_atomic,
 )
-from ._errors import UnsafePathError
+from ._errors import StorageError, UnsafePathError
 from ._objects import Objects, hash_file
-from ._paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
+from ._paths import DIR_MODE, VERSIONS_DIR, check_name, open_dir, open_dir_at
 from ._versions import FileEntry, Version
 
 __all__ = ["MISSING", "NOT_REGULAR", "UNSAFE", "VERSIONS_DIR", "Site"]
@@ -79,10 +79,10 @@ class Site:
                 return
             clean_tmp(vfd)  # a build of ours that crashed; nothing else writes here
             tmp = tmp_name(version.id)
-            os.mkdir(tmp, 0o755, dir_fd=vfd)
+            os.mkdir(tmp, DIR_MODE, dir_fd=vfd)
             try:
                 self._build_into(vfd, tmp, version, objects)
-                os.chmod(tmp, 0o755, dir_fd=vfd)
+                os.chmod(tmp, DIR_MODE, dir_fd=vfd)  # past the umask: the web server reads it
                 os.rename(tmp, version.id, src_dir_fd=vfd, dst_dir_fd=vfd)
             except BaseException:
                 # clean_tmp spares our own pid's temporaries (we may still be writing
@@ -328,6 +328,64 @@ class Site:
         finally:
             os.close(dfd)
 
+    # -- what a web server (another user) can read --------------------------------
+
+    def unreadable(self) -> list[tuple[str, int, bool]]:
+        """What a web server running as another user could not get through, as
+        ``(path, mode, is_dir)``: site_dir, or a directory in it, without o+x, a regular
+        file in it without o+r (temporaries and symlinks aside: nginx-config refuses
+        both). Paths are absolute. Walked without following symlinks. The directories
+        above site_dir are the operator's and not looked at."""
+        out: list[tuple[str, int, bool]] = []
+        root = os.path.abspath(self.path)
+        mode = os.fstat(self._fd).st_mode
+        if not mode & stat.S_IXOTH:
+            out.append((root, stat.S_IMODE(mode), True))
+        self._unreadable_below(self._fd, root, out)
+        return out
+
+    def _unreadable_below(self, fd: int, path: str, out: list[tuple[str, int, bool]]) -> None:
+        for e in sorted(os.listdir(fd)):
+            if e.startswith(TMP_PREFIX):
+                continue
+            st = os.stat(e, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                if not st.st_mode & stat.S_IXOTH:
+                    out.append((f"{path}/{e}", stat.S_IMODE(st.st_mode), True))
+                sub = open_dir_at(fd, e)
+                try:
+                    self._unreadable_below(sub, f"{path}/{e}", out)
+                finally:
+                    os.close(sub)
+            elif stat.S_ISREG(st.st_mode) and not st.st_mode & stat.S_IROTH:
+                out.append((f"{path}/{e}", stat.S_IMODE(st.st_mode), False))
+
+    def make_readable(self, path: str) -> bool:
+        """Give ``path`` (one of :meth:`unreadable`'s, below site_dir) the read bits a web
+        server needs: r-x for group and others on a directory, r-- on a file. Returns
+        False, changing nothing, for a path outside site_dir. Walked to without
+        following symlinks; the file is opened O_NOFOLLOW and changed through its fd."""
+        root = os.path.abspath(self.path)
+        if path == root:
+            fd = os.dup(self._fd)
+        elif path.startswith(root + "/"):
+            parent, _, base = path[len(root) + 1:].rpartition("/")
+            dfd = open_dir_at(self._fd, parent)
+            try:
+                fd = os.open(base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        else:
+            return False
+        try:
+            st = os.fstat(fd)
+            extra = 0o055 if stat.S_ISDIR(st.st_mode) else 0o044
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | extra)
+        finally:
+            os.close(fd)
+        return True
+
     # -- listing and removal -----------------------------------------------------
 
     def version_ids(self, name: str) -> list[str]:
@@ -338,16 +396,19 @@ class Site:
     def remove_version(self, name: str, version_id: str) -> None:
         """Remove a version directory: renamed away first (atomic), then deleted, so a
         crash never leaves a half-removed directory under the version's name."""
+        rel = f"{check_name(name)}/{VERSIONS_DIR}"
         with contextlib.suppress(FileNotFoundError):
-            fd = open_dir_at(self._fd, f"{check_name(name)}/{VERSIONS_DIR}")
+            fd = open_dir_at(self._fd, rel)
             try:
-                _remove_atomically(fd, version_id)
+                _remove_atomically(fd, version_id, f"{os.path.abspath(self.path)}/{rel}",
+                                   "cannot remove old version")
             finally:
                 os.close(fd)
 
     def remove_model(self, name: str) -> None:
         """Remove ``<name>/`` entirely, by the same rename-then-delete."""
-        _remove_atomically(self._fd, check_name(name))
+        _remove_atomically(self._fd, check_name(name), os.path.abspath(self.path),
+                           "cannot remove model")
 
     def models(self) -> list[str]:
         return sorted(
@@ -358,11 +419,23 @@ class Site:
         )
 
 
-def _remove_atomically(dir_fd: int, name: str) -> None:
+def _remove_atomically(dir_fd: int, name: str, where: str, what: str) -> None:
+    """Rename ``name`` in ``dir_fd`` (whose path is ``where``) to a temporary, then delete
+    it. A failure is a StorageError saying ``what`` and naming the path that failed (a
+    root-owned directory left by `sudo shardsync sync` fails the delete: the message
+    says which file, and that the rest waits under the temporary name)."""
     tmp = tmp_name("rm")
     try:
         os.rename(name, tmp, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise StorageError.from_oserror(exc, what, file=f"{where}/{name}") from exc
     os.fsync(dir_fd)
-    rmtree_at(dir_fd, tmp)
+    try:
+        rmtree_at(dir_fd, tmp)
+    except OSError as exc:
+        failed = f"{where}/{exc.filename or tmp}"
+        raise StorageError(f"{what}: {exc.strerror or exc}: {failed} (renamed from {name} "
+                           f"for removal; what is left stays under {tmp})",
+                           file=f"{where}/{name}") from exc

@@ -315,7 +315,10 @@ class Store:
     def publish(self, version: Version, *, now: float | None = None) -> None:
         """Make ``version`` current (see the module docstring for the order of steps).
 
-        On any error the previous version stays published and current.
+        On any error before the entry point names it, the previous version stays
+        published and current. Once it does, the version is published: a failure of the
+        clean-up after (the old entry point, pruning) is logged, not raised, and tried
+        again by the next publish or :meth:`prune`.
         """
         name = version.name
         self._require_objects(version)
@@ -327,9 +330,16 @@ class Store:
             self.site.fill(version, self.objects)
             self.versions.set_current(name, version.id, now=now)
             self.site.write_entry(name, version.manifest.path, entry)
-            if previous and previous.manifest.path != version.manifest.path:
-                self.site.remove_entry(name, previous.manifest.path)
-            self._prune(name, now=now)
+            try:
+                with translate_oserror("cannot remove the old entry point", model=name):
+                    if previous and previous.manifest.path != version.manifest.path:
+                        self.site.remove_entry(name, previous.manifest.path)
+                self._prune(name, now=now)
+            except ShardsyncError as exc:
+                # The version is published (the entry point names it): what failed is
+                # clean-up, which the next publish or prune tries again. Raising would
+                # report a published version as a failed sync (issue 13).
+                log.warning("model %s: published version %s, but %s", name, version.id, exc)
 
     def prune(self, name: str, *, now: float | None = None) -> list[str]:
         """Remove versions of ``name`` that are no longer kept; return their ids."""
@@ -340,8 +350,8 @@ class Store:
     def _prune(self, name: str, *, now: float | None) -> list[str]:
         keep = set(self.kept(name, now=now))
         gone = (set(self.site.version_ids(name)) | set(self.versions.ids(name))) - keep
-        with translate_oserror("cannot remove old version", model=name):
-            for vid in sorted(gone):
+        for vid in sorted(gone):
+            with translate_oserror(f"cannot remove old version {vid}", model=name):
                 self.site.remove_version(name, vid)  # directory first: gc then keeps objects
                 self.versions.drop(name, vid)
         return sorted(gone)

@@ -24,7 +24,7 @@ class Problem:
     """One thing verify found wrong; ``str()`` says it in one line."""
 
     # object-corrupt | object-missing | file-missing | file-differs | entry-differs
-    # | ref-dangling | record-damaged
+    # | ref-dangling | record-damaged | site-unreadable
     kind: str
     detail: str
     model: str | None = None
@@ -71,7 +71,23 @@ class Verifier:
                 ))
         for version in self._records(problems, repair):
             problems += self._verify_version(version, bad, repair)
+        problems += self._unreadable(repair)
         return problems
+
+    def _unreadable(self, repair: bool) -> list[Problem]:
+        """What a web server running as another user could not read (nginx answers 404
+        and says why only in its error log), by path; repair adds the read bits below
+        site_dir (a hardlinked object shares them: harmless, objects are world-readable).
+        ``path`` is absolute, so the message names the file whatever the model."""
+        out = []
+        for path, mode, is_dir in self.site.unreadable():
+            need = "x (search)" if is_dir else "r (read)"
+            fixed = repair and self.site.make_readable(path)
+            detail = (f"a web server running as another user cannot "
+                      f"{'traverse' if is_dir else 'read'} it: mode {mode:04o}, others "
+                      f"need {need}")
+            out.append(Problem("site-unreadable", detail, path=path, repaired=fixed))
+        return out
 
     def _records(self, problems: list[Problem], repair: bool) -> list[Version]:
         """Every usable version record; refs to missing or damaged records and damaged

@@ -115,7 +115,7 @@ def _wait_listening(ports: list[int], proc: subprocess.Popen[bytes]) -> bool:
 
 @contextmanager
 def run_nginx(
-    workdir: Path, server_conf: Callable[..., str], *, ports: int = 1
+    workdir: Path, server_conf: Callable[..., str], *, ports: int = 1, user: str | None = None
 ) -> Iterator[NginxServer]:
     """Run nginx with the server block(s) ``server_conf(*listens)`` returns; stop it on exit.
 
@@ -123,15 +123,16 @@ def run_nginx(
     if nginx fails to bind one (another test took it), new ports are tried.
     ``workdir`` (created) holds nginx.conf, server.conf, the pid file, logs and
     temp paths. A config nginx rejects raises AssertionError with nginx's own
-    message.
+    message. ``user`` (as root only) runs the workers as that user, as a web server
+    runs them: only then do file modes decide what it can serve.
     """
     nginx = find_nginx()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "temp").mkdir(exist_ok=True)
     # As root, nginx would drop its workers to "nobody", who cannot read a
     # pytest tmp dir (mode 0700); a non-root nginx ignores "user".
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (workdir / "nginx.conf").write_text(_NGINX_CONF.format(dir=workdir, user=user))
+    as_user = f"user {user or 'root'};\n" if os.geteuid() == 0 else ""
+    (workdir / "nginx.conf").write_text(_NGINX_CONF.format(dir=workdir, user=as_user))
     failure = ""
     for _ in range(PORT_ATTEMPTS):
         chosen = free_ports(ports)
