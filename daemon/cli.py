@@ -132,9 +132,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     except NotFoundError as exc:
         print(f"shardsync: {exc.reason}", file=sys.stderr)
         return EXIT_USAGE
-    tty = sys.stderr.isatty() and not args.json
-    with open_store(config) as store:
-        results = trio.run(sync_models, config, store, names, tty)
+    with open_store(config) as store:  # progress: bars on a terminal, else plain lines
+        results = trio.run(sync_models, config, store, names, not args.json)
     if args.json:
         json.dump({"models": [r.to_json() for r in results]}, sys.stdout, indent=1)
         sys.stdout.write("\n")
