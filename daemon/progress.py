@@ -11,7 +11,9 @@ go above them: the stderr handler of the root logger is routed through the displ
 while it runs, which clears the rows, writes the record and draws them again.
 
 Otherwise (a log file, CI, a pipe): one plain line per model state change, no escape
-codes, so nothing is lost to carriage returns.
+codes, so nothing is lost to carriage returns. States are sampled at the redraw rate,
+so one shorter than a redraw (a quick ``checking`` or ``publishing``) may not get a
+line; the result line at the end says what the sync did either way.
 
 Written here rather than with rich: rich.progress costs ~50 ms of imports (measured
 with ``-X importtime``, about what the whole of a warm `shardsync sync` spends on
@@ -265,6 +267,8 @@ class ProgressDisplay:
     def _print_changes(self) -> None:
         for name, p in self.models.items():
             state = self._label(name, p)
+            if state == "idle":
+                continue  # not started yet: nothing to report
             if self._shown.get(name) != state:
                 self._shown[name] = state
                 self.stream.write(_plain_line(name, state, p) + "\n")

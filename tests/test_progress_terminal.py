@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from origin import Origin
 from storehelpers import ModelFiles, tfjs_model
-from synchelpers import cli_command, publish_on, write_config
+from synchelpers import cli_command, publish_on, run_cli, write_config
 
 #: Deadline for the command (and each wait): far above the few seconds the drip takes.
 WAIT = 120.0
@@ -148,3 +148,19 @@ def test_sync_in_a_real_terminal_fits_keeps_logs_above_and_ends_with_the_states(
     assert any(line.startswith("ok      slow: published") for line in below), "\n".join(final)
     assert any(line.startswith("FAILED  broken:") and "404" in line for line in below)
     assert "[exit 1]" in final
+
+
+def test_off_a_terminal_sync_prints_a_plain_line_per_state_change(origin: Origin,
+                                                                  tmp_path: Path) -> None:
+    """stderr a pipe (cron, CI, a log file): lines, no escape codes, no carriage returns."""
+    config = write_config(tmp_path / "conf", {"slow": publish_on(origin, "slow", slow_model())})
+    origin.fault_drip("slow/*.bin", chunk=16 * 1024, interval=0.05)
+    run = run_cli("sync", "-c", config)
+    assert run.returncode == 0, run.stderr
+    assert "\x1b" not in run.stderr and "\r" not in run.stderr
+    lines = run.stderr.splitlines()
+    states = [ln.split()[1] for ln in lines if ln.startswith("slow: ")]
+    # A state shorter than a redraw may be skipped; a download of seconds is not.
+    assert "downloading" in states and states[-1] == "done", lines
+    assert all(a != b for a, b in zip(states, states[1:], strict=False))  # only changes
+    assert any(ln.startswith("ok      slow: published") for ln in lines)
