@@ -14,6 +14,12 @@ learnt by the next check. "Up to date" is a rule over what is exported, e.g.
 ``shardsync_model_last_check_ok == 1 and time() -
 shardsync_model_last_success_timestamp_seconds < 2 * interval``. The old name is not
 kept as an alias: a dashboard that reads it would keep its wrong meaning.
+
+Times: every key holding Unix seconds (``last_check``, ``since``, an event's ``time``)
+has a twin ``<key>_at`` holding the same moment in RFC 3339, UTC, to the second
+(``"2026-12-02T01:02:03Z"``), as Syncthing's API, which operators know, writes
+times: readable in ``curl`` output and by ``jq``'s ``fromdate``. The epoch keys stay
+under their old names, for scripts that do arithmetic on them.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
 
     from .service import Service
 
-__all__ = ["MAX_POLL", "METRICS", "ControlApi"]
+__all__ = ["MAX_POLL", "METRICS", "ControlApi", "rfc3339", "with_rfc3339"]
 
 #: Longest long-poll a client may ask of /v1/events.
 MAX_POLL = 300.0
@@ -65,6 +71,21 @@ METRICS: dict[str, tuple[Kind, str]] = {
                   "(saved by dedupe)"),
     "shardsync_config_error": ("gauge", "1 if the last reload failed (old config running)"),
 }
+
+
+def rfc3339(t: float | None) -> str | None:
+    """Unix seconds as RFC 3339 in UTC, to the second: ``"2026-12-02T01:02:03Z"``."""
+    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def with_rfc3339(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``doc`` with ``<key>_at`` (:func:`rfc3339`) right after each of ``keys`` it has."""
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        out[k] = v
+        if k in keys:
+            out[k + "_at"] = rfc3339(v)
+    return out
 
 
 class ControlApi:
@@ -105,7 +126,7 @@ class ControlApi:
     def _model_json(self, st: ModelState) -> dict[str, Any]:
         assert self.store
         version = self._current_version(st.config.name)
-        return {
+        return with_rfc3339({
             "name": st.config.name,
             "url": st.config.url,
             "state": st.progress.state,
@@ -116,7 +137,7 @@ class ControlApi:
             "next_check": st.next_check if st.progress.state in ("idle", "error") else None,
             "last_error": st.last_error,
             "progress": st.progress.to_json(),
-        }
+        }, "last_check", "last_success", "next_check")
 
     def _current_version(self, name: str) -> str | None:
         assert self.store
@@ -169,8 +190,10 @@ class ControlApi:
                 v = self.store.version(st.config.name, h["version"])
             except (NotFoundError, ShardsyncError):
                 continue  # pruned
-            versions.append({"version": v.id, "current": v.id == current, "since": h["from"],
-                             "until": h["until"], "files": len(v.files) + 1, "bytes": v.size})
+            versions.append(with_rfc3339(
+                {"version": v.id, "current": v.id == current, "since": h["from"],
+                 "until": h["until"], "files": len(v.files) + 1, "bytes": v.size},
+                "since", "until"))
         doc["versions"] = versions
         return Response.json(doc)
 
@@ -194,7 +217,9 @@ class ControlApi:
         since = request.query_int("since", 0, minimum=0)
         timeout = request.query_float("timeout", 30.0, minimum=0.0, maximum=MAX_POLL)
         batch = await self.service.events.wait_since(since, timeout)
-        return Response.json(batch.to_json())
+        doc = batch.to_json()
+        doc["events"] = [with_rfc3339(e, "time") for e in doc["events"]]
+        return Response.json(doc)
 
     async def _h_metrics(self, request: Request) -> Response:
         assert self.service.scheduler

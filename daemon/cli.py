@@ -297,9 +297,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
             config.model(n)
     except NotFoundError as exc:
         raise UsageError(exc.reason) from None
-    tty = sys.stderr.isatty() and not args.json
-    with open_store(config) as store:
-        results = trio.run(sync_models, config, store, names, tty)
+    with open_store(config) as store:  # progress: bars on a terminal, else plain lines
+        results = trio.run(sync_models, config, store, names, not args.json)
     if args.json:
         _print_json({"models": [r.to_json() for r in results]})
     else:

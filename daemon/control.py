@@ -22,7 +22,8 @@ The routes the service declares (the glue owns the handlers)::
     POST /v1/sync                   check every model now          -> 202 {"accepted": [...]}
     POST /v1/models/{name}/sync     check one model now            -> 202
     POST /v1/reload                 re-read the config
-    GET  /v1/events?since=N&timeout=S   long-poll; body of EventBatch.to_json()
+    GET  /v1/events?since=N&timeout=S   long-poll; EventBatch.to_json(), each event's
+                                        "time" with its "time_at" twin
     GET  /metrics                   Prometheus text (shardsync.daemon.metrics)
 
 Errors are ``{"error": "message"}`` with the HTTP status saying the kind.
@@ -42,9 +43,12 @@ The status document (``GET /v1/status``), shared with ``shardsync status``
                        "keyid": "<hex>" | null,    # by this trusted key
                        "version": 3 | null,        # its signature's version
                        "expires": "2027-03-01T00:00:00Z" | null},
-         "last_check": 1718000000.0 | null,        # unix times
+         "last_check": 1718000000.0 | null,        # unix times, each with an RFC 3339
+         "last_check_at": "2024-06-10T06:13:20Z" | null,   # twin <key>_at (api.py)
          "last_success": 1718000000.0 | null,
+         "last_success_at": "2024-06-10T06:13:20Z" | null,
          "next_check": 1718001800.0 | null,
+         "next_check_at": "2024-06-10T06:43:20Z" | null,
          "last_error": "HTTP 503 from ..." | null,
          "progress": {"bytes_done": 0, "bytes_total": 0, "files_done": 0, "files_total": 0}}
       ]

@@ -29,7 +29,8 @@ last whole event, on the next open.
 Size. When the file grows past ``max_bytes`` it is rewritten to keep only its
 newest half (written to a temporary file, fsynced, renamed over). Ids never
 change; a cursor older than the oldest kept event gets everything kept and
-``truncated: true``, which the caller can surface ("some events were dropped").
+``truncated: true``, which the caller can surface ("some events were dropped"). A
+cursor past the newest event waits, like one at the end, for the next event.
 
 One process at a time: the file is locked (``flock``) while open; a second opener
 gets :class:`~shardsync.store.LockedError`. An :class:`EventLog` is not
@@ -199,23 +200,33 @@ class EventLog:
     def since(self, cursor: int, limit: int = DEFAULT_LIMIT) -> EventBatch:
         """At most ``limit`` events with ids greater than ``cursor``, oldest first.
 
-        If the cursor is older than the oldest kept event, or newer than the newest
-        (the log was reset), the batch holds the oldest kept events and
-        ``truncated`` is true. ``batch.cursor`` is what to ask with next.
+        If the cursor is older than the oldest kept event, the batch holds the oldest
+        kept events and ``truncated`` is true. A cursor past the newest event means
+        "from now on" (:meth:`_clamp`): no events, and the newest id as the cursor.
+        ``batch.cursor`` is what to ask with next.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        cursor = self._clamp(cursor)
+        first = self._ids[0] if self._ids else self._last_id + 1
+        truncated = cursor < first - 1
+        start = 0 if truncated else bisect.bisect_right(self._ids, cursor)
+        events = [Event.from_json(json.loads(line)) for line in self._lines[start:start + limit]]
+        return EventBatch(events, events[-1].id if events else cursor, truncated)
+
+    def _clamp(self, cursor: int) -> int:
+        """``cursor``, or the newest id if it is past it.
+
+        A client may ask from a cursor no event has reached yet: one from a log that
+        was reset (removed by hand, or lost with its reservation), or a large number
+        meaning "only new ones". Either way there is nothing to send it now, and
+        sending the whole log (as "truncated") would flood a follower with events it
+        either has or never asked for; so it waits for the next event (the long-poll)
+        and goes on from the newest id, missing nothing appended after its request.
         """
         if cursor < 0:
             raise ValueError(f"cursor must be >= 0, got {cursor}")
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        first = self._ids[0] if self._ids else self._last_id + 1
-        truncated = cursor > self._last_id or cursor < first - 1
-        start = 0 if truncated else bisect.bisect_right(self._ids, cursor)
-        events = [Event.from_json(json.loads(line)) for line in self._lines[start:start + limit]]
-        if events:
-            next_cursor = events[-1].id
-        else:
-            next_cursor = self._last_id if truncated else cursor
-        return EventBatch(events, next_cursor, truncated)
+        return min(cursor, self._last_id)
 
     async def wait_since(self, cursor: int, timeout: float,
                          limit: int = DEFAULT_LIMIT) -> EventBatch:
@@ -228,6 +239,7 @@ class EventLog:
         """
         if timeout < 0:
             raise ValueError(f"timeout must be >= 0, got {timeout}")
+        cursor = self._clamp(cursor)  # past the end: wait for what comes after it now
         batch = self.since(cursor, limit)
         if batch.events or batch.truncated or self._fd is None:
             return batch

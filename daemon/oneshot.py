@@ -40,8 +40,9 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
     """Sync the named models concurrently (sharing one download limit); results in order.
 
     ``site_dir/shardsync.js`` is made the packaged page script first (see
-    :mod:`.pagescript`). With ``show_progress`` a progress display redraws on stderr
-    until every model is done. A cancel stops the downloads where they are (their
+    :mod:`.pagescript`). With ``show_progress`` stderr shows progress until every model
+    is done (:class:`.progress.ProgressDisplay`: rows redrawn on a terminal, a line per
+    state change otherwise). A cancel stops the downloads where they are (their
     partials are kept).
     """
     import trio

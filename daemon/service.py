@@ -21,7 +21,8 @@ Decisions beyond docs/design.md:
   and proxy (a rotated token file is read again); transfers already running finish
   on the connections they have. No restart is needed.
 * A model removed from the config stops at once, and its published directory is
-  removed after the store's grace period (5 min): a page that was loading it may
+  removed after the store's grace period (5 min) counted from when it left the
+  config, across restarts (:mod:`.removals`): a page that was loading it may
   finish, and a device does not keep serving (and storing) a model nobody
   configured. Re-adding it within the grace period keeps it. gc then frees its
   objects.
@@ -77,6 +78,7 @@ from .httpclient import Client, make_client
 from .metricsserver import serve_metrics
 from .notify import Notifier
 from .pagescript import publish as publish_page_script
+from .removals import RemovalTimes
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
 from .tuning import tune_for_downloads
@@ -184,6 +186,7 @@ class Service:
         self._published = trio.Event()
         self._reload_lock = trio.Lock()
         self._removals: dict[str, trio.CancelScope] = {}
+        self.removal_times: RemovalTimes | None = None  # when removed models left the config
         self._nursery: trio.Nursery | None = None
         #: Store totals for /metrics (api.py), dropped (None) whenever they change.
         self.store_stats: StoreStats | None = None
@@ -211,6 +214,7 @@ class Service:
             self.store.close()
             raise
         self.events = EventLog.open(Path(config.state_dir) / "events.jsonl")
+        self.removal_times = RemovalTimes.open(config.state_dir)
         try:
             # The pool is sized once, but a reload may raise `concurrency` (the limiter
             # follows at once): leave room, connections only open when needed.
@@ -245,7 +249,10 @@ class Service:
                 await nursery.start(serve_metrics, config.metrics_listen,
                                     self.api.metrics_router())
             self.scheduler.apply(config.models)
-            for name in set(self.store.model_names()) - {m.name for m in config.models}:
+            unconfigured = set(self.store.model_names()) - {m.name for m in config.models}
+            assert self.removal_times
+            self.removal_times.keep_only(unconfigured)  # the others came back, or are gone
+            for name in sorted(unconfigured):
                 self._schedule_removal(name)
             await nursery.start(self._watch_config)
             nursery.start_soon(self.notifier.run_watchdog, self._making_progress)
@@ -334,10 +341,12 @@ class Service:
                 self.syncer.max_model_bytes = new.max_model_bytes
                 self.store.keep_versions = new.keep_versions
                 added, removed, changed = self.scheduler.apply(new.models)
+                assert self.removal_times
                 for name in added + changed:
                     scope = self._removals.pop(name, None)
                     if scope is not None:
                         scope.cancel()
+                    self.removal_times.forget(name)
                 for name in removed:
                     self._schedule_removal(name)
                 log.info("reloaded (%s): added %s, removed %s, changed %s", why,
@@ -350,20 +359,25 @@ class Service:
                 self._update_status()
 
     def _schedule_removal(self, name: str) -> None:
+        """Unpublish ``name`` a grace period after it left the config: recorded in
+        state_dir (:mod:`.removals`), so a restart meanwhile does not start it again."""
         if name in self._removals or self._nursery is None:
             return
+        assert self.removal_times
+        self.removal_times.left(name)  # recorded now, unless an earlier run did
         scope = self._removals[name] = trio.CancelScope()
         self._nursery.start_soon(self._remove_later, name, scope)
 
     async def _remove_later(self, name: str, scope: trio.CancelScope) -> None:
-        assert self.store and self.events
+        assert self.store and self.events and self.removal_times
         with scope:
-            await trio.sleep(self.store.grace)
+            await trio.sleep(self.removal_times.remaining(name, self.store.grace))
             try:
                 async with self.gate.collecting():
                     await trio.to_thread.run_sync(self.store.remove_model, name)
                 self.current_versions.pop(name, None)
                 self.trust_records.pop(name, None)
+                self.removal_times.forget(name)
             except ShardsyncError as exc:
                 log.error("model %s: cannot unpublish it: %s", name, exc)
                 self._event("unpublish-failed", model=name, error=str(exc))

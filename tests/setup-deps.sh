@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond pip: nginx (origin and site server),
-# Debian's chromium (the real TF.js client, headless), and @tensorflow/tfjs from
-# the npm registry into a cache outside git. Idempotent; quiet when everything
-# is there.
+# Installs what the tests need beyond pip: nginx (origin and site server), tmux
+# (a real terminal for the progress display), Debian's chromium (the real TF.js
+# client, headless), and @tensorflow/tfjs from the npm registry into a cache
+# outside git. Idempotent; quiet when everything is there.
 #
 # Where TF.js lands (tests/e2e/browser.py reads the same rule):
 #   $SHARDSYNC_TEST_CACHE, default ${XDG_CACHE_HOME:-$HOME/.cache}/shardsync-tests
@@ -21,6 +21,7 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)      # tests/test_systemd.py
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)       # tests/test_control.py
 command -v strace >/dev/null 2>&1 || need+=(strace)             # tests/test_store_paths.py
+command -v tmux >/dev/null 2>&1 || need+=(tmux)                 # tests/test_progress_terminal.py
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup-deps: please install: ${need[*]} (apt-get install ${need[*]})" >&2

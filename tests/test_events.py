@@ -133,13 +133,30 @@ def test_oversized_file_is_rotated_on_open(tmp_path):
         assert log.last_id == 100 and log.first_id > 1
 
 
-def test_cursor_beyond_the_end_means_the_log_was_reset(tmp_path):
+def test_a_cursor_past_the_end_gets_nothing_and_the_newest_id(tmp_path):
     with EventLog.open(tmp_path / "events.jsonl") as log:
-        empty = log.since(57)
-        assert empty == EventBatch([], 0, True)
+        assert log.since(57) == EventBatch([], 0, False)
         log.append("a")
-        batch = log.since(57)
-        assert batch.truncated and [e.id for e in batch.events] == [1] and batch.cursor == 1
+        assert log.since(57) == EventBatch([], 1, False)  # not the whole log, "truncated"
+        assert [e.id for e in log.since(0).events] == [1]
+
+
+async def test_a_cursor_past_the_end_waits_for_the_next_event(tmp_path, autojump_clock):
+    with EventLog.open(tmp_path / "events.jsonl") as log:
+        log.append("old")
+        got = []
+
+        async def poll():
+            got.append(await log.wait_since(57, timeout=math.inf))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # waiting, not answered with the log
+            new = log.append("new")
+        assert got == [EventBatch([new], 2, False)]
+        empty = await log.wait_since(57, timeout=30)
+        assert empty == EventBatch([], 2, False)  # at the timeout: nothing, from the newest
 
 
 def test_bad_arguments(tmp_path):
