@@ -11,6 +11,7 @@ import pytest
 import trio
 from controlhelpers import short_sockdir, start_server
 from origin import Origin
+from servicehelpers import NotifySocket, short_dir
 from storehelpers import store_at
 
 from shardsync.store import Store
@@ -48,3 +49,18 @@ def sockdir() -> Iterator[str]:
 async def served(nursery: trio.Nursery, sockdir: str) -> SimpleNamespace:
     """The test control server (tests/controlhelpers.py) on a socket in ``sockdir``."""
     return await start_server(nursery, os.path.join(sockdir, "control.sock"))
+
+
+@pytest.fixture
+def sockets() -> Iterator[Path]:
+    """A short directory for a service's control socket and notify socket (see sockdir)."""
+    with short_dir() as d:
+        yield d
+
+
+@pytest.fixture
+def notify(sockets: Path) -> Iterator[NotifySocket]:
+    """A stand-in for systemd's $NOTIFY_SOCKET in ``sockets``, closed after the test."""
+    ns = NotifySocket(sockets / "notify")
+    yield ns
+    ns.close()

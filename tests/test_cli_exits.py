@@ -15,12 +15,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from origin import Origin
-from servicehelpers import WAIT, NotifySocket, ServiceProcess, short_dir
+from servicehelpers import WAIT, NotifySocket, ServiceProcess
 from storehelpers import ModelFiles, object_path, sha256
 from synchelpers import (
     assert_published,
@@ -35,19 +34,6 @@ from synchelpers import (
 from shardsync.daemon.cli import DEFAULT_CONFIG
 
 INTERRUPTED = "shardsync: error: interrupted"
-
-
-@pytest.fixture
-def sockets() -> Iterator[Path]:
-    with short_dir() as d:
-        yield d
-
-
-@pytest.fixture
-def notify(sockets: Path) -> Iterator[NotifySocket]:
-    ns = NotifySocket(sockets / "notify")
-    yield ns
-    ns.close()
 
 
 def small(tag: str, fill: int) -> ModelFiles:

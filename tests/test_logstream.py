@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,14 +69,6 @@ def test_stderr_that_is_another_file_gets_plain_lines(tmp_path: Path) -> None:
     garbage = run_with_stderr_in(tmp_path / "g.log", "not-a-stream", "status", "-c",
                                  broken_config(tmp_path))
     assert [ln.split(":")[1] for ln in garbage] == [" warning", " error"], garbage
-
-
-@pytest.fixture
-def notify() -> Iterator[NotifySocket]:
-    with short_dir() as d:
-        ns = NotifySocket(d / "notify")
-        yield ns
-        ns.close()
 
 
 def test_the_service_logs_info_as_6_under_the_journal(origin: Origin, tmp_path: Path,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 import trio
 from origin import Origin
 from prometheus_client.parser import text_string_to_metric_families
-from servicehelpers import NotifySocket, ServiceProcess, edit_config, short_dir
+from servicehelpers import NotifySocket, ServiceProcess, edit_config
 from synchelpers import cli_command, publish_on, tfjs_model, write_config
 
 from shardsync.daemon import __version__
@@ -28,19 +27,6 @@ from shardsync.daemon.metricsserver import serve_metrics
 from shardsync.store import ShardsyncError
 
 WAIT = 60.0
-
-
-@pytest.fixture
-def sockets() -> Iterator[Path]:
-    with short_dir() as d:
-        yield d
-
-
-@pytest.fixture
-def notify(sockets: Path) -> Iterator[NotifySocket]:
-    ns = NotifySocket(sockets / "notify")
-    yield ns
-    ns.close()
 
 
 def free_port() -> int:

@@ -18,7 +18,6 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,6 @@ from servicehelpers import (
     ServiceProcess,
     edit_config,
     replace_text,
-    short_dir,
 )
 from storehelpers import ModelFiles, object_files
 from synchelpers import (
@@ -55,19 +53,6 @@ from shardsync.store import GRACE_SECONDS, NotFoundError, ShardsyncError
 
 #: SIGTERM to exit: the unit's contract (TimeoutStopSec leaves room above it).
 STOP_WITHIN = 10.0
-
-
-@pytest.fixture
-def sockets() -> Iterator[Path]:
-    with short_dir() as d:
-        yield d
-
-
-@pytest.fixture
-def notify(sockets: Path) -> Iterator[NotifySocket]:
-    ns = NotifySocket(sockets / "notify")
-    yield ns
-    ns.close()
 
 
 def small(tag: str, fill: int, size: int = 8192) -> ModelFiles:
