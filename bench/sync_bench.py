@@ -151,17 +151,24 @@ def run_sync(work: Path, nginx: NginxOrigin, manifests: list[str], tag: str,
     return m, doc
 
 
-def run_curl(work: Path, nginx: NginxOrigin, files: list[str]) -> tuple[Measured, Measured]:
-    """One curl process fetching every file over one reused connection, then sha256sum."""
-    out = work / "curl"
+def curl_config(work: Path, nginx: NginxOrigin, files: list[str], tag: str) -> Path:
+    """A curl ``-K`` file fetching every file into a fresh ``work/tag/<i>``; its path."""
+    out = work / tag
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cfg = work / "curl.cfg"
+    cfg = work / f"{tag}.cfg"
     cfg.write_text("".join(f'url = "{nginx.url_for(f)}"\noutput = "{out / str(i)}"\n'
                            for i, f in enumerate(files)))
+    return cfg
+
+
+def run_curl(work: Path, nginx: NginxOrigin, files: list[str]) -> tuple[Measured, Measured]:
+    """One curl process fetching every file over one reused connection, then sha256sum."""
+    cfg = curl_config(work, nginx, files, "curl")
     curl = run_measured(["curl", "-s", "-f", "-K", str(cfg)], work / "logs", "curl")
     curl.check("curl")
+    out = work / "curl"
     sha = run_measured(["sha256sum", *(str(out / str(i)) for i in range(len(files)))],
                        work / "logs", "sha256sum")
     sha.check("sha256sum")
@@ -172,13 +179,7 @@ def run_curl_parallel(work: Path, nginx: NginxOrigin, files: list[str]) -> Measu
     """curl fetching 4 files at a time (``--parallel --parallel-max 4``, shardsync's
     default concurrency) to files, then one ``sync``: issue 9's reference, which
     neither hashes nor verifies, and makes the bytes durable once at the end."""
-    out = work / "curlp"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    cfg = work / "curlp.cfg"
-    cfg.write_text("".join(f'url = "{nginx.url_for(f)}"\noutput = "{out / str(i)}"\n'
-                           for i, f in enumerate(files)))
+    cfg = curl_config(work, nginx, files, "curlp")
     start = time.perf_counter()
     curl = run_measured(["curl", "-s", "-f", "--parallel", "--parallel-max", "4", "-K",
                          str(cfg)], work / "logs", "curlp")
@@ -186,7 +187,7 @@ def run_curl_parallel(work: Path, nginx: NginxOrigin, files: list[str]) -> Measu
     sync = run_measured(["sync"], work / "logs", "sync")
     sync.check("sync")
     curl.seconds = time.perf_counter() - start
-    shutil.rmtree(out)
+    shutil.rmtree(work / "curlp")
     return curl
 
 
