@@ -167,3 +167,30 @@ def test_sync_refuses_a_rollback_after_the_process_restarts(
     assert assert_published(tmp_path / "svc" / "site", "m", v1) == published
     record = json.loads((tmp_path / "svc" / "state" / "trust" / "m.json").read_text())
     assert record["version"] == 3 and record["model_version"] == published
+
+
+def test_an_origins_public_keys_make_its_models_need_a_signature(
+    tmp_path: Path, nginx: NginxOrigin
+) -> None:
+    # DESIGN.md: with public_keys on an [[origin]], "every model from here must carry a
+    # valid signature"; a model elsewhere is not affected.
+    key = tmp_path / "publisher.pem"
+    public = keygen(key)
+    model = tfjs_model("graph-model", [SHARDS])
+    write_model(nginx.root / "m", model)
+    write_model(nginx.root / "free", model)
+    prefix = nginx.url_for("m/")
+    conf = tmp_path / "conf"
+    config = write_config(conf, {"m": nginx.url_for("m/model.json"),
+                                 "free": nginx.url_for("free/model.json")})
+    with open(config, "a") as f:
+        f.write(f'\n[[origin]]\nprefix = "{prefix}"\npublic_keys = ["{public}"]\n')
+    unsigned = run_cli("sync", "-c", config, "--json")
+    assert unsigned.returncode == 1
+    results = {m["name"]: m for m in json.loads(unsigned.stdout)["models"]}
+    assert "no signature" in results["m"]["error"] and results["free"]["ok"]
+    assert not (conf / "site" / "m").exists()
+    assert run_cli("sign", "--key", key, nginx.root / "m" / "model.json").returncode == 0
+    signed = run_cli("sync", "-c", config, "--json")
+    assert signed.returncode == 0, signed.stdout
+    assert_published(conf / "site", "m", model)
