@@ -428,10 +428,17 @@ class Store:
             version_id = earlier[0]
         return self.pin(name, version_id, now=now)
 
-    def unpin(self, name: str) -> Pin | None:
+    def unpin(self, name: str, *, now: float | None = None) -> Pin | None:
         """Let updates of ``name`` through again; return the pin that was removed (None
-        if there was none). Publishes nothing: the next sync publishes what the origin
-        offers, the held-back version's files already in the store."""
+        if there was none).
+
+        The version the pin held back, recorded and verified when the origin offered
+        it, is published at once: the update the operator let through, without the
+        network (the next sync publishes whatever the origin offers by then). The pin
+        goes first: a crash in between leaves an unpinned model whose next sync
+        publishes; a held-back version that cannot be published (its record or objects
+        gone) is logged and left to that sync too.
+        """
         check_name(name)
         with translate_oserror("cannot unpin", model=name), self._model_lock(name):
             try:
@@ -439,6 +446,14 @@ class Store:
             except IntegrityError:
                 old = None  # a damaged pin: removing it is what the message asks for
             self.pins.drop(name)
+            if old is not None and old.waiting is not None:
+                try:
+                    version = self.versions.get(name, old.waiting)
+                    self._require_objects(version)
+                    self._publish(version, now=now)
+                except ShardsyncError as exc:
+                    log.warning("model %s: unpinned, but the version it held back is not "
+                                "published (the next sync publishes): %s", name, exc)
             return old
 
     def hold(self, version: Version, *, now: float | None = None) -> bool:

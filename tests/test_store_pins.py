@@ -61,11 +61,16 @@ def test_a_pin_holds_back_what_a_publish_brings_and_survives_reopening(tmp_path:
         assert store.hold(v1, now=310.0) is True
         assert store.pinned("m") == Pin(v1.id, 150.0, None)
         assert store.hold(v3) is True and store.pinned("m") == Pin(v1.id, 150.0, v3.id)
-        assert store.unpin("m") == Pin(v1.id, 150.0, v3.id)
+        # Unpinning publishes what was held back, from the store alone.
+        assert store.unpin("m", now=400.0) == Pin(v1.id, 150.0, v3.id)
         assert store.pinned("m") is None and not (state / "pins" / "m.json").exists()
-        assert store.hold(v3) is False  # not pinned: changes nothing
-        assert store.publish(v3, now=400.0) is True
+        assert store.current_id("m") == v3.id
         assert assert_published(site, "m", m3) == v3.id
+        assert store.hold(v1) is False  # not pinned: changes nothing
+        assert store.publish(v1, now=500.0) is True
+        assert assert_published(site, "m", m1) == v1.id
+        assert store.unpin("m") is None  # nothing pinned, nothing published
+        assert store.current_id("m") == v1.id
     assert store_problems(state, site) == []
 
 
