@@ -33,11 +33,13 @@ import trio
 from shardsync.store import NotFoundError, ShardsyncError
 
 from . import __version__
-from .httpserver import HTTPError, Request, Response, Router
+from .httpserver import Handler, HTTPError, Request, Response, Router
 from .metrics import CONTENT_TYPE, Exposition, Kind
+from .pinning import ACTIONS, apply, pin_json, request_version
 from .processmetrics import add_process_metrics, read_process
 from .scheduler import ModelState
 from .signing import signature_status
+from .times import rfc3339, with_rfc3339
 
 if TYPE_CHECKING:
     from shardsync.store import Store, StoreStats
@@ -73,21 +75,6 @@ METRICS: dict[str, tuple[Kind, str]] = {
 }
 
 
-def rfc3339(t: float | None) -> str | None:
-    """Unix seconds as RFC 3339 in UTC, to the second: ``"2026-12-02T01:02:03Z"``."""
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def with_rfc3339(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
-    """``doc`` with ``<key>_at`` (:func:`rfc3339`) right after each of ``keys`` it has."""
-    out: dict[str, Any] = {}
-    for k, v in doc.items():
-        out[k] = v
-        if k in keys:
-            out[k + "_at"] = rfc3339(v)
-    return out
-
-
 class ControlApi:
     """The handlers behind the control socket, for one running ``service``."""
 
@@ -114,6 +101,8 @@ class ControlApi:
             ("GET", "/metrics", self._h_metrics),
         ):
             r.add(method, pattern, handler)
+        for action in ACTIONS:
+            r.add("POST", f"/v1/models/{{name}}/{action}", self._pin_handler(action), body=True)
         return r
 
     def metrics_router(self) -> Router:
@@ -137,7 +126,15 @@ class ControlApi:
             "next_check": st.next_check if st.progress.state in ("idle", "error") else None,
             "last_error": st.last_error,
             "progress": st.progress.to_json(),
+            "pinned": self._pin(st.config.name),
         }, "last_check", "last_success", "next_check")
+
+    def _pin(self, name: str) -> dict[str, Any] | None:
+        assert self.store
+        try:
+            return pin_json(self.store.pinned(name))
+        except ShardsyncError:
+            return None  # damaged: the model's syncs fail, and last_error says why
 
     def _current_version(self, name: str) -> str | None:
         assert self.store
@@ -205,6 +202,33 @@ class ControlApi:
         assert self.service.scheduler
         st = self._state(request)
         return Response.json({"accepted": self.service.scheduler.wake(st.config.name)}, status=202)
+
+    def _pin_handler(self, action: str) -> Handler:
+        """``POST /v1/models/<name>/<action>`` (:mod:`.pinning`), optional body
+        ``{"version": ...}``: 404 for a model not in the running config or a version not
+        kept, 400 for a bad body. The store's work runs in a thread (a rollback
+        publishes); an unpin wakes the model, so what the pin held back is published now."""
+
+        async def handle(request: Request) -> Response:
+            assert self.store and self.service.scheduler
+            name = self._state(request).config.name
+            try:
+                version = request_version(request.json())
+                if action == "unpin" and version is not None:
+                    raise ValueError("unpin takes no version")
+            except ValueError as exc:
+                raise HTTPError(400, str(exc)) from None
+            try:
+                doc = await trio.to_thread.run_sync(apply, self.store, name, action, version)
+            except NotFoundError as exc:
+                raise HTTPError(404, str(exc)) from None
+            self._versions[name] = doc["version"]
+            self.service.store_stats = None  # a publish or prune may have changed them
+            if action == "unpin":
+                self.service.scheduler.wake(name)
+            return Response.json(doc)
+
+        return handle
 
     async def _h_reload(self, request: Request) -> Response:
         error = await self.service.reload("a request on the control socket")

@@ -250,6 +250,21 @@ def _parser() -> argparse.ArgumentParser:
                     help="only say what would be freed; remove nothing")
     json_option(sp, "what was (or would be) freed")
 
+    for action, help, version_help in (
+        ("rollback", "make a kept version current again and pin it",
+         "the kept version (default: the one before the current)"),
+        ("pin", "hold a model at a version: it is still checked, but nothing new is "
+         "published", "a kept version (default: the current one)"),
+        ("unpin", "let a pinned model's updates through again", None),
+    ):
+        sp = cmd(action, _cmd_pin, help + " (through the service when it runs)")
+        sp.set_defaults(action=action)
+        config(sp)
+        sp.add_argument("name", metavar="NAME", help="the model, as named in the config")
+        if version_help:
+            sp.add_argument("version", nargs="?", metavar="VERSION", help=version_help)
+        json_option(sp, "the model's version and pin")
+
     sp = cmd("demo", _cmd_demo, "the whole path on built-in sample models, no network")
     sp.add_argument("--dir", type=Path, help="keep the demo here (default: a temp dir)")
 
@@ -397,6 +412,48 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     print(f"{path}: version {signed['version']}, {len(signed['files'])} files, "
           f"expires {signed['expires']}, key id {doc['signatures'][0]['keyid']}",
           file=sys.stderr)
+    return EXIT_OK
+
+
+# -- pin, unpin, rollback -----------------------------------------------------------
+
+
+def _cmd_pin(args: argparse.Namespace) -> int:
+    """pin, unpin and rollback: through the service's socket when one answers (so its
+    status knows at once), else on the store itself, whose model lock orders it with
+    any other writer. A model or version that does not exist, or is not kept: exit 2."""
+    from shardsync.store import NotFoundError
+
+    from .client import post_json
+    from .errors import UnreachableError
+
+    config = _load_config(args)
+    name, action = args.name, args.action
+    version = getattr(args, "version", None)
+    try:
+        config.model(name)
+        try:
+            doc = post_json(str(config.socket), f"/v1/models/{name}/{action}",
+                            {"version": version} if version else None)
+            doc["via"] = "service"
+        except UnreachableError:
+            from .oneshot import open_store
+            from .pinning import apply
+
+            with open_store(config) as store:
+                doc = apply(store, name, action, version)
+            doc["via"] = "store"
+    except NotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        _print_json(doc)
+    elif action == "unpin":
+        print(f"{name}: unpinned, current {doc['version']}; "
+              + ("checking for updates now" if doc["via"] == "service"
+                 else "the next sync publishes what the origin offers"))
+    else:
+        verb = "rolled back to" if action == "rollback" else "pinned at"
+        print(f"{name}: {verb} {doc['version']}" + (", pinned" if action == "rollback" else ""))
     return EXIT_OK
 
 

@@ -13,7 +13,7 @@ router, one connection). Each connection runs in its own task, so a long-poll
 (``GET /v1/events``) never holds up other clients; at most
 :data:`~shardsync.daemon.httpserver.MAX_CONNECTIONS` are served at once, the next are
 answered 503 (:class:`~shardsync.daemon.httpserver.ConnectionLimit`). No route takes a
-request body.
+request body but the pin routes (at most 4 KiB of JSON).
 
 The routes the service declares (the glue owns the handlers)::
 
@@ -21,6 +21,9 @@ The routes the service declares (the glue owns the handlers)::
     GET  /v1/models/{name}          one entry of "models", plus "versions": [...]
     POST /v1/sync                   check every model now          -> 202 {"accepted": [...]}
     POST /v1/models/{name}/sync     check one model now            -> 202
+    POST /v1/models/{name}/pin      pin (body {"version": ...} optional) -> the pin
+    POST /v1/models/{name}/rollback roll back to a kept version and pin it
+    POST /v1/models/{name}/unpin    unpin; publishes what the pin held back
     POST /v1/reload                 re-read the config
     GET  /v1/events?since=N&timeout=S   long-poll; EventBatch.to_json(), each event's
                                         "time" with its "time_at" twin
@@ -50,7 +53,8 @@ The status document (``GET /v1/status``), shared with ``shardsync status``
          "next_check": 1718001800.0 | null,
          "next_check_at": "2024-06-10T06:43:20Z" | null,
          "last_error": "HTTP 503 from ..." | null,
-         "progress": {"bytes_done": 0, "bytes_total": 0, "files_done": 0, "files_total": 0}}
+         "progress": {"bytes_done": 0, "bytes_total": 0, "files_done": 0, "files_total": 0},
+         "pinned": null | {"version", "since", "since_at", "waiting": "<id>" | null}}
       ]
     }
 """

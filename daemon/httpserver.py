@@ -10,9 +10,11 @@ Connections are kept alive between requests, but a client must deliver each comp
 request within ``idle_timeout`` of connecting or of the previous answer, or it is
 disconnected. :class:`ConnectionLimit` caps how many are served at once (each one is a
 file descriptor of the daemon's): past the cap a connection is answered 503 with
-``Retry-After`` and closed. No route takes a request body: a request that announces one
-(``Content-Length`` above 0, or ``Transfer-Encoding``) is answered 413 without
-reading the body, and its connection closed.
+``Retry-After`` and closed. Request bodies are small JSON documents or nothing: a body
+over :data:`MAX_BODY_BYTES` (by its ``Content-Length``), or one sent with
+``Transfer-Encoding``, is answered 413 without being read, and its connection closed,
+so an announced body costs nothing however large; a route declared without
+``body=True`` answers any body 413 (:class:`Router`).
 
 What listens, and where, is :mod:`shardsync.daemon.control`'s business.
 """
@@ -33,6 +35,7 @@ import trio
 
 __all__ = [
     "IDLE_TIMEOUT",
+    "MAX_BODY_BYTES",
     "MAX_CONNECTIONS",
     "MAX_REFUSING",
     "REFUSE_TIMEOUT",
@@ -67,6 +70,10 @@ REFUSE_TIMEOUT = 2.0
 # The 503's Retry-After (s): a slot frees as soon as any client's request is answered
 # (milliseconds) or an idle one times out.
 RETRY_AFTER = 1
+# The largest request body read: the JSON bodies routes take are tens of bytes
+# ({"version": "<16 hex digits>"}); 4 KiB leaves room and bounds what a client
+# makes the daemon hold.
+MAX_BODY_BYTES = 4 * 1024
 # One receive; requests are far smaller, so one read usually holds a whole request.
 RECV_BYTES = 64 * 1024
 
@@ -95,7 +102,8 @@ class Request:
     percent-encoded); ``query`` maps each query parameter to its value (a repeated
     parameter: the last one); ``headers`` maps lower-case names to values (repeats
     joined with ``", "``); ``params`` holds the values of a route's
-    ``{placeholders}``, percent-decoded, once :class:`Router` matched.
+    ``{placeholders}``, percent-decoded, once :class:`Router` matched; ``body`` the
+    request body (at most :data:`MAX_BODY_BYTES`; empty if none).
     """
 
     method: str
@@ -103,6 +111,17 @@ class Request:
     query: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def json(self) -> Any:
+        """The body parsed as JSON (None if there is no body); HTTPError 400 if it is not
+        JSON, or is JSON a browser would refuse (``NaN``)."""
+        if not self.body.strip():
+            return None
+        try:
+            return json.loads(self.body, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            raise HTTPError(400, f"the request body is not JSON: {exc}") from None
 
     def query_int(self, name: str, default: int, *, minimum: int | None = None,
                   maximum: int | None = None) -> int:
@@ -129,6 +148,10 @@ class Request:
             raise HTTPError(400, f"query parameter {name} must be within "
                                  f"[{minimum}, {maximum}], got {raw}")
         return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 class Response:
@@ -198,15 +221,18 @@ class Router:
         router.add("POST", "/v1/models/{name}/sync", sync_one)
 
     No pattern matches: 404. A pattern matches but not the method: 405 with an
-    ``Allow`` header. ``HEAD`` is answered by the ``GET`` handler (the server drops
+    ``Allow`` header. A request with a body to a route not added with ``body=True``:
+    413. ``HEAD`` is answered by the ``GET`` handler (the server drops
     the body). The first route added wins when several match.
     """
 
     def __init__(self) -> None:
         self._routes: list[tuple[str, tuple[str | None, ...], tuple[str, ...], Handler]] = []
+        self._takes_body: set[Handler] = set()
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
-        """Declare ``handler`` for ``method`` on ``pattern``; ValueError for a malformed one."""
+    def add(self, method: str, pattern: str, handler: Handler, *, body: bool = False) -> None:
+        """Declare ``handler`` for ``method`` on ``pattern``; ValueError for a malformed one.
+        ``body``: the handler reads ``request.body`` (else a request with one is 413)."""
         method = method.upper()
         if not pattern.startswith("/") or "?" in pattern:
             raise ValueError(f"route pattern must be a path starting with '/': {pattern!r}")
@@ -227,6 +253,8 @@ class Router:
         if any(r[0] == method and r[1] == key for r in self._routes):
             raise ValueError(f"route {method} {pattern} declared twice")
         self._routes.append((method, key, tuple(names), handler))
+        if body:
+            self._takes_body.add(handler)
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -248,6 +276,8 @@ class Router:
                     break
             else:
                 if method == want:
+                    if request.body and handler not in self._takes_body:
+                        raise HTTPError(413, f"{method} {request.path} takes no request body")
                     return await handler(replace(request, params=dict(zip(names, values,
                                                                           strict=True))))
                 allowed.add(method)
@@ -385,16 +415,25 @@ class _Connection:
         if isinstance(event, h11.ConnectionClosed):
             return None
         assert isinstance(event, h11.Request), event
-        # No route takes a body: refuse one unread (no 100 Continue) and close, so an
-        # announced body costs nothing however large; Content-Length: 0 is no body.
+        # A body too large to read is refused unread (no 100 Continue) and the connection
+        # closed, so an announced body costs nothing however large. h11 has checked
+        # that Content-Length is a number; chunked bodies are not worth their code here.
         length = _header(event.headers, b"content-length")
-        if (length is not None and int(length) > 0) or \
+        if (length is not None and int(length) > MAX_BODY_BYTES) or \
                 _header(event.headers, b"transfer-encoding") is not None:
-            raise _Abort(413, "this API takes no request body")
-        end = await self._next_event()
-        if not isinstance(end, h11.EndOfMessage):  # ConnectionClosed
-            return None
-        return _make_request(event)
+            raise _Abort(413, f"a request body may be at most {MAX_BODY_BYTES} bytes, "
+                              "with a Content-Length")
+        if self.h11.they_are_waiting_for_100_continue:  # curl's, for bodies over 1 KiB
+            await self._write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+        body = b""
+        while True:
+            part = await self._next_event()
+            if isinstance(part, h11.Data):
+                body += part.data  # at most Content-Length, which h11 holds it to
+            elif isinstance(part, h11.EndOfMessage):
+                return replace(_make_request(event), body=body)
+            else:  # ConnectionClosed
+                return None
 
     async def _call(self, request: Request) -> Response:
         try:

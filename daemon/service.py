@@ -408,6 +408,9 @@ class Service:
                         received=result.received)
             self.store_stats = None
             self._published.set()
+        elif result.held_back is not None:  # pinned: what the origin offers waits
+            self._event("checked", model=name, version=result.version,
+                        held_back=result.held_back)
         else:
             self._event("checked", model=name, version=result.version)
         self._update_status()

@@ -30,8 +30,10 @@ def format_status_table(status: Mapping[str, Any], *, now: float | None = None) 
 
     Times are shown relative to ``now`` (default: the current time): ``5m ago``,
     ``in 25m``. A failed reload (``service.config_error``) gets a line of its own
-    under the header, in full: the operator must fix the file it names. Missing or
-    null fields show as ``-``, so an older or newer service still renders.
+    under the header, in full: the operator must fix the file it names. Each pinned
+    model gets a line under the table saying what its pin holds back (a column would
+    be ``-`` on nearly every row). Missing or null fields show as ``-``, so an older
+    or newer service still renders.
     """
     now = time.time() if now is None else now
     service = status.get("service") or {}
@@ -55,7 +57,18 @@ def format_status_table(status: Mapping[str, Any], *, now: float | None = None) 
     for r in rows:
         cells = [cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=False)] + [r[-1]]
         lines.append("  ".join(cells).rstrip())
+    lines += [_pinned(m, now) for m in models if isinstance(m.get("pinned"), Mapping)]
     return "\n".join(lines) + "\n"
+
+
+def _pinned(model: Mapping[str, Any], now: float) -> str:
+    """``pinned: m at 3f2a9c01d2e4 since 5m ago; 9c01d2e43f2a waiting (unpin to publish it)``."""
+    pin = model["pinned"]
+    waiting = pin.get("waiting")
+    held = (f"{str(waiting)[:12]} waiting (unpin to publish it)" if waiting
+            else "nothing newer seen")
+    return (f"pinned: {model.get('name', '?')} at {str(pin.get('version') or '-')[:12]} "
+            f"since {_relative(pin.get('since'), now)}; {held}")
 
 
 def _row(model: Mapping[str, Any], now: float) -> tuple[str, ...]:
@@ -68,7 +81,7 @@ def _row(model: Mapping[str, Any], now: float) -> tuple[str, ...]:
     return (
         str(model.get("name", "?")),
         str(model.get("state") or "-"),
-        str(version)[:12] if version else "-",
+        (str(version)[:12] + (" pinned" if model.get("pinned") else "")) if version else "-",
         _signed(model.get("signature")),
         _relative(model.get("last_success"), now),
         _relative(model.get("next_check"), now),

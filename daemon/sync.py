@@ -24,6 +24,11 @@ What one :meth:`Syncer.sync` does:
    ``<manifest>.sig.json``, so it is published beside the pinned manifest under
    ``versions/<id>/`` (docs/design.md, "Signed models"); its trust record is written
    before the publish, so the record never lags the published version.
+   A pinned model (``shardsync pin`` / ``rollback``) is checked all the same, and its
+   new version downloaded and recorded, but the store holds it back
+   (:meth:`Store.publish` returns False; the pin's ``waiting`` names it): status can
+   say exactly which version waits, and an unpin publishes it without the network.
+   Its trust record is left as it is, since it names the version it let in.
 
 On any failure the current version stays published, partial downloads stay on disk
 for the next try, and the result carries an error naming the model, file and reason.
@@ -31,6 +36,7 @@ for the next try, and the result carries an error naming the model, file and rea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -106,6 +112,8 @@ class SyncResult:
     name: str
     version: str | None = None     # the current version after this sync
     changed: bool = False          # a new version was published
+    #: The version the origin offers that a pin holds back (recorded, not published).
+    held_back: str | None = None
     received: int = 0              # body bytes received
     files_fetched: int = 0         # files whose body came over the network
     files_reused: int = 0          # files answered 304 or already held
@@ -120,7 +128,8 @@ class SyncResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "ok": self.ok, "version": self.version,
-                "changed": self.changed, "received": self.received,
+                "changed": self.changed, "held_back": self.held_back,
+                "received": self.received,
                 "files_fetched": self.files_fetched, "files_reused": self.files_reused,
                 "error": str(self.error) if self.error else None}
 
@@ -193,6 +202,11 @@ class Syncer:
                     continue
                 if version is not None:
                     self._learn(version)
+                with contextlib.suppress(ShardsyncError):  # the model's own sync reports it
+                    pin = self.store.pinned(name)
+                    if pin is not None and pin.waiting is not None:
+                        # What the origin offered last: ask about its files, not the pin's.
+                        self._learn(self.store.version(name, pin.waiting))
             for d in self.store.downloaded():
                 self._known[d.url] = FileEntry("-", d.digest, d.size, {
                     "url": d.url, "etag": d.etag, "last_modified": d.last_modified})
@@ -345,13 +359,21 @@ class Syncer:
             if _metas(previous) != _metas(version):
                 await trio.to_thread.run_sync(store.update_record, version)
             await self._accept(model, accepted, version, result)
+            pin = store.pinned(model.name)
+            if pin is not None and pin.waiting is not None:  # the origin is back at the pin
+                await trio.to_thread.run_sync(store.hold, version)
         else:
             await self._check_groups(model, manifest, files)
-            await self._accept(model, accepted, version, result)
+            if store.pinned(model.name) is None:
+                # The trust record names the version it let in: not one a pin holds back.
+                await self._accept(model, accepted, version, result)
             progress.state = "publishing"
-            await trio.to_thread.run_sync(store.publish, version)
-            result.changed = True
-            log.info("model %s: published version %s", model.name, version.id)
+            if await trio.to_thread.run_sync(store.publish, version):
+                result.changed = True
+                log.info("model %s: published version %s", model.name, version.id)
+            else:
+                result.held_back = version.id
+                log.info("model %s: pinned; version %s is held back", model.name, version.id)
         self._learn(version)
         await self._forget_downloads(version)
 

@@ -21,6 +21,7 @@ from ._gc import GcReport, StoreStats
 from ._ingest import Ingest, IngestStatus, boot_id
 from ._objects import ObjectInfo
 from ._paths import check_manifest_name, check_name, check_relpath
+from ._pins import Pin
 from ._store import GRACE_SECONDS, EntryPoint, Store
 from ._verify import Problem
 from ._versions import FileEntry, Version
@@ -38,6 +39,7 @@ __all__ = [
     "LockedError",
     "NotFoundError",
     "ObjectInfo",
+    "Pin",
     "Problem",
     "ShardsyncError",
     "StorageError",

@@ -10,6 +10,11 @@ publish(version)
     4. the entry point ``site/<name>/<manifest>`` is replaced by one rename
     5. versions no longer kept are removed (directory first, then the record)
 
+A pinned model (``pins/<name>.json``, :mod:`._pins`) is held at its pinned version:
+publishing another version of it records that version and notes it as waiting
+instead (:meth:`Store.hold`), under the same model lock, so no sync that began
+before a pin can publish over it.
+
 A crash before 3 leaves the old version current and perhaps an unreferenced
 version directory (pruned later); a crash between 3 and 4 leaves the old entry
 point (a complete version) and :meth:`Store.recover`, run on every open, writes
@@ -24,6 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from ._atomic import clean_tmp_at, exists_at, list_at
@@ -40,6 +46,7 @@ from ._gc import GcReport, StoreStats, collect, count
 from ._ingest import Ingest, IngestStatus, ingest_ref, statuses
 from ._objects import CHUNK, Objects
 from ._paths import VERSIONS_DIR, check_name, open_dir, open_dir_at
+from ._pins import Pin, Pins
 from ._site import Site
 from ._trust import TrustRecords
 from ._verify import Problem, Verifier
@@ -107,6 +114,8 @@ class Store:
             self.versions = Versions(self._fd)
             self._trust_fd = open_dir_at(self._fd, "trust", create=True)
             self.trust = TrustRecords(self._trust_fd)
+            self._pins_fd = open_dir_at(self._fd, "pins", create=True)
+            self.pins = Pins(self._pins_fd)
             self.site = Site(site_dir)
         self.recover()
 
@@ -114,7 +123,7 @@ class Store:
         for closer in (self.objects.close, self.site.close):
             closer()
         for fd in (self._partial_fd, self._locks_fd, self._downloads_fd, self._trust_fd,
-                   self._lock_fd, self._fd):
+                   self._pins_fd, self._lock_fd, self._fd):
             os.close(fd)
 
     def __enter__(self) -> Store:
@@ -294,7 +303,18 @@ class Store:
 
     def kept(self, name: str, *, now: float | None = None) -> list[str]:
         """Version ids to keep: the current one, the newest ``keep_versions`` overall,
-        and any that stopped being current less than ``grace`` seconds ago. Newest first."""
+        and any that stopped being current less than ``grace`` seconds ago, newest first;
+        then a pin's version and the version it holds back, if not among them (the one
+        must stay publishable, the other lets an unpin publish without the network).
+        A damaged pin raises IntegrityError: pruning then removes nothing."""
+        keep = self._kept_history(name, now=now)
+        pin = self.pins.get(name)
+        for vid in (pin.version, pin.waiting) if pin else ():
+            if vid and vid not in keep:
+                keep.append(vid)
+        return keep
+
+    def _kept_history(self, name: str, *, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
         hist = sorted(self.versions.history(name), key=lambda h: h["from"], reverse=True)
         keep: list[str] = []
@@ -312,8 +332,10 @@ class Store:
         manifest = self.objects.read_verified(version.manifest.digest)
         return self._entry_point(manifest, f"{VERSIONS_DIR}/{version.id}/")
 
-    def publish(self, version: Version, *, now: float | None = None) -> None:
-        """Make ``version`` current (see the module docstring for the order of steps).
+    def publish(self, version: Version, *, now: float | None = None) -> bool:
+        """Make ``version`` current (see the module docstring for the order of steps);
+        True if it did, False if the model is pinned to another version (then
+        ``version`` is recorded and held back, as :meth:`hold` does).
 
         On any error before the entry point names it, the previous version stays
         published and current. Once it does, the version is published: a failure of the
@@ -323,23 +345,147 @@ class Store:
         name = version.name
         self._require_objects(version)
         with translate_oserror("cannot publish", model=name), self._model_lock(name):
-            previous = self.current(name)
-            self.versions.record(version)
-            entry = self.entry_bytes(version)
-            self.site.build_version(version, self.objects)
-            self.site.fill(version, self.objects)
-            self.versions.set_current(name, version.id, now=now)
-            self.site.write_entry(name, version.manifest.path, entry)
+            pin = self.pins.get(name)
+            if pin is not None and pin.version != version.id:
+                self._hold(version, pin, now=now)
+                return False
+            self._publish(version, now=now)
+            return True
+
+    def _publish(self, version: Version, *, now: float | None) -> None:
+        name = version.name
+        # Under the model lock; OSErrors are translated by the caller.
+        previous = self.current(name)
+        self.versions.record(version)
+        entry = self.entry_bytes(version)
+        self.site.build_version(version, self.objects)
+        self.site.fill(version, self.objects)
+        self.versions.set_current(name, version.id, now=now)
+        self.site.write_entry(name, version.manifest.path, entry)
+        try:
+            with translate_oserror("cannot remove the old entry point", model=name):
+                if previous and previous.manifest.path != version.manifest.path:
+                    self.site.remove_entry(name, previous.manifest.path)
+            self._prune(name, now=now)
+        except ShardsyncError as exc:
+            # The version is published (the entry point names it): what failed is
+            # clean-up, which the next publish or prune tries again. Raising would
+            # report a published version as a failed sync (issue 13).
+            log.warning("model %s: published version %s, but %s", name, version.id, exc)
+
+    # -- pins ----------------------------------------------------------------------
+
+    def pinned(self, name: str) -> Pin | None:
+        """The pin of model ``name`` (``pins/<name>.json``), or None. IntegrityError if
+        it is damaged: a lost pin would let a sync publish over a rollback."""
+        with translate_oserror("cannot read the pin", model=name):
+            return self.pins.get(name)
+
+    def pin(self, name: str, version_id: str | None = None, *,
+            now: float | None = None) -> Pin:
+        """Hold model ``name`` at ``version_id`` (default: the current one); return the pin.
+
+        A kept version that is not current is made current again (published, as
+        :meth:`publish` does, its directory reused if it is still there); a version
+        not kept is refused with a NotFoundError listing the kept ones. The pin is
+        written, durably, before that publish: a crash in between leaves a pin whose
+        version :meth:`recover` publishes on the next open, never an unpinned model
+        that the next sync would move on. A version held back stays held back.
+        """
+        check_name(name)
+        now = time.time() if now is None else now
+        with translate_oserror("cannot pin", model=name), self._model_lock(name):
+            current = self.versions.current(name)
+            vid = version_id or current
+            if vid is None:
+                raise NotFoundError("no version is published, so there is none to pin",
+                                    model=name)
+            version = self._kept_version(name, vid, now=now)
+            old = self.pins.get(name)
+            pin = Pin(vid, old.since if old and old.version == vid else now,
+                      old.waiting if old and old.waiting != vid else None)
+            if pin != old:
+                self.pins.set(name, pin)
+            if vid != current:
+                self._require_objects(version)
+                self._publish(version, now=now)
+            return pin
+
+    def rollback(self, name: str, version_id: str | None = None, *,
+                 now: float | None = None) -> Pin:
+        """Make a kept version of ``name`` current again and pin it (:meth:`pin`); by
+        default the newest version that was current before the current one.
+        NotFoundError when there is none, or ``version_id`` is not kept."""
+        check_name(name)
+        if version_id is None:
+            with translate_oserror("cannot read the history", model=name):
+                current = self.versions.current(name)
+                kept = self._kept_history(name, now=now)
+            earlier = [v for v in kept if v != current]
+            if not earlier:
+                raise NotFoundError("no earlier version is kept to roll back to "
+                                    f"(kept: {', '.join(kept) or 'none'})", model=name)
+            version_id = earlier[0]
+        return self.pin(name, version_id, now=now)
+
+    def unpin(self, name: str, *, now: float | None = None) -> Pin | None:
+        """Let updates of ``name`` through again; return the pin that was removed (None
+        if there was none).
+
+        The version the pin held back, recorded and verified when the origin offered
+        it, is published at once: the update the operator let through, without the
+        network (the next sync publishes whatever the origin offers by then). The pin
+        goes first: a crash in between leaves an unpinned model whose next sync
+        publishes; a held-back version that cannot be published (its record or objects
+        gone) is logged and left to that sync too.
+        """
+        check_name(name)
+        with translate_oserror("cannot unpin", model=name), self._model_lock(name):
             try:
-                with translate_oserror("cannot remove the old entry point", model=name):
-                    if previous and previous.manifest.path != version.manifest.path:
-                        self.site.remove_entry(name, previous.manifest.path)
-                self._prune(name, now=now)
+                old = self.pins.get(name)
+            except IntegrityError:
+                old = None  # a damaged pin: removing it is what the message asks for
+            self.pins.drop(name)
+            if old is not None and old.waiting is not None:
+                try:
+                    version = self.versions.get(name, old.waiting)
+                    self._require_objects(version)
+                    self._publish(version, now=now)
+                except ShardsyncError as exc:
+                    log.warning("model %s: unpinned, but the version it held back is not "
+                                "published (the next sync publishes): %s", name, exc)
+            return old
+
+    def hold(self, version: Version, *, now: float | None = None) -> bool:
+        """Note that the origin offers ``version`` of a pinned model: recorded and kept
+        as the pin's ``waiting`` (the pinned version itself: nothing is waiting). False,
+        changing nothing, if the model is not pinned."""
+        name = version.name
+        with translate_oserror("cannot hold back", model=name), self._model_lock(name):
+            pin = self.pins.get(name)
+            if pin is None:
+                return False
+            self._hold(version, pin, now=now)
+            return True
+
+    def _hold(self, version: Version, pin: Pin, *, now: float | None) -> None:
+        waiting = None if version.id == pin.version else version.id
+        if waiting is not None:
+            self.versions.record(version)
+        if pin.waiting != waiting:
+            self.pins.set(version.name, replace(pin, waiting=waiting))
+            try:
+                self._prune(version.name, now=now)  # the version waiting before
             except ShardsyncError as exc:
-                # The version is published (the entry point names it): what failed is
-                # clean-up, which the next publish or prune tries again. Raising would
-                # report a published version as a failed sync (issue 13).
-                log.warning("model %s: published version %s, but %s", name, version.id, exc)
+                log.warning("model %s: %s", version.name, exc)
+
+    def _kept_version(self, name: str, vid: str, *, now: float | None) -> Version:
+        kept = self.kept(name, now=now)
+        if vid in kept:
+            with contextlib.suppress(NotFoundError, IntegrityError):
+                return self.versions.get(name, vid)
+        raise NotFoundError(f"version {vid} is not kept (kept: {', '.join(kept) or 'none'})",
+                            model=name)
 
     def prune(self, name: str, *, now: float | None = None) -> list[str]:
         """Remove versions of ``name`` that are no longer kept; return their ids."""
@@ -374,6 +520,7 @@ class Store:
         with translate_oserror("cannot remove model", model=name), self._model_lock(name):
             self.site.remove_model(name)
             self.versions.forget(name)
+            self.pins.drop(name)
 
     def recover(self) -> None:
         """Finish what a crash interrupted: temporaries of dead writers go, and every
@@ -388,6 +535,10 @@ class Store:
                 continue  # verify reports it; opening the store must not fail on one model
 
     def _recover_model(self, name: str) -> None:
+        pin = self.pins.get(name)
+        if pin is not None and pin.version != self.versions.current(name):
+            # A crash inside pin(), between the pin and its publish: finish it.
+            self._publish(self.versions.get(name, pin.version), now=None)
         version = self.current(name)
         if version is None:
             return
@@ -401,7 +552,7 @@ class Store:
 
     def _clean_temporaries(self) -> None:
         """Remove ``.tmp-*`` names left by writers that died, in every directory we write."""
-        dirs = ["partial", "downloads", "refs", "history", "snapshots", "trust"]
+        dirs = ["partial", "downloads", "refs", "history", "snapshots", "trust", "pins"]
         with contextlib.suppress(OSError, ShardsyncError):  # best effort, like clean_tmp_at
             dirs += [f"snapshots/{n}" for n in list_at(self._fd, "snapshots")
                      if not n.startswith(".")]

@@ -36,6 +36,7 @@ class App:
         r.add("GET", "/teapot", self.teapot)
         r.add("GET", "/wait", self.wait)
         r.add("GET", "/metrics", self.metrics)
+        r.add("POST", "/echo", self.echo, body=True)
 
     async def status(self, request: Request) -> Response:
         return Response(200, {"ok": True, "query": dict(request.query)})
@@ -55,6 +56,9 @@ class App:
     async def wait(self, request: Request) -> Response:
         await self.gate.wait()
         return Response(200, {"woke": True})
+
+    async def echo(self, request: Request) -> Response:
+        return Response(200, {"body": request.json()})
 
     async def metrics(self, request: Request) -> Response:
         return Response(200, "up 1\n", CONTENT_TYPE)

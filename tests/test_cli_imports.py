@@ -93,3 +93,11 @@ def test_gc_and_verify_import_neither_trio_nor_httpx(config: Path, command: list
     assert status == 0
     assert "shardsync.store" in modules
     assert loaded(modules, ("trio", "httpx", "httpcore", *SERVICE_ONLY)) == []
+
+
+def test_pin_commands_without_a_service_import_no_service_or_trio(config: Path) -> None:
+    """Without a service they act on the store: the socket's client (httpcore loads
+    trio, as for ``status``) and the store, none of the service's modules."""
+    status, modules = modules_after("unpin", "-c", config, "m")
+    assert status == 0 and "shardsync.daemon.pinning" in modules
+    assert loaded(modules, SERVICE_ONLY) == []

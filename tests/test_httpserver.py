@@ -14,7 +14,14 @@ from controlhelpers import App, RawHTTP, curl, read_until_eof
 
 from shardsync.daemon.control import serve_control
 from shardsync.daemon.events import EventLog
-from shardsync.daemon.httpserver import IDLE_TIMEOUT, HTTPError, Request, Response, Router
+from shardsync.daemon.httpserver import (
+    IDLE_TIMEOUT,
+    MAX_BODY_BYTES,
+    HTTPError,
+    Request,
+    Response,
+    Router,
+)
 from shardsync.daemon.metrics import CONTENT_TYPE
 
 # ---------------------------------------------------------------- requests through curl and httpx
@@ -35,26 +42,46 @@ async def test_curl_posts_to_a_path_with_a_parameter(served):
 
 
 async def test_a_request_body_is_refused_unread_with_413(served):
-    # No route takes a body. Small (sent with the head) or large (curl sends
-    # "Expect: 100-continue" above 1 KiB and waits): 413, no 100 Continue, closed.
-    for payload in ('{"force": true}', json.dumps({"pad": "x" * 5000})):
-        code, body, proc = await curl(served.path, "http://localhost/v1/models/m/sync",
-                                      "-d", payload, "-i")
+    # Over MAX_BODY_BYTES (curl sends "Expect: 100-continue" above 1 KiB and waits):
+    # 413, no 100 Continue, closed, whatever the route.
+    for route in ("/v1/models/m/sync", "/echo"):
+        code, body, proc = await curl(served.path, f"http://localhost{route}",
+                                      "-d", json.dumps({"pad": "x" * 5000}), "-i")
         assert code == 413 and "100 Continue" not in body
         assert "\r\nconnection: close\r\n" in body
         assert json.loads(body.partition("\r\n\r\n")[2]) == {
-            "error": "this API takes no request body"}
+            "error": f"a request body may be at most {MAX_BODY_BYTES} bytes, "
+                     "with a Content-Length"}
+    # A small body to a route that takes none: 413 too.
+    code, body, _ = await curl(served.path, "http://localhost/v1/models/m/sync",
+                               "-d", '{"force": true}')
+    assert code == 413
+    assert json.loads(body) == {"error": "POST /v1/models/m/sync takes no request body"}
     # Declared, never sent: answered at once, the body is not waited for.
     stream = await trio.open_unix_socket(served.path)
-    await stream.send_all(b"POST /v1/models/m/sync HTTP/1.1\r\nhost: l\r\n"
+    await stream.send_all(b"POST /echo HTTP/1.1\r\nhost: l\r\n"
                           b"content-length: 5000000\r\nexpect: 100-continue\r\n\r\n")
     data = await read_until_eof(stream)
     assert data.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in data
     # Chunked: refused on the head alone too.
     stream = await trio.open_unix_socket(served.path)
-    await stream.send_all(b"POST /v1/models/m/sync HTTP/1.1\r\nhost: l\r\n"
+    await stream.send_all(b"POST /echo HTTP/1.1\r\nhost: l\r\n"
                           b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
     assert (await read_until_eof(stream)).startswith(b"HTTP/1.1 413 ")
+
+
+async def test_a_route_that_takes_a_body_gets_it_up_to_the_limit(served):
+    # Small, and just under the limit (curl waits for our 100 Continue above 1 KiB).
+    for doc in ({"version": "0123456789abcdef"},
+                {"pad": "x" * (MAX_BODY_BYTES - len('{"pad": ""}'))}):
+        with trio.fail_after(0.9):  # curl would wait 1 s for a 100 Continue we never sent
+            code, body, _ = await curl(served.path, "http://localhost/echo",
+                                       "-d", json.dumps(doc))
+        assert code == 200 and json.loads(body) == {"body": doc}
+    code, body, _ = await curl(served.path, "http://localhost/echo", "-d", "{nope")
+    assert code == 400 and "not JSON" in json.loads(body)["error"]
+    code, body, _ = await curl(served.path, "http://localhost/echo", "-d", '{"x": NaN}')
+    assert code == 400
 
 
 async def test_an_empty_body_is_no_body(served):

@@ -64,3 +64,17 @@ def test_a_signed_model_shows_its_signature_version_key_and_expiry():
     col = lines[1].index("SIGNED")
     assert lines[2][col:].startswith("v7 key 1a2b3c4d until 2027-03-01  ")
     assert lines[3][col:].startswith("- ")
+
+
+def test_pinned_models_are_marked_and_say_what_they_hold_back_under_the_table():
+    pinned = {"version": "3f2a9c01d2e4ffff", "since": 999_700.0, "waiting": "9c01d2e43f2a0000"}
+    models = [{**STATUS["models"][0], "pinned": pinned},
+              {**STATUS["models"][0], "name": "quiet", "pinned": {**pinned, "waiting": None}},
+              {**STATUS["models"][1], "pinned": None}]
+    lines = format_status_table({**STATUS, "models": models}, now=1_000_000.0).splitlines()
+    assert lines[2].split()[:4] == ["bodypix", "downloading", "3f2a9c01d2e4", "pinned"]
+    assert lines[4].split()[2] == "-"  # face-api: not pinned, no version
+    assert lines[5:] == [
+        "pinned: bodypix at 3f2a9c01d2e4 since 5m ago; 9c01d2e43f2a waiting "
+        "(unpin to publish it)",
+        "pinned: quiet at 3f2a9c01d2e4 since 5m ago; nothing newer seen"]
