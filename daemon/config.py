@@ -361,7 +361,7 @@ def parse_config(text: str, *, path: Path) -> Config:
         prefixes[origin.prefix] = i
         origins.append(origin)
 
-    # A model trusts its own keys and its origin's (DESIGN.md: "per model, in addition to
+    # A model trusts its own keys and its origin's (docs/design.md: "per model, in addition to
     # its origin's"): joined here, once, so signing.trusted_keys reads the model alone.
     for n, model in enumerate(models):
         home = origin_for(tuple(origins), model.url)

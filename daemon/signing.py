@@ -10,7 +10,7 @@ record, :func:`trust_record`). What the sync then holds the files to (length and
 SHA-256 of each) is the :class:`Signed` it returns.
 
 What is signed is :func:`canonical` of the ``signed`` object: sorted keys, no
-whitespace, UTF-8, as DESIGN.md gives it, so any JSON writer's layout of the file
+whitespace, UTF-8, as docs/design.md gives it, so any JSON writer's layout of the file
 verifies. The key id is the hex SHA-256 of the raw 32-byte public key.
 
 ``cryptography`` is imported inside the functions that need it: it costs ~90 ms of
@@ -60,7 +60,7 @@ __all__ = [
     "verify_signature",
 ]
 
-#: The signature of ``model.json`` is ``model.json.sig.json`` beside it (DESIGN.md).
+#: The signature of ``model.json`` is ``model.json.sig.json`` beside it (docs/design.md).
 SIGNATURE_SUFFIX = ".sig.json"
 SIGNATURE_TYPE = "shardsync-signature"
 SPEC = 1
@@ -73,7 +73,7 @@ KEY_PREFIX = "ed25519:"
 #: bounding what a hostile origin can make us read before anything is verified.
 MAX_SIGNATURE_BYTES = 1 << 20
 
-#: ``expires`` as DESIGN.md writes it: UTC, to the second.
+#: ``expires`` as docs/design.md writes it: UTC, to the second.
 _EXPIRES_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 _RAW_KEY_BYTES = 32  # an Ed25519 public key
@@ -133,7 +133,7 @@ def trusted_keys(model: ModelConfig) -> frozenset[bytes]:
     """The raw public keys whose signature lets ``model`` through; empty: unsigned.
 
     The model's ``public_keys``, which the config has already joined with its
-    ``[[origin]]``'s (DESIGN.md: "per model, in addition to its origin's").
+    ``[[origin]]``'s (docs/design.md: "per model, in addition to its origin's").
     """
     return frozenset(model.public_keys)
 
@@ -201,7 +201,7 @@ def _load_private_key(path: Path) -> Any:
 
 
 def canonical(signed: Mapping[str, Any]) -> bytes:
-    """The bytes a signature covers (DESIGN.md): sorted keys, no spaces, UTF-8."""
+    """The bytes a signature covers (docs/design.md): sorted keys, no spaces, UTF-8."""
     return json.dumps(signed, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False).encode("utf-8")
 

@@ -140,10 +140,7 @@ def test_prometheus_scrapes_the_service_over_tcp(
 def test_ipv6_loopback(origin: Origin, tmp_path: Path, sockets: Path,
                        notify: NotifySocket) -> None:
     with socket.socket(socket.AF_INET6) as s:
-        try:
-            s.bind(("::1", 0))
-        except OSError:
-            pytest.skip("no IPv6 loopback on this machine")
+        s.bind(("::1", 0))  # CI machines have IPv6 loopback; a skip would prove nothing
         port = s.getsockname()[1]
     config = write_config(tmp_path / "conf", {}, socket=str(sockets / "ctl.sock"),
                           metrics_listen=f"[::1]:{port}")
