@@ -15,16 +15,12 @@ as absent would let the next sync publish over the operator's rollback.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from ._atomic import read_at, unlink_durably, write_atomic
-from ._errors import IntegrityError
-from ._paths import check_name
+from ._records import ModelRecords
 
-__all__ = ["Pin", "Pins"]
+__all__ = ["DIR", "Pin", "Pins"]
 
 DIR = "pins"
 
@@ -46,32 +42,25 @@ class Pins:
     """The pins below one ``pins/`` directory fd."""
 
     def __init__(self, pins_fd: int) -> None:
-        self._fd = pins_fd
+        self._records = ModelRecords(pins_fd, DIR, damaged=(
+            "pin is damaged; `shardsync unpin` removes it, `shardsync pin` writes it again"))
 
     def get(self, name: str) -> Pin | None:
         """The pin of model ``name``, or None if it is not pinned."""
-        file = f"{check_name(name)}.json"
-        try:
-            raw = read_at(self._fd, file, where=f"{DIR}/{file}")
-        except FileNotFoundError:
+        doc = self._records.get(name)
+        if doc is None:
             return None
         try:
-            doc = json.loads(raw)
             waiting = doc.get("waiting")
-            pin = Pin(str(doc["version"]), float(doc["since"]),
-                      None if waiting is None else str(waiting))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise IntegrityError("pin is damaged; `shardsync unpin` removes it, "
-                                 "`shardsync pin` writes it again",
-                                 model=name, file=f"{DIR}/{file}") from None
-        return pin
+            return Pin(str(doc["version"]), float(doc["since"]),
+                       None if waiting is None else str(waiting))
+        except (ValueError, KeyError, TypeError):
+            raise self._records.damaged(name) from None
 
     def set(self, name: str, pin: Pin) -> None:
         """Replace the pin of model ``name`` durably."""
-        data = json.dumps(pin.to_json(), sort_keys=True).encode() + b"\n"
-        write_atomic(self._fd, f"{check_name(name)}.json", data)
+        self._records.set(name, pin.to_json())
 
     def drop(self, name: str) -> None:
         """Remove the pin of model ``name`` durably (no pin is fine)."""
-        with contextlib.suppress(FileNotFoundError):
-            unlink_durably(self._fd, f"{check_name(name)}.json")
+        self._records.drop(name)

@@ -17,43 +17,17 @@ lost by a config edit.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
+from ._records import ModelRecords
 
-from ._atomic import read_at, write_atomic
-from ._errors import IntegrityError
-from ._paths import check_name
-
-__all__ = ["TrustRecords"]
+__all__ = ["DIR", "TrustRecords"]
 
 DIR = "trust"
 
 
-class TrustRecords:
-    """The records below one ``trust/`` directory fd."""
+class TrustRecords(ModelRecords):
+    """The records below one ``trust/`` directory fd (opaque JSON objects to the store)."""
 
     def __init__(self, trust_fd: int) -> None:
-        self._fd = trust_fd
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        """The record of model ``name``, or None if there is none."""
-        file = f"{check_name(name)}.json"
-        try:
-            raw = read_at(self._fd, file, where=f"{DIR}/{file}")
-        except FileNotFoundError:
-            return None
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise IntegrityError("trust record is damaged; remove it to accept the model's "
-                                 "signatures afresh (its rollback protection goes with it)",
-                                 model=name, file=f"{DIR}/{file}")
-        return doc
-
-    def set(self, name: str, record: Mapping[str, Any]) -> None:
-        """Replace the record of model ``name`` durably."""
-        data = json.dumps(dict(record), sort_keys=True).encode() + b"\n"
-        write_atomic(self._fd, f"{check_name(name)}.json", data)
+        super().__init__(trust_fd, DIR, damaged=(
+            "trust record is damaged; remove it to accept the model's signatures afresh "
+            "(its rollback protection goes with it)"))
