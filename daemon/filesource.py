@@ -52,8 +52,9 @@ from .urls import file_path
 
 __all__ = ["FileRead", "is_file_url", "read_file", "read_manifest", "validators_of"]
 
-#: Bytes per read(2): 1 MiB reads ran at page-cache speed here with few syscalls; the
-#: ingest writes (and hashes) each chunk before the next read, so memory stays at one.
+#: Bytes per read(2): the store's own read size for hashing and copying (CHUNK, 1 MiB;
+#: docs/performance.md "Hashing and copy read size"); the ingest writes (and hashes)
+#: each chunk before the next read, so memory stays at one chunk per file.
 _CHUNK = 1 << 20
 
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
