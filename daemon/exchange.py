@@ -147,15 +147,17 @@ def _open_top(directory: Path) -> int:
 
 
 def _subdir(dir_fd: int, rel: str, *, where: str) -> int:
-    """The directory ``rel`` below ``dir_fd``, each component made if missing and
-    opened with O_NOFOLLOW (a symlink is an UnsafePathError naming ``where``)."""
+    """The directory ``rel`` below ``dir_fd``, each component made if missing (0755,
+    whatever the umask; an existing one keeps its mode) and opened with O_NOFOLLOW (a
+    symlink is an UnsafePathError naming ``where``)."""
     fd = os.dup(dir_fd)
     try:
         for part in rel.split("/"):
+            made = True
             try:
                 os.mkdir(part, _DIR_MODE, dir_fd=fd)
             except FileExistsError:
-                pass
+                made = False
             except OSError as exc:
                 raise StorageError(f"cannot make directory: {exc.strerror or exc}",
                                    file=where) from exc
@@ -170,10 +172,26 @@ def _subdir(dir_fd: int, rel: str, *, where: str) -> int:
                                    file=where) from exc
             os.close(fd)
             fd = sub
+            if made:  # the umask must not narrow what a web server can list
+                try:
+                    _set_mode(fd, _DIR_MODE)
+                except OSError as exc:
+                    raise StorageError(f"cannot set the mode of: {exc.strerror or exc}",
+                                       file=where) from exc
         return fd
     except BaseException:
         os.close(fd)
         raise
+
+
+def _set_mode(fd: int, mode: int) -> None:
+    """fchmod ``fd``, except where the filesystem has no Unix modes: a FAT or exFAT stick
+    refuses (EPERM, ENOTSUP) and its mount options decide who may read."""
+    try:
+        os.fchmod(fd, mode)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
 
 
 def _write_object(store: Store, dir_fd: int, leaf: str, digest: str, size: int, *,
@@ -203,7 +221,7 @@ def _write_object(store: Store, dir_fd: int, leaf: str, digest: str, size: int, 
                                      "--repair); not exported", file=where,
                                      expected=f"{size} bytes, {digest}",
                                      actual=f"{n} bytes, {h.hexdigest()}")
-            os.fchmod(fd, _FILE_MODE)  # whatever the umask: a web server reads it
+            _set_mode(fd, _FILE_MODE)  # whatever the umask: a web server reads it
             os.fsync(fd)
         finally:
             os.close(fd)

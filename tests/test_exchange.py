@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 from origin import Origin
-from storehelpers import ModelFiles, tfjs_model, write_model
+from storehelpers import ModelFiles, mounted_tmpfs, tfjs_model, write_model
 from synchelpers import assert_published, run_cli, write_config
 
 from shardsync.daemon.signing import generate_key, sign_manifest
@@ -217,3 +218,28 @@ def test_export_of_a_model_never_synced_fails_that_model(tmp_path: Path) -> None
     run = run_cli("export", "-c", kiosk.config, tmp_path / "usb")
     assert run.returncode == 1 and "has no published version" in run.stderr, run.stderr
     assert os.listdir(tmp_path / "usb") == []
+
+
+def test_export_to_a_mounted_stick_and_import_from_it(tmp_path: Path) -> None:
+    """A real tmpfs as the stick: another filesystem than the store's (no hardlinks)."""
+    root = tmp_path / "origin"
+    root.mkdir()
+    with Origin(root) as origin:
+        release(origin, model_v(1), None)
+        url = origin.url_for("m/model.json")
+        gateway = Site(tmp_path / "gateway", url)
+        assert gateway.run("sync")[0] == 0
+    with mounted_tmpfs(tmp_path / "stick", "16m") as stick:
+        os.umask(0o077)  # files a web server must read, whatever the umask
+        try:
+            status, doc, err = gateway.run("export", stick)
+        finally:
+            os.umask(0o022)
+        assert status == 0, err
+        assert stat.S_IMODE((stick / "m").stat().st_mode) == 0o755
+        assert {stat.S_IMODE(p.stat().st_mode) for p in (stick / "m").iterdir()} == {0o644}
+        assert [p.name for p in (stick / "m").iterdir() if p.name.startswith(".tmp-")] == []
+        kiosk = Site(tmp_path / "kiosk", url)
+        status, doc, err = kiosk.run("import", stick)
+        assert status == 0, err
+    assert assert_published(kiosk.site, "m", model_v(1)) == doc["models"][0]["version"]

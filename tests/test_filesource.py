@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storehelpers import ModelFiles, tfjs_model, write_model
+from storehelpers import ModelFiles, sha256, store_at, tfjs_model, write_model
 from synchelpers import assert_published, run_cli, write_config
 
 from shardsync.daemon.config import load_config
-from shardsync.daemon.errors import ConfigError
+from shardsync.daemon.errors import ConfigError, UpstreamError
+from shardsync.daemon.filesource import read_file, validators_of
 from shardsync.daemon.urls import file_path, file_url
 
 SHARD = "group1-shard1of2.bin"
@@ -125,3 +126,31 @@ def test_config_accepts_file_urls() -> None:
 def test_config_loads_a_file_model(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, {"m": "file:///media/usb/m/model.json"}))
     assert config.model("m").url == "file:///media/usb/m/model.json"
+
+
+def test_a_fifo_in_place_of_a_shard_is_refused_without_blocking(tmp_path: Path, usb: Path) -> None:
+    manifest = write_model(usb, model(1))
+    (usb / SHARD).unlink()
+    os.mkfifo(usb / SHARD)  # nobody writes it: a blocking open would hang the sync
+    config = write_config(tmp_path / "conf", {"m": file_url(manifest)})
+    run = run_cli("sync", "-c", config, timeout=60)
+    assert run.returncode == 1 and "not a regular file" in run.stderr, run.stderr
+
+
+def test_a_file_that_changes_while_it_is_read_is_not_stored(tmp_path: Path, usb: Path) -> None:
+    write_model(usb, model(1))
+    shard = usb / SHARD
+
+    def touch(_: int) -> None:  # the copy onto the stick is still going on
+        os.utime(shard, ns=(0, shard.stat().st_mtime_ns + 1))
+
+    url = file_url(shard)
+    with store_at(tmp_path / "state", tmp_path / "site") as store:
+        with pytest.raises(UpstreamError, match="changed while it was read"):
+            read_file(url, store, validators=None, max_size=None, source=None,
+                      expected_digest=None, limit="its weight group", progress=touch)
+        assert not store.has_ingest(url) and store.downloaded() == []
+        read = read_file(url, store, validators=None, max_size=None, source=None,
+                         expected_digest=None, limit="its weight group")
+        assert read.digest == sha256(shard.read_bytes())
+        assert read.validators == validators_of(shard.stat())
