@@ -227,6 +227,23 @@ def _parser() -> argparse.ArgumentParser:
                     help="models to sync, as named in the config (default: all)")
     json_option(sp, "each model's result")
 
+    sp = cmd("export", _cmd_export, "write the current version of each (or the named) model "
+             "into DIR/<name>/: a plain TF.js directory (origin's manifest, shards, signature)")
+    config(sp)
+    sp.add_argument("dir", type=Path, metavar="DIR", help="where to write (e.g. a USB stick)")
+    sp.add_argument("names", nargs="*", metavar="NAME",
+                    help="models to export, as named in the config (default: all)")
+    json_option(sp, "each model's export")
+
+    sp = cmd("import", _cmd_import, "publish each configured model found in DIR/<name>/, "
+             "verified like a download, with no network")
+    config(sp)
+    sp.add_argument("dir", type=Path, metavar="DIR", help="an export, or copies of the "
+                    "origin's directories, one per model")
+    sp.add_argument("names", nargs="*", metavar="NAME",
+                    help="models to import, as named in the config (default: all found in DIR)")
+    json_option(sp, "each model's result")
+
     sp = cmd("status", _cmd_status, "ask the running service what every model is doing "
              "(exit 1 if a model's last sync failed, 3 if no service answers)")
     g = sp.add_mutually_exclusive_group()
@@ -319,6 +336,68 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     else:
         for r in results:
             print(result_line(r), file=sys.stderr)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+# -- export and import ----------------------------------------------------------------
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Export, then report one line per model (stderr) or one JSON document."""
+    from shardsync.store import NotFoundError
+
+    from .exchange import export_models
+    from .oneshot import open_store
+    from .units import format_bytes
+
+    config = _load_config(args)
+    names = args.names or [m.name for m in config.models]
+    try:
+        for n in names:
+            config.model(n)
+    except NotFoundError as exc:
+        raise UsageError(exc.reason) from None
+    with open_store(config) as store:
+        results = export_models(store, args.dir, names)
+    if args.json:
+        _print_json({"models": [r.to_json() for r in results]})
+    else:
+        for r in results:
+            line = (f"FAILED  {r.name}: {r.error}" if r.error else
+                    f"ok      {r.name}: exported {r.version}; {r.files} files, "
+                    f"{format_bytes(r.bytes)} into {r.directory}")
+            print(line, file=sys.stderr)
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    """Import (a sync from ``file://`` URLs), then report as ``sync`` does. Without NAMEs
+    a configured model with no ``DIR/<name>/`` is skipped and named; none found: exit 1."""
+    import trio
+
+    from shardsync.store import NotFoundError, ShardsyncError
+
+    from .exchange import import_models, import_sources
+    from .oneshot import open_store
+    from .progress import result_line
+
+    config = _load_config(args)
+    try:
+        models, absent = import_sources(config, args.dir, args.names)
+    except NotFoundError as exc:
+        raise UsageError(exc.reason) from None
+    if not models:
+        raise ShardsyncError("no configured model found there (expected DIR/<name>/ "
+                             "holding the model's manifest)", file=str(args.dir))
+    with open_store(config) as store:
+        results = trio.run(import_models, config, store, models, not args.json)
+    if args.json:
+        _print_json({"models": [r.to_json() for r in results], "not_found": absent})
+    else:
+        for r in results:
+            print(result_line(r), file=sys.stderr)
+        for name in absent:
+            print(f"skipped {name}: not in {args.dir}", file=sys.stderr)
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAILED
 
 

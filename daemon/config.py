@@ -44,7 +44,7 @@ from .pagescript import PAGE_SCRIPT
 from .signing import KEY_PREFIX, parse_public_key
 from .tfjs import DEFAULT_MAX_TOTAL, manifest_filename
 from .tls import tls_context
-from .urls import origin_key, redact_url, split_userinfo
+from .urls import file_path, origin_key, redact_url, split_userinfo
 
 __all__ = [
     "DEFAULTS",
@@ -420,9 +420,11 @@ def _check_url(url: str) -> str:
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
         raise ValueError(f"URL {shown!r} is not valid: {exc}") from exc
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"URL {shown!r} must start with http:// or https://")
-    if not parts.hostname:
+    if parts.scheme == "file":  # a mounted directory (daemon/filesource.py)
+        file_path(url)  # ValueError naming what is wrong
+    elif parts.scheme not in ("http", "https"):
+        raise ValueError(f"URL {shown!r} must start with http:// or https://, or be file:///path")
+    elif not parts.hostname:
         raise ValueError(f"URL {shown!r} has no host")
     try:
         manifest_filename(url)

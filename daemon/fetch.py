@@ -27,6 +27,10 @@ the client's per-request machinery and go to its connection pool directly; see
 :meth:`Fetcher._get`, the one place that does.
 
 A cancel (shutdown) closes the ingest, which checkpoints it: the next run resumes.
+
+A ``file://`` URL (a mounted USB stick) is read by :mod:`.filesource` instead, in a
+worker thread, through the same store ingest and with the same caps: :meth:`manifest`
+and :meth:`file` hand it over first thing, so the Syncer verifies it unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import trio
 
 from shardsync.store import Ingest, IntegrityError, ShardsyncError, Store
 
+from . import filesource
 from .bodywriter import BodyWriter
 from .errors import ConnectError, FetchTimeoutError, SlowTransferError, TLSError, UpstreamError
 from .httpanswers import (
@@ -243,6 +248,10 @@ class Fetcher:
         Reading stops past ``max_manifest_bytes`` (the policy's cap), or past ``max_size``
         when given (the length a signature lists: an IntegrityError, not retried).
         """
+        if filesource.is_file_url(url):
+            data, got = await _blocking(filesource.read_manifest, url, validators,
+                                        cap=self.policy.max_manifest_bytes, max_size=max_size)
+            return ManifestFetch(data, got)
 
         async def once() -> ManifestFetch:
             headers = conditional_headers(validators)
@@ -294,6 +303,13 @@ class Fetcher:
         The stored file leaves a download record naming ``source`` (the manifest URL
         of the model that wants it): see :meth:`Store.downloaded`.
         """
+        if filesource.is_file_url(url):
+            read = await _blocking(filesource.read_file, url, store, validators=validators,
+                                   max_size=max_size, source=source,
+                                   expected_digest=expected_digest, limit=limit)
+            if progress is not None and read.size:
+                progress(read.size)
+            return Fetched(read.digest, read.size, read.validators, read.size)
         # Most checks of a file we hold end in a 304: ask without touching the partial
         # directory (creating, locking and removing an empty partial, and the directory
         # fsync of that removal, cost more than the request). The partial is opened as

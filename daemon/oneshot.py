@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from shardsync.store import Store
 
-from .config import Config
+from .config import Config, ModelConfig
 from .entrypoint import rewrite_paths
 from .owner import check_owner
 
@@ -36,8 +36,12 @@ def open_store(config: Config) -> Store:
 
 
 async def sync_models(config: Config, store: Store, names: Sequence[str],
-                      show_progress: bool = False) -> list[SyncResult]:
+                      show_progress: bool = False, *,
+                      models: Sequence[ModelConfig] | None = None) -> list[SyncResult]:
     """Sync the named models concurrently (sharing one download limit); results in order.
+
+    ``models``, when given, are synced instead of the config's models of those names
+    (``shardsync import``: the same models with ``file://`` URLs; :mod:`.exchange`).
 
     ``site_dir/shardsync.js`` is made the packaged page script first (see
     :mod:`.pagescript`). With ``show_progress`` stderr shows progress until every model
@@ -59,6 +63,8 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
     await trio.to_thread.run_sync(publish_page_script, store)
     # Records of models no longer configured would keep their objects from gc forever.
     await trio.to_thread.run_sync(store.prune_downloads, config.manifest_urls)
+    chosen = {m.name: m for m in models} if models is not None else {
+        n: config.model(n) for n in names}
     progress = {n: Progress() for n in names}
     results: dict[str, SyncResult] = {}
     async with make_client(max_connections=config.concurrency * 2, origins=config.origins,
@@ -67,7 +73,7 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
                         max_model_bytes=config.max_model_bytes)
 
         async def one(name: str) -> None:
-            results[name] = await syncer.sync(config.model(name), progress[name])
+            results[name] = await syncer.sync(chosen[name], progress[name])
 
         async with trio.open_nursery() as outer:
             if show_progress:

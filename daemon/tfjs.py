@@ -206,12 +206,16 @@ def signature_url(manifest_url: str) -> str:
 def _split_url(url: str) -> tuple[str, str]:
     """Split ``url`` into (scheme://host/path, ``?query`` or ''), dropping a fragment."""
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
-        raise ManifestError(f"manifest URL {url!r} is not an http(s) URL")
+    if not sep or scheme.lower() not in ("http", "https", "file"):
+        raise ManifestError(f"manifest URL {url!r} is not an http(s) or file URL")
     base = url.split("#", 1)[0]
     head, qmark, query = base.partition("?")
     authority_end = head.find("/", len(scheme) + 3)
     authority = head[len(scheme) + 3:] if authority_end < 0 else head[len(scheme) + 3:authority_end]
+    if scheme.lower() == "file":  # file:///path: this machine, no host (daemon/filesource.py)
+        if authority_end < 0 or authority not in ("", "localhost"):
+            raise ManifestError(f"manifest URL {url!r} must be file:///path")
+        return head, qmark + query
     if not authority or authority.startswith(("@", ":")) or authority.endswith("@"):
         raise ManifestError(f"manifest URL {url!r} has no host")
     if authority_end < 0:

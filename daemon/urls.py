@@ -11,13 +11,17 @@ refuses, a redirect target): it hides their userinfo too.
 :func:`origin_key` is how an ``[[origin]]`` prefix is compared with a URL: scheme and
 host lower-cased, a default port dropped, so ``HTTPS://Host:443/x`` is under
 ``https://host/``.
+
+:func:`file_path` is what a ``file://`` URL (a mounted USB stick) may name: here, with
+no I/O, so reading a config that holds one loads nothing more.
 """
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit, urlunsplit
+import os
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "origin_key", "redact_url", "split_userinfo"]
+__all__ = ["REDACTED", "file_path", "file_url", "origin_key", "redact_url", "split_userinfo"]
 
 #: What stands in for a URL's userinfo when one is shown.
 REDACTED = "***"
@@ -71,3 +75,32 @@ def origin_key(url: str) -> str:
     netloc = _netloc((parts.hostname or "").lower(), parts.port, scheme)
     tail = urlunsplit(("", "", parts.path, parts.query, parts.fragment))
     return f"{scheme}://{netloc}{tail}"
+
+
+def file_path(url: str) -> str:
+    """The absolute path ``url`` names: ``file:///abs/path`` or ``file://localhost/...``,
+    percent-decoded. ValueError for another host, a query or fragment, a relative path,
+    a NUL, or a ``.`` / ``..`` / empty segment (a path that could climb out of the
+    directory the manifest is in)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "file":
+        raise ValueError(f"{url!r} is not a file:// URL")
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"file URL {url!r} names a host ({parts.netloc!r}); "
+                         "only file:///path (this machine) can be read")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError(f"file URL {url!r} has a query or fragment")
+    path = unquote(parts.path)
+    if not path.startswith("/"):
+        raise ValueError(f"file URL {url!r} has no absolute path (write file:///path)")
+    if "\0" in path or any(seg in ("", ".", "..") for seg in path[1:].split("/")):
+        raise ValueError(f"file URL {url!r} has an empty, '.' or '..' segment")
+    return path
+
+
+def file_url(path: str | os.PathLike[str]) -> str:
+    """The ``file://`` URL of the absolute ``path`` (percent-encoded as needed)."""
+    text = os.fspath(path)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} is not an absolute path")
+    return "file://" + quote(text)

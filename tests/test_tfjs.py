@@ -355,13 +355,19 @@ def test_shard_url_where_tfjs_would_build_a_broken_url():
     assert shard_url("https://h?q=1", "s.bin") == "https://h/s.bin?q=1"
 
 
-@pytest.mark.parametrize("url", ["ftp://h/m.json", "file:///m.json", "m.json", "https:///m.json",
-                                 "https://@/m.json"])
+@pytest.mark.parametrize("url", ["ftp://h/m.json", "file://h/m.json", "file://", "m.json",
+                                 "https:///m.json", "https://@/m.json"])
 def test_shard_url_and_filename_refuse_non_http_urls(url):
     with pytest.raises(ManifestError):
         shard_url(url, "a.bin")
     with pytest.raises(ManifestError):
         manifest_filename(url)
+
+
+def test_file_urls_resolve_like_http_ones():
+    """file:///path is an origin too (daemon/filesource.py): shards beside the manifest."""
+    assert shard_url("file:///usb/m/model.json", "./g/s.bin") == "file:///usb/m/g/s.bin"
+    assert manifest_filename("file:///usb/m/a%20b.json") == "a b.json"
 
 
 def test_shard_url_refuses_unsafe_paths():
