@@ -142,7 +142,8 @@ def test_sync_in_a_real_terminal_fits_keeps_logs_above_and_ends_with_the_states(
     final = terminal.snapshot()
     states, first = check_screen(final, width)
     assert states == {"slow": "done", "broken": "failed"}, "\n".join(final)
-    warned = [i for i, line in enumerate(final) if "shardsync: warning:" in line and "broken" in line]
+    warned = [i for i, line in enumerate(final)
+              if "shardsync: warning:" in line and "broken" in line]
     assert len(warned) == 1 and warned[0] < first, "\n".join(final)
     below = final[first + 2:]
     assert any(line.startswith("ok      slow: published") for line in below), "\n".join(final)
