@@ -137,6 +137,9 @@ class ControlApi:
             "next_check": st.next_check if st.progress.state in ("idle", "error") else None,
             "last_error": st.last_error,
             "progress": st.progress.to_json(),
+            # the download window a model in state "waiting" waits for (None otherwise)
+            "waiting": with_rfc3339(st.progress.waiting, "next")
+            if st.progress.waiting is not None and st.progress.state == "waiting" else None,
         }, "last_check", "last_success", "next_check")
 
     def _current_version(self, name: str) -> str | None:
