@@ -41,6 +41,7 @@ bench: $(VENV)/.installed deps
 	$(PY) bench/service_bench.py
 	$(PY) bench/startup_bench.py
 	$(PY) bench/tls_bench.py
+	$(PY) bench/rate_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .typecheck
