@@ -127,6 +127,9 @@ class ControlApi:
             "last_error": st.last_error,
             "progress": st.progress.to_json(),
             "pinned": self._pin(st.config.name),
+            # the download window a model in state "waiting" waits for (None otherwise)
+            "waiting": with_rfc3339(st.progress.waiting, "next")
+            if st.progress.waiting is not None and st.progress.state == "waiting" else None,
         }, "last_check", "last_success", "next_check")
 
     def _pin(self, name: str) -> dict[str, Any] | None:

@@ -45,6 +45,7 @@ from .signing import KEY_PREFIX, parse_public_key
 from .tfjs import DEFAULT_MAX_TOTAL, manifest_filename
 from .tls import tls_context
 from .urls import file_path, origin_key, redact_url, split_userinfo
+from .windows import Window, parse_windows
 
 __all__ = [
     "DEFAULTS",
@@ -56,6 +57,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_listen",
+    "parse_rate",
     "parse_size",
 ]
 
@@ -71,6 +73,8 @@ DEFAULTS: dict[str, Any] = {
     "keep_versions": 2,                          # the current version and one to roll back to
     "max_model_bytes": DEFAULT_MAX_TOTAL,        # see tfjs.DEFAULT_MAX_TOTAL
     "metrics_listen": "",                        # off: /metrics only on the control socket
+    "max_rate": "0",                             # bytes/s for all downloads together; no limit
+    "download_windows": [],                      # local times bodies may come in; always
 }
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,7 @@ log = logging.getLogger(__name__)
 _TOP_KEYS = frozenset(DEFAULTS) | {"model", "origin"}
 _MODEL_KEYS = frozenset({"name", "url", "interval", "public_keys"})
 _ORIGIN_KEYS = frozenset({"prefix", "ca_file", "client_cert", "client_key", "token_file",
-                          "headers", "proxy", "public_keys"})
+                          "headers", "proxy", "public_keys", "max_rate"})
 
 #: Request headers an ``[[origin]]`` may not set: the ones the fetcher's protocol is
 #: made of (conditional requests, resumes, raw bytes), the ones that frame the message
@@ -140,6 +144,8 @@ class OriginConfig:
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     proxy: str | None = field(default=None, repr=False)
     public_keys: tuple[bytes, ...] = ()
+    #: Bytes/s for the bodies of downloads from URLs under ``prefix``; 0: no limit.
+    max_rate: int = 0
 
     def covers(self, url: str) -> bool:
         """Whether ``url`` is under ``prefix`` (compared as :func:`.urls.origin_key`)."""
@@ -169,6 +175,10 @@ class Config:
     #: ``(host, port)`` to serve ``GET /metrics`` on over TCP, or None (the default: off).
     metrics_listen: tuple[str, int] | None = None
     origins: tuple[OriginConfig, ...] = ()
+    #: Bytes/s for the bodies of all downloads together (:mod:`.ratelimit`); 0: no limit.
+    max_rate: int = 0
+    #: When bodies may be downloaded (:mod:`.windows`); empty: always.
+    download_windows: tuple[Window, ...] = ()
 
     def origin_for(self, url: str) -> OriginConfig | None:
         """The ``[[origin]]`` that applies to ``url``: the longest prefix it starts with."""
@@ -235,6 +245,18 @@ def parse_size(value: Any) -> int:
     if size <= 0:
         raise ValueError(f"size {value!r} must be more than zero")
     return size
+
+
+def parse_rate(value: Any) -> int:
+    """Return ``value`` (bytes/s: a size, as :func:`parse_size` reads it, or ``0`` /
+    ``"0"`` for no limit) as an integer; ValueError with the reason otherwise."""
+    if value == 0 and not isinstance(value, bool) or isinstance(value, str) and \
+            value.strip() == "0":
+        return 0
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (bytes/s; \"0\" for no limit)") from None
 
 
 def parse_listen(value: Any) -> tuple[str, int] | None:
@@ -332,6 +354,9 @@ def parse_config(text: str, *, path: Path) -> Config:
     concurrency = _positive_int(where, "concurrency", values["concurrency"], 1)
     keep_versions = _positive_int(where, "keep_versions", values["keep_versions"], 1)
     metrics_listen = _checked(where, "metrics_listen", parse_listen, values["metrics_listen"])
+    max_rate = _checked(where, "max_rate", parse_rate, values["max_rate"])
+    download_windows = _checked(where, "download_windows", parse_windows,
+                                values["download_windows"])
 
     blocks = doc.get("model", [])
     if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
@@ -372,7 +397,8 @@ def parse_config(text: str, *, path: Path) -> Config:
     return Config(path=path, state_dir=state_dir, site_dir=site_dir, socket=socket,
                   interval=interval, concurrency=concurrency, keep_versions=keep_versions,
                   max_model_bytes=max_model_bytes, models=tuple(models),
-                  metrics_listen=metrics_listen, origins=tuple(origins))
+                  metrics_listen=metrics_listen, origins=tuple(origins),
+                  max_rate=max_rate, download_windows=download_windows)
 
 
 def _model(where: _Locator, i: int, block: dict[str, Any], default_interval: float) -> ModelConfig:
@@ -517,9 +543,16 @@ def _origin(where: _Locator, i: int, block: dict[str, Any], base: Path) -> Origi
         except ValueError as exc:
             raise err("public_keys", str(exc)) from None
 
+    max_rate = 0
+    if "max_rate" in block:
+        try:
+            max_rate = parse_rate(block["max_rate"])
+        except ValueError as exc:
+            raise err("max_rate", str(exc)) from None
+
     return OriginConfig(prefix=prefix, ca_file=ca_file, client_cert=cert, client_key=cert_key,
                         token_file=token_file, token=token, headers=headers, proxy=proxy,
-                        public_keys=tuple(raw_keys))
+                        public_keys=tuple(raw_keys), max_rate=max_rate)
 
 
 def _origin_prefix(value: Any, fail: Any) -> str:

@@ -26,6 +26,14 @@ Conditional checks (a request carrying validators, nearly always answered 304) s
 the client's per-request machinery and go to its connection pool directly; see
 :meth:`Fetcher._get`, the one place that does.
 
+Bodies are paid for from the fetcher's :class:`.ratelimit.RateLimits` (``max_rate``),
+chunk by chunk as they arrive; the time spent waiting for tokens is left out of the
+``min_rate`` measure, which judges the origin, not our own limit (a ``max_rate`` below
+``min_rate`` would otherwise fail every download as slow). A 304 has no body, so
+conditional checks are never slowed. A file whose caller may not take its body now
+(``body_allowed``, outside a download window: :mod:`.windows`) ends in
+:class:`BodyDeferred` once its headers say a body comes, before any of it is read.
+
 A cancel (shutdown) closes the ingest, which checkpoints it: the next run resumes.
 
 A ``file://`` URL (a mounted USB stick) is read by :mod:`.filesource` instead, in a
@@ -59,10 +67,12 @@ from .httpanswers import (
     refuse_html,
 )
 from .httpclient import Client, FetchPolicy, retry_delay
+from .ratelimit import RateLimits, take
 from .resume import resume_start, same_validators
 from .tls import describe_tls_error, find_ssl_error
 
 __all__ = [
+    "BodyDeferred",
     "Fetched",
     "Fetcher",
     "ManifestFetch",
@@ -100,6 +110,14 @@ class Fetched:
     received: int  # body bytes received over the network, resumes and retries included
 
 
+class BodyDeferred(Exception):  # noqa: N818 - not an error: a file put off for later
+    """The answer has a body, and ``body_allowed`` said not now: closed unread.
+
+    Not a ShardsyncError, so it is never retried or reported as a failure; the partial
+    on disk (if any) is kept as it was.
+    """
+
+
 class _Restart(Exception):
     """The partial was dropped (416, bad Content-Range): ask again at once, from zero."""
 
@@ -133,9 +151,12 @@ class _LazyIngest:
 class Fetcher:
     """Downloads through one client (the caller owns it and closes it)."""
 
-    def __init__(self, client: httpx.AsyncClient, policy: FetchPolicy | None = None) -> None:
+    def __init__(self, client: httpx.AsyncClient, policy: FetchPolicy | None = None, *,
+                 rates: RateLimits | None = None) -> None:
         self.client = client
         self.policy = policy or FetchPolicy()
+        #: ``max_rate``'s buckets; the service re-configures them on reload.
+        self.rates = rates or RateLimits()
         # For _get's direct path: the pool of a make_client client, and what the client
         # would add to every request (its headers, its timeouts).
         self._pool = client.pool if isinstance(client, Client) else None
@@ -210,11 +231,13 @@ class Fetcher:
         Measured per ``rate_window``: a window short of ``min_rate * rate_window`` bytes
         fails at its end, not when the next chunk comes, which a drip-feeder sends just
         inside the read timeout. Time the caller spends with a chunk (writing, hashing)
-        counts too, as it does for the origin's connection. Use it under
+        counts too, as it does for the origin's connection; time spent waiting for
+        ``max_rate``'s tokens does not (the window is moved on by it). Use it under
         :func:`contextlib.aclosing`; its cancel scope never spans a ``yield``.
         """
         policy = self.policy
         need = policy.min_rate * policy.rate_window
+        buckets = self.rates.buckets_for(url)
         chunks = r.aiter_raw().__aiter__()
         window_start = trio.current_time()
         window_bytes = 0
@@ -237,6 +260,8 @@ class Fetcher:
                     f"({window_bytes} bytes in {elapsed:.1f} s)", file=url)
             if elapsed >= policy.rate_window:
                 window_start, window_bytes = now, 0
+            if buckets:
+                window_start += await take(buckets, len(chunk))
             yield chunk
 
     # -- manifests -----------------------------------------------------------------
@@ -290,6 +315,7 @@ class Fetcher:
         source: str | None = None,
         expected_digest: str | None = None,
         limit: str = "its weight group",
+        body_allowed: Callable[[], bool] | None = None,
     ) -> Fetched:
         """Download ``url`` into the store (resuming a partial); return its digest.
 
@@ -301,7 +327,9 @@ class Fetcher:
         SHA-256) the commit refuses other bytes (IntegrityError, the partial dropped).
         A cancel or other error keeps the partial for resume.
         The stored file leaves a download record naming ``source`` (the manifest URL
-        of the model that wants it): see :meth:`Store.downloaded`.
+        of the model that wants it): see :meth:`Store.downloaded`. With
+        ``body_allowed``, an answer with a body (200, 206) is closed unread when it
+        returns False: :class:`BodyDeferred` (a 304 is returned as usual).
         """
         if filesource.is_file_url(url):
             read = await _blocking(filesource.read_file, url, store, validators=validators,
@@ -328,7 +356,7 @@ class Fetcher:
         try:
             async def once() -> Fetched:
                 return await self._file_once(url, lazy, validators, max_size, count,
-                                             expected_digest, limit)
+                                             expected_digest, limit, body_allowed)
 
             result = await self._retrying(url, once)
         finally:
@@ -341,6 +369,7 @@ class Fetcher:
         self, url: str, lazy: _LazyIngest, validators: Validators | None,
         max_size: int | None, count: Callable[[int], None],
         expected_digest: str | None = None, limit: str = "its weight group",
+        body_allowed: Callable[[], bool] | None = None,
     ) -> Fetched:
         held = lazy.ingest
         resume_from = held.offset if (held and held.offset and (held.etag or held.last_modified)) \
@@ -368,6 +397,8 @@ class Fetcher:
                 raise _Restart
             check_status(r, url, await _error_body(r))
             refuse_html(r, url)
+            if body_allowed is not None and not body_allowed():
+                raise BodyDeferred(url)  # _get closes the answer, its body unread
             got = Validators.of(r)
             ingest = await lazy.open()
             if r.status_code == 206 and resume_from:

@@ -55,6 +55,7 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
     from .httpclient import make_client
     from .pagescript import publish as publish_page_script
     from .progress import ProgressDisplay
+    from .ratelimit import RateLimits
     from .sync import Progress, Syncer
     from .tuning import tune_for_downloads
 
@@ -69,7 +70,11 @@ async def sync_models(config: Config, store: Store, names: Sequence[str],
     results: dict[str, SyncResult] = {}
     async with make_client(max_connections=config.concurrency * 2, origins=config.origins,
                            models=config.models) as client:
-        syncer = Syncer(store, Fetcher(client), concurrency=config.concurrency,
+        # max_rate holds here too; download_windows are the service's schedule: a sync
+        # run by hand is the operator asking for the bytes now.
+        rates = RateLimits()
+        rates.apply(config)
+        syncer = Syncer(store, Fetcher(client, rates=rates), concurrency=config.concurrency,
                         max_model_bytes=config.max_model_bytes)
 
         async def one(name: str) -> None:

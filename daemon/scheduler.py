@@ -200,9 +200,10 @@ class Scheduler:
         moves is enough to say the scheduler makes progress: a model whose files wait
         for a download slot that others hold (``concurrency``) is waiting its turn, not
         stuck. Idle and failed models never count: waiting for the next check is not a
-        stall. Progress is sampled when this is called (the watchdog calls it every
-        few seconds), so a stall is seen at most one call late. Returns [] when the
-        scheduler makes progress.
+        stall, and neither is waiting for a download window (``waiting``). Progress is
+        sampled when this is called (the watchdog calls it every few seconds), so a
+        stall is seen at most one call late. Returns [] when the scheduler makes
+        progress.
         """
         now = trio.current_time()
         busy = []
@@ -211,7 +212,7 @@ class Scheduler:
             mark = (p.state, p.received, p.files_done, st.last_check)
             if mark != st.progress_mark:
                 st.progress_mark, st.progress_since = mark, now
-            if p.state not in ("idle", "error"):
+            if p.state not in ("idle", "error", "waiting"):  # waiting: for a download window
                 busy.append((name, now - st.progress_since))
         if busy and all(still > limit for _, still in busy):
             return [name for name, _ in busy]

@@ -78,11 +78,13 @@ from .httpclient import Client, make_client
 from .metricsserver import serve_metrics
 from .notify import Notifier
 from .pagescript import publish as publish_page_script
+from .ratelimit import RateLimits
 from .removals import RemovalTimes
 from .scheduler import Gate, ModelState, Scheduler
 from .sync import Syncer, SyncResult
 from .tuning import tune_for_downloads
 from .watch import watch_file
+from .windows import DownloadWindows
 
 __all__ = ["GRACE_ENV", "STALL_LIMIT", "Service", "grace_from_env", "run_service"]
 
@@ -222,8 +224,12 @@ class Service:
             async with make_client(max_connections=pool, origins=config.origins,
                                    models=config.models) as client:
                 self.client = client
-                self.syncer = Syncer(self.store, Fetcher(client), concurrency=config.concurrency,
-                                     max_model_bytes=config.max_model_bytes)
+                rates = RateLimits()
+                rates.apply(config)
+                self.syncer = Syncer(self.store, Fetcher(client, rates=rates),
+                                     concurrency=config.concurrency,
+                                     max_model_bytes=config.max_model_bytes,
+                                     windows=DownloadWindows(config.download_windows))
                 await self._main(task_status)
         finally:
             self.events.close()
@@ -339,6 +345,9 @@ class Service:
                 self.config_error = None
                 self.syncer.limiter.total_tokens = new.concurrency
                 self.syncer.max_model_bytes = new.max_model_bytes
+                self.syncer.fetcher.rates.apply(new)  # running downloads too, from their next read
+                if self.syncer.windows is not None:
+                    self.syncer.windows.configure(new.download_windows)
                 self.store.keep_versions = new.keep_versions
                 added, removed, changed = self.scheduler.apply(new.models)
                 assert self.removal_times

@@ -80,7 +80,7 @@ def _row(model: Mapping[str, Any], now: float) -> tuple[str, ...]:
     version = model.get("version")
     return (
         str(model.get("name", "?")),
-        str(model.get("state") or "-"),
+        _state(model),
         (str(version)[:12] + (" pinned" if model.get("pinned") else "")) if version else "-",
         _signed(model.get("signature")),
         _relative(model.get("last_success"), now),
@@ -88,6 +88,14 @@ def _row(model: Mapping[str, Any], now: float) -> tuple[str, ...]:
         _progress(model),
         error or "-",
     )
+
+
+def _state(model: Mapping[str, Any]) -> str:
+    """The state; ``waiting for 01:00-05:00`` for a model waiting for a download window."""
+    waiting = model.get("waiting")
+    if model.get("state") == "waiting" and isinstance(waiting, Mapping):
+        return f"waiting for {waiting.get('window', '?')}"
+    return str(model.get("state") or "-")
 
 
 def _signed(sig: Any) -> str:

@@ -30,6 +30,12 @@ What one :meth:`Syncer.sync` does:
    say exactly which version waits, and an unpin publishes it without the network.
    Its trust record is left as it is, since it names the version it let in.
 
+With download windows (:mod:`.windows`, the service's), a shard that needs a body
+waits before its request, outside its download slot, until a window opens (state
+``waiting``; ``Progress.waiting`` says for which window and until when); a shard with
+validators is still asked conditionally, and waits only if the answer has a body.
+The manifest and the signature are read at any time: they are the check.
+
 On any failure the current version stays published, partial downloads stay on disk
 for the next try, and the result carries an error naming the model, file and reason.
 """
@@ -53,7 +59,7 @@ from shardsync.store import FileEntry, IntegrityError, ShardsyncError, Store, Ve
 from .config import ModelConfig
 from .errors import SignatureError, UpstreamError
 from .fairshare import FairLimiter
-from .fetch import Fetched, Fetcher, ManifestFetch, Validators
+from .fetch import BodyDeferred, Fetched, Fetcher, ManifestFetch, Validators
 from .groupcheck import check_group_bytes
 from .signing import (
     MAX_SIGNATURE_BYTES,
@@ -66,6 +72,7 @@ from .signing import (
     verify_signature,
 )
 from .tfjs import Group, Manifest, manifest_filename, parse_manifest, shard_url, signature_url
+from .windows import Closed, DownloadWindows
 
 __all__ = ["Progress", "SyncResult", "Syncer"]
 
@@ -86,16 +93,20 @@ class Progress:
     is not shown as downloading at 0 B/s.
     """
 
-    state: str = "idle"  # idle | queued | checking | downloading | publishing | error
+    state: str = "idle"  # idle | queued | checking | waiting | downloading | publishing | error
     bytes_done: int = 0
     bytes_total: int = 0
     files_done: int = 0
     files_total: int = 0
     received: int = 0  # body bytes over the network (resumes and retries included)
     started: float = field(default_factory=time.monotonic)
+    #: While state is ``waiting``: the download window waited for and when it opens
+    #: (:meth:`.windows.Closed.to_json`); None otherwise.
+    waiting: dict[str, Any] | None = None
 
     def reset(self, state: str) -> None:
         self.state = state
+        self.waiting = None
         self.bytes_done = self.bytes_total = self.files_done = self.files_total = 0
         self.received = 0
         self.started = time.monotonic()
@@ -174,9 +185,12 @@ class Syncer:
         *,
         concurrency: int = 4,
         max_model_bytes: int | None = None,
+        windows: DownloadWindows | None = None,
     ) -> None:
         self.store = store
         self.fetcher = fetcher
+        #: When shard bodies may be downloaded (None: always); the service's.
+        self.windows = windows
         self.limiter = FairLimiter(concurrency)
         self.max_model_bytes = max_model_bytes
         self._inflight: dict[str, _Flight] = {}
@@ -453,7 +467,7 @@ class Syncer:
         try:
             max_size = group.expected_size if group.expected_size is not None \
                 else self.max_model_bytes
-            answer = await self._fetch(model, url, progress, max_size, listed)
+            answer = await self._fetch(model, url, progress, max_size, listed, windowed=True)
             flight.entry = answer.entry
             # Known from now on, not only once this model's version is recorded: another
             # model that asks for this URL after the flight has landed (while this model
@@ -472,33 +486,56 @@ class Syncer:
     async def _fetch(
         self, model: ModelConfig, url: str, progress: Progress, max_size: int | None,
         listed: Listed | None, *, state: str = "downloading", limit: str = "its weight group",
+        windowed: bool = False,
     ) -> _Answer:
         """Fetch ``url`` into the store under a download slot: conditionally when the
         store holds a file from it, or, with ``listed``, unconditionally (the store does
         not hold the listed bytes, so a 304 would hand back other ones), reading at most
-        the listed length and committing only the listed SHA-256."""
+        the listed length and committing only the listed SHA-256.
+
+        ``windowed`` (shards): keep the body to the download windows. A request that
+        can only bring a body (no validators, or a partial to resume) waits for a
+        window before it is sent and before it takes a slot; a conditional one goes out
+        at once, and waits only if its answer has a body (closed unread).
+        """
         store = self.store
         known = self._index().get(url)
+        windows = self.windows if windowed else None
 
         def count(n: int) -> None:
             progress.bytes_done += n
             progress.received += n
 
-        async with self.limiter.slot(model.name):
-            progress.state = state  # from "queued", at its first file
-            if listed is None:
-                got: Fetched = await self.fetcher.file(
-                    url, store, validators=_validators(known, store), max_size=max_size,
-                    progress=count, source=model.url, limit=limit,
-                )
-            else:
-                got = await self.fetcher.file(
-                    url, store, max_size=listed.length, progress=count, source=model.url,
-                    expected_digest=listed.sha256, limit="the length its signature lists",
-                )
-                if got.size != listed.length:  # shorter; a longer body stopped at the length
-                    raise IntegrityError("length differs from its signature", file=url,
-                                         expected=listed.length, actual=got.size)
+        def body_allowed() -> bool:
+            return windows is None or windows.closed() is None
+
+        got: Fetched | None = None
+        while got is None:
+            validators = _validators(known, store) if listed is None else None
+            if windows is not None and (validators is None or store.has_ingest(url)):
+                await self._wait_window(windows, progress)
+            async with self.limiter.slot(model.name):
+                progress.state = state  # from "queued", at its first file
+                try:
+                    if listed is None:
+                        got = await self.fetcher.file(
+                            url, store, validators=validators, max_size=max_size,
+                            progress=count, source=model.url, limit=limit,
+                            body_allowed=body_allowed)
+                    else:
+                        got = await self.fetcher.file(
+                            url, store, max_size=listed.length, progress=count,
+                            source=model.url, expected_digest=listed.sha256,
+                            limit="the length its signature lists", body_allowed=body_allowed)
+                except BodyDeferred:
+                    pass  # the window closed, or the file changed outside it
+            if got is None:
+                assert windows is not None
+                await self._wait_window(windows, progress)
+            elif listed is not None and got.size != listed.length:
+                # shorter; a longer body stopped at the length
+                raise IntegrityError("length differs from its signature", file=url,
+                                     expected=listed.length, actual=got.size)
         if got.digest is None:  # 304: the file we hold is current
             assert known is not None
             return _Answer(known, False, 0)
@@ -506,6 +543,19 @@ class Syncer:
         meta = {"url": url, "etag": got.validators.etag,
                 "last_modified": got.validators.last_modified}
         return _Answer(FileEntry("-", got.digest, got.size, meta), True, got.received)
+
+    @staticmethod
+    async def _wait_window(windows: DownloadWindows, progress: Progress) -> None:
+        """Wait (holding no slot) until ``windows`` has one open; state ``waiting``."""
+        if windows.closed() is None:
+            return
+
+        def show(closed: Closed) -> None:
+            progress.state = "waiting"
+            progress.waiting = closed.to_json()
+
+        await windows.wait_open(show)
+        progress.state, progress.waiting = "queued", None
 
     async def _check_groups(
         self, model: ModelConfig, manifest: Manifest, files: dict[str, FileEntry]

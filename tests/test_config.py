@@ -373,7 +373,8 @@ def test_a_token_or_key_others_can_read_is_a_warning_naming_the_file(tmp_path, p
 
 ORIGIN_ERRORS = [
     ('prefix = "https://e.com/"\nbogus = 1', "bogus", 3, "unknown key 'bogus'"),
-    ('prefix = "https://e.com/"\nmax_rate = "1MiB"', "max_rate", 3, "unknown key 'max_rate'"),
+    ('prefix = "https://e.com/"\nmax_rate = "fast"', "max_rate", 3, "'fast' is not a size"),
+    ('prefix = "https://e.com/"\nmax_rate = -1', "max_rate", 3, "must be more than zero"),
     ('ca_file = "ca.pem"', "prefix", 1, "missing 'prefix'"),
     ('prefix = 5', "prefix", 2, "must be a string"),
     ('prefix = "ftp://e.com/"', "prefix", 2, "http:// or https://"),
