@@ -20,17 +20,19 @@ from ._errors import (
 from ._gc import GcReport, StoreStats
 from ._ingest import Ingest, IngestStatus, boot_id
 from ._objects import ObjectInfo
-from ._paths import check_manifest_name, check_name, check_relpath
+from ._paths import VERSIONS_DIR, check_manifest_name, check_name, check_relpath
 from ._pins import Pin
 from ._store import GRACE_SECONDS, EntryPoint, Store
 from ._verify import Problem
-from ._versions import FileEntry, Version
+from ._versions import VERSION_ID_LEN, FileEntry, Version
 
 __all__ = [
     "Download",
     "EntryPoint",
     "GRACE_SECONDS",
     "TMP_PREFIX",
+    "VERSIONS_DIR",
+    "VERSION_ID_LEN",
     "FileEntry",
     "GcReport",
     "Ingest",
