@@ -14,7 +14,9 @@ What one :meth:`Syncer.sync` does:
    to the length and SHA-256 the signature lists, and a file whose listed digest the
    store already holds is not asked for at all (the manifest included).
 1. GET the manifest, conditionally with the validators of the current version
-   (a 304 reuses the manifest the store holds), and parse it (:mod:`.tfjs`).
+   (a 304 reuses the manifest the store holds), and parse it (:mod:`.tfjs`). When
+   it is a shardsync site's entry point (:mod:`.upstream`), the manifest its version
+   pins is synced instead, so the version id is the site's (checked before publishing).
 2. For every shard, ask the origin, conditionally when the store already holds a
    file from that canonical URL (a 304 reuses it, costing no body); otherwise
    download it, resuming any partial. Each file is hashed while it streams.
@@ -48,7 +50,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +74,7 @@ from .signing import (
     verify_signature,
 )
 from .tfjs import Group, Manifest, manifest_filename, parse_manifest, shard_url, signature_url
+from .upstream import Claim, borrowable, claim, confirms
 from .windows import Closed, DownloadWindows
 
 __all__ = ["Progress", "SyncResult", "Syncer"]
@@ -266,7 +269,11 @@ class Syncer:
             progress.state = "error"
         return result
 
-    async def _sync(self, model: ModelConfig, progress: Progress, result: SyncResult) -> None:
+    async def _sync(self, model: ModelConfig, progress: Progress, result: SyncResult,
+                    *, chain: str = "detect") -> None:
+        """``chain``: ``"detect"`` a shardsync site as the origin (:mod:`.upstream`),
+        lending unchanged shards the validators of the version before; ``"no-borrow"``
+        the same without lending; ``"plain"`` no detection (the manifest as it is)."""
         store = self.store
         previous = store.current(model.name)
         index = self._index()
@@ -300,18 +307,23 @@ class Syncer:
         manifest_digest: str | None = None  # known when the manifest comes from the store
         if mf.data is None:
             assert known is not None
-            if known.size <= _INLINE_READ:
-                data = store.read_object(known.digest, model=model.name)
-            else:
-                data = await trio.to_thread.run_sync(
-                    functools.partial(store.read_object, known.digest, model=model.name))
+            data = await self._read(known, model)
             manifest_digest, validators = known.digest, mf.validators
         else:
             data, validators = mf.data, mf.validators
             if listed is not None:
                 await _check_listed(data, listed, file=model.url)
+        url = model.url  # the manifest's: the pinned one's when the origin is a site
+        site = None if keys or chain == "plain" else claim(model.url, data)
+        if site is not None:
+            pinned = await self._pinned(model, site, data)
+            if pinned is None:
+                site = None
+            else:
+                url = site.manifest_url
+                data, validators, manifest_digest = pinned
         kwargs = {"max_total": self.max_model_bytes} if self.max_model_bytes else {}
-        manifest = parse_manifest(data, manifest_url=model.url, **kwargs)
+        manifest = parse_manifest(data, manifest_url=url, **kwargs)
         if signed_files is not None:
             unlisted = [p for p in manifest.files if p not in signed_files]
             if unlisted:
@@ -323,12 +335,15 @@ class Syncer:
 
         files: dict[str, FileEntry] = {}
         errors: list[ShardsyncError] = []
+        lent = {} if site is None or previous is None or chain != "detect" else {
+            shard_url(url, f.path): f for f in previous.files
+            if borrowable(site, f.path, str(f.meta.get("url", "")))}
         progress.state = "queued"  # "downloading" once its first file has a slot
 
         async def one(group: Group, path: str) -> None:
             want = signed_files[path] if signed_files is not None else None
             try:
-                answer = await self._file(model, group, path, progress, want)
+                answer = await self._file(model, url, group, path, progress, want, lent)
                 e = answer.entry
                 if want is not None and (e.digest, e.size) != (want.sha256, want.length):
                     # Bytes another model's fetch of the same URL brought, unsigned.
@@ -360,13 +375,29 @@ class Syncer:
 
         if manifest_digest is None:  # else it is the object we just read and verified
             manifest_digest = await trio.to_thread.run_sync(store.put_bytes, data)
-        meta = {"url": model.url, "etag": validators.etag,
+        meta = {"url": url, "etag": validators.etag,
                 "last_modified": validators.last_modified}
         manifest_entry = FileEntry(manifest.filename, manifest_digest, len(data), meta)
         ordered = [files[p] for p in manifest.files]
         if accepted is not None:
             ordered.append(accepted.entry)
         version = Version.build(model.name, manifest_entry, ordered)
+        if site is not None and version.id != site.version:
+            # Not the site's version after all: lent validators that matched other bytes
+            # (the id is over every file's digest, so it catches that), or not a
+            # shardsync site. Nothing is published; try again without what was assumed.
+            again = "no-borrow" if lent and chain == "detect" else "plain"
+            log.warning("model %s: %s pins version %s but its files make version %s; "
+                        "syncing again %s", model.name, model.url, site.version, version.id,
+                        "without lent validators" if again == "no-borrow"
+                        else "as a plain origin")
+            result.files_fetched = result.files_reused = 0
+            index = self._index()
+            for u, f in lent.items():  # a lent 304 left the lent file known under u
+                if (got := index.get(u)) is not None and got.digest == f.digest:
+                    del index[u]
+            await self._sync(model, progress, result, chain=again)
+            return
         if previous is not None and previous.id == version.id:
             # The same bytes as the published version, whose groups were checked before
             # it was published: no need to walk string weights again on every check.
@@ -391,6 +422,42 @@ class Syncer:
         self._learn(version)
         await self._forget_downloads(version)
 
+    async def _pinned(
+        self, model: ModelConfig, site: Claim, entry: bytes
+    ) -> tuple[bytes, Validators, str | None] | None:
+        """The manifest ``site`` claims the entry point ``entry`` pins, fetched
+        (conditionally) as bytes, validators and the digest when the store held it; None
+        when the origin has no such manifest or it does not confirm the claim (a plain
+        origin whose paths only look like a site's)."""
+        known = self._index().get(site.manifest_url)
+        try:
+            async with self.limiter.slot(model.name):
+                mf = await self.fetcher.manifest(site.manifest_url,
+                                                 _validators(known, self.store))
+        except UpstreamError as exc:
+            if exc.status is None or exc.status >= 500:
+                raise  # the site may be down: not a reason to take it for a plain origin
+            log.info("model %s: %s is not a shardsync site (%s)", model.name, model.url, exc)
+            return None
+        digest = None
+        if mf.data is None:
+            assert known is not None
+            data, digest = await self._read(known, model), known.digest
+        else:
+            data = mf.data
+        if not confirms(site, entry, data):
+            log.info("model %s: %s is not a shardsync site: %s is not the manifest its "
+                     "entry point renders", model.name, model.url, site.manifest_url)
+            return None
+        return data, mf.validators, digest
+
+    async def _read(self, entry: FileEntry, model: ModelConfig) -> bytes:
+        """The bytes of the held file ``entry``, on the loop when small (see _INLINE_READ)."""
+        if entry.size <= _INLINE_READ:
+            return self.store.read_object(entry.digest, model=model.name)
+        return await trio.to_thread.run_sync(
+            functools.partial(self.store.read_object, entry.digest, model=model.name))
+
     # -- signatures ------------------------------------------------------------------
 
     async def _signature(
@@ -411,11 +478,7 @@ class Syncer:
             raise
         self._index()[url] = answer.entry
         e = answer.entry
-        if e.size <= _INLINE_READ:
-            data = self.store.read_object(e.digest, model=model.name)
-        else:
-            data = await trio.to_thread.run_sync(
-                functools.partial(self.store.read_object, e.digest, model=model.name))
+        data = await self._read(e, model)
         signed = verify_signature(data, keys, now=time.time(), file=url)
         record = self.store.trust_record(model.name)
         check_rollback(signed, record, file=url)
@@ -442,15 +505,18 @@ class Syncer:
             await trio.to_thread.run_sync(self.store.forget_downloads, sorted(urls))
 
     async def _file(
-        self, model: ModelConfig, group: Group, path: str, progress: Progress,
-        listed: Listed | None = None,
+        self, model: ModelConfig, manifest_url: str, group: Group, path: str,
+        progress: Progress, listed: Listed | None = None,
+        lent: Mapping[str, FileEntry] | None = None,
     ) -> _Answer:
-        """The file at ``path`` of ``model``: from the origin, deduplicated by URL.
+        """The file at ``path`` of the manifest at ``manifest_url``: from the origin,
+        deduplicated by URL.
 
         With ``listed`` (its signature's length and SHA-256), a file whose digest the
-        store already holds is not asked for at all, whatever URL brought it.
+        store already holds is not asked for at all, whatever URL brought it. ``lent``:
+        URL -> a held file whose validators to ask with when none are held for the URL.
         """
-        url = shard_url(model.url, path)
+        url = shard_url(manifest_url, path)
         if listed is not None and self.store.has_object(listed.sha256):
             known = self._index().get(url)
             meta = dict(known.meta) if known is not None and known.digest == listed.sha256 \
@@ -467,7 +533,8 @@ class Syncer:
         try:
             max_size = group.expected_size if group.expected_size is not None \
                 else self.max_model_bytes
-            answer = await self._fetch(model, url, progress, max_size, listed, windowed=True)
+            answer = await self._fetch(model, url, progress, max_size, listed, windowed=True,
+                                       lent=(lent or {}).get(url))
             flight.entry = answer.entry
             # Known from now on, not only once this model's version is recorded: another
             # model that asks for this URL after the flight has landed (while this model
@@ -486,7 +553,7 @@ class Syncer:
     async def _fetch(
         self, model: ModelConfig, url: str, progress: Progress, max_size: int | None,
         listed: Listed | None, *, state: str = "downloading", limit: str = "its weight group",
-        windowed: bool = False,
+        windowed: bool = False, lent: FileEntry | None = None,
     ) -> _Answer:
         """Fetch ``url`` into the store under a download slot: conditionally when the
         store holds a file from it, or, with ``listed``, unconditionally (the store does
@@ -497,9 +564,15 @@ class Syncer:
         can only bring a body (no validators, or a partial to resume) waits for a
         window before it is sent and before it takes a slot; a conditional one goes out
         at once, and waits only if its answer has a body (closed unread).
+
+        ``lent``: a file held from another URL whose validators are asked with when the
+        store holds none from ``url`` (:func:`.upstream.borrowable`); its 304 is that
+        file, now known under ``url``.
         """
         store = self.store
         known = self._index().get(url)
+        if lent is not None and _validators(known, store) is None:
+            known = FileEntry(lent.path, lent.digest, lent.size, {**lent.meta, "url": url})
         windows = self.windows if windowed else None
 
         def count(n: int) -> None:

@@ -1,0 +1,176 @@
+"""A shardsync site as an origin (daemon/upstream.py), with real parts only.
+
+An upstream ``shardsync sync`` mirrors the test origin; a real nginx serves its site_dir
+exactly as ``shardsync nginx-config`` prints it; a downstream ``shardsync sync`` mirrors
+that nginx. nginx's own access log (the ``combined`` format of the throwaway
+nginx.conf, outside the server block under test) is the account of every request and
+body byte the downstream cost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from e2e.webserver import NginxServer, run_nginx
+from origin import Origin
+from storehelpers import ModelFiles, tfjs_model, write_model
+from synchelpers import assert_published, publish_on, run_cli, write_config
+
+from shardsync.daemon.nginx import render_nginx_config
+
+SHARD = 96 * 1024  # bytes per shard: big enough that a body is told from a 304 at a glance
+
+
+def model(changed: bytes = b"\x02") -> ModelFiles:
+    """Three shards of one group; ``changed`` fills the second, so two releases differ
+    in that shard only (the manifest, sized by the group, stays the same)."""
+    return tfjs_model("layers-model", [{"group1-shard1of3.bin": b"\x01" * SHARD,
+                                        "group1-shard2of3.bin": changed * SHARD,
+                                        "group1-shard3of3.bin": b"\x03" * SHARD}])
+
+
+@dataclass
+class Hit:
+    method: str
+    uri: str
+    status: int
+    body_bytes: int
+
+
+# nginx's "combined": ... "GET /models/m/model.json HTTP/1.1" 200 1234 "-" "python-httpx/..."
+_COMBINED = re.compile(r'[^"]*"(\w+) (\S+) HTTP/[\d.]+" (\d{3}) (\d+) .*')
+
+
+def hits(server: NginxServer) -> list[Hit]:
+    """Every request nginx logged so far, oldest first; the log is emptied."""
+    log = server.dir / "access.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.write_text("")
+    out = []
+    for line in lines:
+        m = _COMBINED.fullmatch(line)
+        assert m, f"unexpected access log line {line!r}"
+        out.append(Hit(m[1], m[2], int(m[3]), int(m[4])))
+    return out
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[NginxServer]:
+    """nginx serving the upstream's site_dir (``tmp_path/up/site``) as nginx-config has it."""
+    up_site = tmp_path / "up" / "site"
+    up_site.mkdir(parents=True)
+    with run_nginx(tmp_path / "nginx", lambda listen: render_nginx_config(
+            up_site, listen=listen)) as server:
+        yield server
+
+
+def sync(base: Path, url: str) -> str:
+    """``shardsync sync`` of the model ``m`` at ``url`` in ``base``; its version id."""
+    config = write_config(base, {"m": url})
+    done = run_cli("sync", "-c", config, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (result,) = json.loads(done.stdout)["models"]
+    assert result["ok"], result
+    return str(result["version"])
+
+
+def test_a_downstream_publishes_the_upstream_version_and_an_update_moves_one_shard(
+    origin: Origin, site: NginxServer, tmp_path: Path
+) -> None:
+    up, down = tmp_path / "up", tmp_path / "down"
+    v1 = model()
+    up_v1 = sync(up, publish_on(origin, "m", v1))
+    url = f"{site.url}/models/m/{v1.manifest_name}"
+
+    assert sync(down, url) == up_v1
+    assert assert_published(down / "site", "m", v1) == up_v1
+    assert not (down / "site" / "m" / "versions" / up_v1 / "versions").exists()
+    cold = hits(site)
+    assert {(h.uri, h.status) for h in cold} == {
+        (f"/models/m/{v1.manifest_name}", 200),
+        (f"/models/m/versions/{up_v1}/{v1.manifest_name}", 200),
+        *((f"/models/m/versions/{up_v1}/{p}", 200) for p in v1.shards)}
+    entry = (up / "site" / "m" / v1.manifest_name).stat().st_size  # the rewritten paths
+    assert sum(h.body_bytes for h in cold) == entry + len(v1.manifest) + 3 * SHARD
+
+    # A warm check: the entry point (never 304, by nginx-config), then only 304s.
+    assert sync(down, url) == up_v1
+    warm = hits(site)
+    assert len(warm) == 5
+    assert [h.status for h in warm if h.uri.endswith(f"m/{v1.manifest_name}")] == [200]
+    assert sum(h.body_bytes for h in warm) == entry
+
+    # nginx's ETag is mtime and size, in seconds: a changed shard written within the
+    # second of the one it replaces, of the same size, would share it (see the next test).
+    time.sleep(1.1)
+    v2 = model(b"\x22")
+    assert origin.root is not None
+    write_model(origin.root / "m", v2)
+    up_v2 = sync(up, origin.url_for(f"m/{v2.manifest_name}"))
+    assert up_v2 != up_v1
+    hits(site)
+
+    assert sync(down, url) == up_v2
+    assert assert_published(down / "site", "m", v2) == up_v2
+    update = hits(site)
+    bodies = {h.uri: h.body_bytes for h in update if h.status == 200}
+    entry = (up / "site" / "m" / v2.manifest_name).stat().st_size
+    assert bodies == {f"/models/m/{v2.manifest_name}": entry,
+                      f"/models/m/versions/{up_v2}/{v2.manifest_name}": len(v2.manifest),
+                      f"/models/m/versions/{up_v2}/group1-shard2of3.bin": SHARD}
+    assert sorted(h.uri for h in update if h.status == 304) == [
+        f"/models/m/versions/{up_v2}/group1-shard1of3.bin",
+        f"/models/m/versions/{up_v2}/group1-shard3of3.bin"]
+
+
+def test_a_304_for_other_bytes_under_a_lent_etag_is_caught_by_the_version_id(
+    origin: Origin, site: NginxServer, tmp_path: Path
+) -> None:
+    """The changed shard's object is given the old one's mtime: same size, same second,
+    so nginx answers the lent ETag with a 304 for other bytes. The tree digest differs
+    from the pinned id; the downstream asks again without lending, and publishes the
+    upstream's version with the right bytes."""
+    up, down = tmp_path / "up", tmp_path / "down"
+    v1 = model()
+    up_v1 = sync(up, publish_on(origin, "m", v1))
+    url = f"{site.url}/models/m/{v1.manifest_name}"
+    assert sync(down, url) == up_v1
+    v2 = model(b"\x22")
+    assert origin.root is not None
+    write_model(origin.root / "m", v2)
+    up_v2 = sync(up, origin.url_for(f"m/{v2.manifest_name}"))
+    old = up / "site" / "m" / "versions" / up_v1 / "group1-shard2of3.bin"
+    new = up / "site" / "m" / "versions" / up_v2 / "group1-shard2of3.bin"
+    st = old.stat()
+    os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))
+    hits(site)
+
+    assert sync(down, url) == up_v2
+    assert assert_published(down / "site", "m", v2) == up_v2
+    shard2 = [h for h in hits(site) if h.uri.endswith(f"{up_v2}/group1-shard2of3.bin")]
+    assert [(h.status, h.body_bytes) for h in shard2] == [(304, 0), (200, SHARD)]
+
+
+def test_an_origin_whose_paths_only_look_like_a_site_is_a_plain_origin(
+    origin: Origin, tmp_path: Path
+) -> None:
+    """Paths under ``versions/<16 hex>/`` but a pinned manifest that is another model's:
+    synced as the manifest it is, its paths nested under the downstream's own version."""
+    fake = "0123456789abcdef"
+    decoy = tfjs_model("layers-model", [{f"versions/{fake}/group1-shard1of1.bin": b"\x07" * 64}])
+    url = publish_on(origin, "m", decoy)
+    other = tfjs_model("layers-model", [{"group1-shard1of1.bin": b"\x07" * 64}], tag="other")
+    assert origin.root is not None
+    write_model(origin.root / "m" / "versions" / fake, other)
+
+    down = tmp_path / "down"
+    version = sync(down, url)
+    assert assert_published(down / "site", "m", decoy) == version
+    assert (down / "site" / "m" / "versions" / version / "versions" / fake).is_dir()
