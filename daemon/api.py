@@ -39,6 +39,7 @@ from .pinning import ACTIONS, apply, pin_json, request_version
 from .processmetrics import add_process_metrics, read_process
 from .scheduler import ModelState
 from .signing import signature_status
+from .sync import source_of
 from .times import rfc3339, with_rfc3339
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class ControlApi:
         self.service = service
         # The service's dict, shared: it records each sync's version, this reads it.
         self._versions = service.current_versions
+        self._sources = service.current_sources
         self._trust = service.trust_records
 
     @property
@@ -120,6 +122,7 @@ class ControlApi:
             "url": st.config.url,
             "state": st.progress.state,
             "version": version,
+            "source": self._current_source(st.config.name),
             "signature": signature_status(self._trust_record(st.config.name), version),
             "last_check": st.last_check,
             "last_success": st.last_success,
@@ -144,6 +147,17 @@ class ControlApi:
         if name not in self._versions:  # not synced yet since start: ask the store once
             self._versions[name] = self.store.current_id(name)
         return self._versions[name]
+
+    def _current_source(self, name: str) -> str | None:
+        """The source that last served the current version (:func:`.sync.source_of`)."""
+        assert self.store
+        if name not in self._sources:  # not synced since start, or a pin changed it
+            try:
+                current = self.store.current(name)
+            except ShardsyncError:
+                current = None  # unreadable: the model's next sync reports it
+            self._sources[name] = source_of(current) if current is not None else None
+        return self._sources[name]
 
     def _trust_record(self, name: str) -> dict[str, Any] | None:
         assert self.store
@@ -226,6 +240,7 @@ class ControlApi:
             except NotFoundError as exc:
                 raise HTTPError(404, str(exc)) from None
             self._versions[name] = doc["version"]
+            self._sources.pop(name, None)  # a rollback made another version current
             self.service.store_stats = None  # a publish or prune may have changed them
             if action == "unpin":
                 self.service.scheduler.wake(name)

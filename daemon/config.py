@@ -19,7 +19,8 @@ it. The token itself is read here, so a reload picks up a rotated one.
 ``public_keys`` are checked and kept for signature checks. A model URL's
 ``user:password@`` is taken out of it (:func:`.urls.split_userinfo`): ``url`` is the
 canonical URL that is stored and shown, ``userinfo`` the credential, sent only to URLs
-in the manifest's directory.
+in the manifest's directory. ``mirrors`` get the same checks and the same split, each
+its own (:meth:`ModelConfig.sources`).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
 log = logging.getLogger(__name__)
 
 _TOP_KEYS = frozenset(DEFAULTS) | {"model", "origin"}
-_MODEL_KEYS = frozenset({"name", "url", "interval", "public_keys"})
+_MODEL_KEYS = frozenset({"name", "url", "mirrors", "interval", "public_keys"})
 _ORIGIN_KEYS = frozenset({"prefix", "ca_file", "client_cert", "client_key", "token_file",
                           "headers", "proxy", "public_keys", "max_rate"})
 
@@ -121,6 +122,20 @@ class ModelConfig:
     interval: float
     public_keys: tuple[bytes, ...] = ()
     userinfo: tuple[str, str] | None = field(default=None, repr=False)
+    #: Canonical URLs tried in order when ``url`` fails (docs/design.md, "Mirrors");
+    #: ``mirror_userinfo`` holds their credentials, one per mirror (None: none).
+    mirrors: tuple[str, ...] = ()
+    mirror_userinfo: tuple[tuple[str, str] | None, ...] = field(default=(), repr=False)
+
+    def sources(self) -> tuple[ModelConfig, ...]:
+        """The model as each of its sources serves it: ``url`` first, then each mirror in
+        order, each with its own URL and userinfo and no mirrors of its own. A sync reads
+        a whole model (manifest, signature, shards) from one of them, because shard URLs
+        are relative to the manifest's; everything else (name, keys) is the model's."""
+        infos = self.mirror_userinfo or (None,) * len(self.mirrors)
+        return (replace(self, mirrors=(), mirror_userinfo=()),
+                *(replace(self, url=u, userinfo=ui, mirrors=(), mirror_userinfo=())
+                  for u, ui in zip(self.mirrors, infos, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -188,7 +203,7 @@ class Config:
     def manifest_urls(self) -> frozenset[str]:
         """Every configured model's manifest URL: the sources whose download records
         (:meth:`Store.downloaded`) are kept."""
-        return frozenset(m.url for m in self.models)
+        return frozenset(s.url for m in self.models for s in m.sources())
 
     def model(self, name: str) -> ModelConfig:
         """Return the model called ``name``; NotFoundError if the config has none."""
@@ -388,10 +403,15 @@ def parse_config(text: str, *, path: Path) -> Config:
 
     # A model trusts its own keys and its origin's (docs/design.md: "per model, in addition to
     # its origin's"): joined here, once, so signing.trusted_keys reads the model alone.
+    # A mirror's origin counts as the model's too: its keys then hold whichever source
+    # serves the model, so a mirror cannot bring in unsigned what its origin signs.
     for n, model in enumerate(models):
-        home = origin_for(tuple(origins), model.url)
-        if home is not None and home.public_keys:
-            joined = tuple(dict.fromkeys(model.public_keys + home.public_keys))
+        joined = model.public_keys
+        for source in model.sources():
+            home = origin_for(tuple(origins), source.url)
+            if home is not None and home.public_keys:
+                joined = tuple(dict.fromkeys(joined + home.public_keys))
+        if joined != model.public_keys:
             models[n] = replace(model, public_keys=joined)
 
     return Config(path=path, state_dir=state_dir, site_dir=site_dir, socket=socket,
@@ -433,8 +453,45 @@ def _model(where: _Locator, i: int, block: dict[str, Any], default_interval: flo
                           "public_keys", model=i)
     public_keys = tuple(_checked(where, "public_keys", parse_public_key, k, model=i)
                         for k in keys)
+    mirrors, mirror_userinfo = _mirrors(where, i, block.get("mirrors", []), url)
     return ModelConfig(name=name, url=url, interval=interval, public_keys=public_keys,
-                       userinfo=userinfo)
+                       userinfo=userinfo, mirrors=mirrors, mirror_userinfo=mirror_userinfo)
+
+
+def _mirrors(where: _Locator, i: int, value: Any, url: str
+             ) -> tuple[tuple[str, ...], tuple[tuple[str, str] | None, ...]]:
+    """``mirrors`` of model ``i`` (canonical ``url``): checked like ``url``, userinfo
+    split off, and named like ``url``'s manifest file, since the file name is part of a
+    version's identity (its tree digest) and of the published entry point: a mirror
+    with another name could not serve the same version. A duplicate (of ``url`` or of
+    another mirror) is refused: it would only try the same failure twice."""
+    if not isinstance(value, list):
+        raise where.error(f"must be a list of URL strings, not {value!r}", "mirrors", model=i)
+    seen = {url}
+    urls: list[str] = []
+    infos: list[tuple[str, str] | None] = []
+    for n, mirror in enumerate(value, 1):
+        if not isinstance(mirror, str):
+            raise where.error(f"mirror {n} must be a string, not {mirror!r}", "mirrors",
+                              model=i)
+        try:
+            _check_url(mirror)
+        except ValueError as exc:
+            raise where.error(f"mirror {n}: {exc}", "mirrors", model=i) from exc
+        canonical, info = split_userinfo(mirror)
+        if manifest_filename(canonical) != manifest_filename(url):
+            raise where.error(
+                f"mirror {n}: {redact_url(mirror)!r} names the manifest "
+                f"{manifest_filename(canonical)!r}, not {manifest_filename(url)!r} as url does "
+                "(the same version must have the same file names from every source)",
+                "mirrors", model=i)
+        if canonical in seen:
+            raise where.error(f"mirror {n}: {redact_url(mirror)!r} is listed twice "
+                              "(as url or as another mirror)", "mirrors", model=i)
+        seen.add(canonical)
+        urls.append(canonical)
+        infos.append(info)
+    return tuple(urls), tuple(infos)
 
 
 def _check_url(url: str) -> str:

@@ -42,6 +42,7 @@ The status document (``GET /v1/status``), shared with ``shardsync status``
         {"name": "bodypix",
          "state": "idle" | "queued" | "checking" | "downloading" | "publishing" | "error",
          "version": "3f2a9c01d2e4" | null,         # current published version
+         "source": "https://host/m/model.json" | null,  # url or mirror that last served it
          "signature": {"signed": true | false,     # the current version came signed
                        "keyid": "<hex>" | null,    # by this trusted key
                        "version": 3 | null,        # its signature's version

@@ -272,7 +272,8 @@ def import_sources(config: Config, directory: Path,
             absent.append(model.name)
             continue
         url = file_url(here / manifest_filename(model.url))
-        out.append(replace(model, url=url, userinfo=None))
+        # No mirrors: an import reads the medium alone, never the network.
+        out.append(replace(model, url=url, userinfo=None, mirrors=(), mirror_userinfo=()))
     return out, absent
 
 

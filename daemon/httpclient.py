@@ -151,7 +151,8 @@ class OriginTransport(httpx.AsyncBaseTransport):
 
     def configure(self, origins: Sequence[OriginConfig],
                   models: Sequence[ModelConfig] = ()) -> None:
-        """Use ``origins``, and the userinfo of ``models``' URLs, from now on.
+        """Use ``origins``, and the userinfo of ``models``' URLs (``url`` and each
+        mirror, :meth:`.ModelConfig.sources`), from now on.
 
         A model URL's ``user:password@`` becomes ``Authorization: Basic`` for the URLs
         in its manifest's directory (where TF.js finds the shards), with the trust and
@@ -161,7 +162,7 @@ class OriginTransport(httpx.AsyncBaseTransport):
         """
         origins = tuple(origins)
         routes: list[_Route] = []
-        for m in models:
+        for m in (s for model in models for s in model.sources()):  # mirrors too
             if m.userinfo is None:
                 continue
             key = origin_key(m.url).partition("?")[0]

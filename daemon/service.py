@@ -195,6 +195,8 @@ class Service:
         # Current version per model, as the last sync left it: /v1/status must not read
         # every model's ref from disk on the event loop for each request.
         self.current_versions: dict[str, str | None] = {}
+        # The source (url or mirror) that last served each current version; same reason.
+        self.current_sources: dict[str, str | None] = {}
         # Trust record per model (signed models), as the last sync left it; same reason.
         self.trust_records: dict[str, dict[str, Any] | None] = {}
         self.api = ControlApi(self)  # what the control socket serves
@@ -385,6 +387,7 @@ class Service:
                 async with self.gate.collecting():
                     await trio.to_thread.run_sync(self.store.remove_model, name)
                 self.current_versions.pop(name, None)
+                self.current_sources.pop(name, None)
                 self.trust_records.pop(name, None)
                 self.removal_times.forget(name)
             except ShardsyncError as exc:
@@ -405,6 +408,7 @@ class Service:
         assert self.events
         name = state.config.name
         self.current_versions[name] = result.version
+        self.current_sources[name] = result.source
         if result.signature is not None:
             self.trust_records[name] = result.signature
         else:  # unsigned, or refused: the store's record says what the current one was
@@ -414,7 +418,7 @@ class Service:
                         file=result.error.file)
         elif result.changed:
             self._event("published", model=name, version=result.version,
-                        received=result.received)
+                        source=result.source, received=result.received)
             self.store_stats = None
             self._published.set()
         elif result.held_back is not None:  # pinned: what the origin offers waits

@@ -32,8 +32,10 @@ def format_status_table(status: Mapping[str, Any], *, now: float | None = None) 
     ``in 25m``. A failed reload (``service.config_error``) gets a line of its own
     under the header, in full: the operator must fix the file it names. Each pinned
     model gets a line under the table saying what its pin holds back (a column would
-    be ``-`` on nearly every row). Missing or null fields show as ``-``, so an older
-    or newer service still renders.
+    be ``-`` on nearly every row). So does each model whose current version a mirror
+    served (``source`` is not its ``url``), naming the mirror: a URL is too wide for a
+    column, and ``url`` is what an operator expects. Missing or null fields show as
+    ``-``, so an older or newer service still renders.
     """
     now = time.time() if now is None else now
     service = status.get("service") or {}
@@ -58,6 +60,9 @@ def format_status_table(status: Mapping[str, Any], *, now: float | None = None) 
         cells = [cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=False)] + [r[-1]]
         lines.append("  ".join(cells).rstrip())
     lines += [_pinned(m, now) for m in models if isinstance(m.get("pinned"), Mapping)]
+    lines += [f"mirror: {m.get('name', '?')} at {str(m.get('version') or '-')[:12]} "
+              f"served by {m['source']}" for m in models
+              if m.get("source") and m.get("url") and m["source"] != m["url"]]
     return "\n".join(lines) + "\n"
 
 

@@ -38,6 +38,12 @@ waits before its request, outside its download slot, until a window opens (state
 validators is still asked conditionally, and waits only if the answer has a body.
 The manifest and the signature are read at any time: they are the check.
 
+A model with ``mirrors`` is synced from its sources in order (:meth:`Syncer._sync_sources`):
+``url`` first, and each mirror in turn while the failure is the source's (anything but
+the store's own: :data:`_LOCAL_ERRORS`), the whole model from one source. The version
+id is the tree digest, so it is the same whichever source served it, and the version
+record's manifest URL says which one did (``SyncResult.source``).
+
 On any failure the current version stays published, partial downloads stay on disk
 for the next try, and the result carries an error naming the model, file and reason.
 """
@@ -56,7 +62,15 @@ from typing import Any
 
 import trio
 
-from shardsync.store import FileEntry, IntegrityError, ShardsyncError, Store, Version
+from shardsync.store import (
+    FileEntry,
+    IntegrityError,
+    LockedError,
+    ShardsyncError,
+    StorageError,
+    Store,
+    Version,
+)
 
 from .config import ModelConfig
 from .errors import SignatureError, UpstreamError
@@ -75,9 +89,10 @@ from .signing import (
 )
 from .tfjs import Group, Manifest, manifest_filename, parse_manifest, shard_url, signature_url
 from .upstream import Claim, borrowable, claim, confirms
+from .urls import redact_url
 from .windows import Closed, DownloadWindows
 
-__all__ = ["Progress", "SyncResult", "Syncer"]
+__all__ = ["Progress", "SyncResult", "Syncer", "source_of"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +100,13 @@ log = logging.getLogger(__name__)
 #: a worker-thread hop costs more than that. Real model.json files are a few kB to a few
 #: MB; bigger ones go to a thread so the other downloads do not stall.
 _INLINE_READ = 256 * 1024
+
+#: Failures of this machine, not of the source: another source would meet them too (a
+#: full disk, a busy store), so they end the sync at once. Every other ShardsyncError
+#: (unreachable, TLS, timeout, any HTTP error after the fetcher's retries, a manifest
+#: refused, bytes that fail a check, a signature that does not let the model through)
+#: could be the source's own, and the next mirror is tried.
+_LOCAL_ERRORS = (StorageError, LockedError)
 
 
 @dataclass
@@ -135,6 +157,9 @@ class SyncResult:
     #: The store's trust record after this sync (signed models; None otherwise): what
     #: the service shows of the signature without reading it back from disk.
     signature: dict[str, Any] | None = None
+    #: The source (``url`` or a mirror, userinfo redacted) that last served the current
+    #: version: its record's manifest URL. None with no current version.
+    source: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -142,7 +167,7 @@ class SyncResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "ok": self.ok, "version": self.version,
-                "changed": self.changed, "held_back": self.held_back,
+                "source": self.source, "changed": self.changed, "held_back": self.held_back,
                 "received": self.received,
                 "files_fetched": self.files_fetched, "files_reused": self.files_reused,
                 "error": str(self.error) if self.error else None}
@@ -245,7 +270,7 @@ class Syncer:
         result = SyncResult(model.name)
         progress.reset("queued")
         try:
-            await self._sync(model, progress, result)
+            await self._sync_sources(model, progress, result)
             progress.state = "idle"
         except ShardsyncError as exc:
             result.error = exc.with_context(model=model.name)
@@ -261,13 +286,53 @@ class Syncer:
             log.error("%s", result.error)
         result.received = progress.received
         try:
-            result.version = self.store.current_id(model.name)
+            current = self.store.current(model.name)
+            if current is not None:
+                result.version = current.id
+                result.source = source_of(current)
         except ShardsyncError as exc:
             # An unreadable ref (a planted symlink, an I/O error) has usually just failed
             # the sync itself; either way it is this model's failure, never the pass's.
             result.error = result.error or exc.with_context(model=model.name)
             progress.state = "error"
         return result
+
+    async def _sync_sources(self, model: ModelConfig, progress: Progress,
+                            result: SyncResult) -> None:
+        """:meth:`_sync` from ``url``, then from each mirror in order while the failure
+        is the source's (not one of :data:`_LOCAL_ERRORS`); raises the first source's
+        error, naming what each mirror said, when none of them served the model.
+
+        Each source is asked for the whole model: its shard URLs are relative to its
+        manifest. Files are known per URL (validators, download records), so a source
+        other than the one the current version was last checked from is read in full
+        once, and its bytes stored deduplicated; the version id, the tree digest, is the
+        same, so nothing new is published, and the record takes that source's
+        validators (later checks there are conditional). Each failed source is logged.
+        """
+        sources = model.sources()
+        errors: list[ShardsyncError] = []
+        for n, source in enumerate(sources):
+            if n:
+                progress.reset("queued")
+                progress.received = result.received  # bytes of the sources before
+            try:
+                await self._sync(source, progress, result)
+                return
+            except _LOCAL_ERRORS:
+                raise
+            except ShardsyncError as exc:
+                errors.append(exc.with_context(model=model.name))
+                if n + 1 < len(sources):
+                    log.warning("%s; trying mirror %d, %s", exc, n + 1,
+                                redact_url(sources[n + 1].url))
+            finally:
+                result.received = progress.received
+        first = errors[0]
+        if len(errors) > 1:
+            first.reason += "; " + "; ".join(
+                f"mirror {n}: {_without_model(e)}" for n, e in enumerate(errors[1:], 1))
+        raise first
 
     async def _sync(self, model: ModelConfig, progress: Progress, result: SyncResult,
                     *, chain: str = "detect") -> None:
@@ -668,6 +733,20 @@ def _validators(known: FileEntry | None, store: Store) -> Validators | None:
         return None
     v = Validators(known.meta.get("etag"), known.meta.get("last_modified"))
     return v or None
+
+
+def source_of(version: Version) -> str | None:
+    """The source that last served ``version`` (its manifest's canonical URL, userinfo
+    redacted in case a record predates the split), or None for a record without one."""
+    url = version.manifest.meta.get("url")
+    return redact_url(str(url)) if url else None
+
+
+def _without_model(exc: ShardsyncError) -> str:
+    """``exc`` as a message without its model (said once, by the error it joins)."""
+    dup = _own_copy(exc)
+    dup.model = None
+    return str(dup)
 
 
 def _own_copy(exc: ShardsyncError) -> ShardsyncError:

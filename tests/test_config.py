@@ -63,7 +63,7 @@ def test_example_documents_every_key():
     for key in ("state_dir", "site_dir", "socket", "interval", "concurrency", "keep_versions",
                 "max_model_bytes", "metrics_listen", "[[model]]", "name", "url",
                 "[[origin]]", "prefix", "ca_file", "client_cert", "client_key", "token_file",
-                "headers", "proxy", "public_keys"):
+                "headers", "proxy", "public_keys", "mirrors"):
         assert f"\n{key}" in text or f"#   {key}" in text or f"# {key}" in text, key
 
 

@@ -78,3 +78,14 @@ def test_pinned_models_are_marked_and_say_what_they_hold_back_under_the_table():
         "pinned: bodypix at 3f2a9c01d2e4 since 5m ago; 9c01d2e43f2a waiting "
         "(unpin to publish it)",
         "pinned: quiet at 3f2a9c01d2e4 since 5m ago; nothing newer seen"]
+
+
+def test_a_model_served_by_a_mirror_says_which_under_the_table():
+    by_mirror = {"name": "face", "state": "idle", "version": "3f2a9c01d2e4ffff",
+                 "url": "https://origin/face/model.json", "source": "file:///usb/face/model.json"}
+    by_url = {"name": "plain", "state": "idle", "version": "aa",
+              "url": "https://origin/plain/model.json",
+              "source": "https://origin/plain/model.json"}
+    lines = format_status_table({"models": [by_mirror, by_url]}, now=0).splitlines()
+    assert lines[-1] == "mirror: face at 3f2a9c01d2e4 served by file:///usb/face/model.json"
+    assert len(lines) == 5  # header, columns, two rows, that one line: nothing for "plain"
