@@ -6,13 +6,15 @@ ignored). Connection failures are translated here, once, into an
 :class:`UnreachableError` whose message tells the operator what to do: the service
 is not running, or they lack permission on the socket. Error answers become
 :class:`NotFoundError` (404) or :class:`ShardsyncError` carrying the service's
-``{"error": ...}`` message.
+``{"error": ...}`` message. A 503 (the socket's connection cap is full: the request
+was not served) is sent again after its Retry-After, a few times.
 
 The status table ``shardsync status`` prints is :mod:`shardsync.daemon.statustable`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +35,11 @@ __all__ = [
 DEFAULT_TIMEOUT = 10.0
 # Any host works over a Unix socket; this one matches docs/design.md's curl examples.
 BASE_URL = "http://localhost"
+# A 503 from the control socket means its connection cap is full (httpserver.ConnectionLimit)
+# and the request was not served at all, so any method may be sent again: up to this many
+# times, each after the answer's Retry-After (at most MAX_BUSY_WAIT s).
+BUSY_RETRIES = 5
+MAX_BUSY_WAIT = 2.0
 
 
 class ControlClient:
@@ -62,14 +69,19 @@ class ControlClient:
         extra: dict[str, Any] = {}
         if timeout is not None:
             extra["timeout"] = timeout
-        try:
-            response = self._client.request(method, path, json=json, params=params, **extra)
-        except httpx.TimeoutException as exc:
-            raise ShardsyncError(f"shardsync did not answer within "
-                                 f"{timeout or self._client.timeout.read} s "
-                                 f"(socket {self.socket_path})") from exc
-        except httpx.TransportError as exc:
-            raise _connect_error(exc, self.socket_path) from exc
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                response = self._client.request(method, path, json=json, params=params,
+                                                **extra)
+            except httpx.TimeoutException as exc:
+                raise ShardsyncError(f"shardsync did not answer within "
+                                     f"{timeout or self._client.timeout.read} s "
+                                     f"(socket {self.socket_path})") from exc
+            except httpx.TransportError as exc:
+                raise _connect_error(exc, self.socket_path) from exc
+            if response.status_code != 503 or attempt == BUSY_RETRIES:
+                break
+            time.sleep(_retry_after(response))
         return _decode(response, method, path)
 
     def get(self, path: str, **params: Any) -> Any:
@@ -125,6 +137,15 @@ def _connect_error(exc: httpx.TransportError, path: str) -> ShardsyncError:
     if isinstance(exc, httpx.ConnectError):
         return UnreachableError(f"cannot connect to shardsync at {path}: {cause or exc}")
     return ShardsyncError(f"the connection to shardsync at {path} failed: {exc}")
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """The seconds a 503 asks to wait (its Retry-After), within (0, MAX_BUSY_WAIT]."""
+    try:
+        wait = float(response.headers.get("retry-after", "1"))
+    except ValueError:
+        wait = 1.0
+    return min(max(wait, 0.1), MAX_BUSY_WAIT)
 
 
 def _decode(response: httpx.Response, method: str, path: str) -> Any:

@@ -129,6 +129,25 @@ async def test_past_max_connections_a_request_gets_503_then_room_comes_back(serv
         await stream.aclose()
 
 
+async def test_the_client_waits_out_a_full_socket_instead_of_failing(served):
+    # `shardsync status` during a flood: the first answers are 503 (the request was not
+    # served), so the client sends it again after Retry-After until a slot frees.
+    held = [await trio.open_unix_socket(served.path) for _ in range(MAX_CONNECTIONS)]
+    await trio.testing.wait_all_tasks_blocked()
+
+    async def free_some_later() -> None:
+        await trio.sleep(1.5)  # after the client's first 503 (Retry-After: 1)
+        for stream in held[-8:]:
+            await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(free_some_later)
+        status = await trio.to_thread.run_sync(get_json, served.path, "/v1/status")
+    assert status["ok"] is True
+    for stream in held[:-8]:
+        await stream.aclose()
+
+
 async def test_past_the_refusals_in_hand_a_connection_is_closed_unanswered(served):
     streams = [await trio.open_unix_socket(served.path)
                for _ in range(MAX_CONNECTIONS + MAX_REFUSING)]
