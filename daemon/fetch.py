@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -532,13 +533,43 @@ class Fetcher:
 
 def _reason(exc: BaseException) -> str:
     """The first non-empty message down ``exc``'s chain (httpx's is often empty: trio's
-    ``BrokenResourceError()`` keeps its reason in ``__cause__``), else its type's name."""
+    ``BrokenResourceError()`` keeps its reason in ``__cause__``), else its type's name,
+    followed by the system's reasons it does not already give (:func:`_os_reasons`)."""
     e: BaseException | None = exc
+    reason = type(exc).__name__
     while e is not None:
         if str(e):
-            return str(e) if e is exc else f"{type(e).__name__}: {e}"
+            reason = str(e) if e is exc else f"{type(e).__name__}: {e}"
+            break
         e = e.__cause__ or e.__context__
-    return type(exc).__name__
+    more = [r for r in _os_reasons(exc) if r.lower() not in reason.lower()]
+    return f"{reason} ({', '.join(more)})" if more else reason
+
+
+def _os_reasons(exc: BaseException) -> list[str]:
+    """The distinct system reasons (``os.strerror``) of the OSErrors in ``exc``'s chain
+    and exception groups.
+
+    trio's connect gives "all attempts to connect to HOST:PORT failed" and keeps why
+    (one OSError per address tried) in an ExceptionGroup below it: "Network is
+    unreachable" and "Connection refused" call for different fixes, so status says it.
+    """
+    out: list[str] = []
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            text = os.strerror(e.errno)  # trio's strerror repeats the address
+            if text not in out:
+                out.append(text)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+    return out
 
 
 async def _error_body(r: httpx.Response) -> bytes:

@@ -513,6 +513,9 @@ async def test_an_unreachable_origin_is_a_connect_error(tmp_path: Path) -> None:
         with pytest.raises(ConnectError, match="connection failed") as info:
             await f.file(url, store)
     assert info.value.file == url
+    # The system's reason, which trio keeps in an ExceptionGroup below its own message:
+    # "refused" (nothing listens) calls for another fix than "unreachable" (no route).
+    assert info.value.reason.endswith("(Connection refused)"), info.value.reason
 
 
 async def test_redirects_are_followed_and_the_partial_keeps_the_canonical_url(
