@@ -194,14 +194,18 @@ class ServiceProcess:
     ``LISTEN_FDS``, ``LISTEN_PID``); ``nofile`` lowers the soft ``RLIMIT_NOFILE`` the
     service runs under (as systemd's default soft limit of 1024 does, lower). The log
     goes to ``log_path``. Use as a context manager: on exit a process still running is
-    killed.
+    killed. ``netns`` runs it in that network namespace (``ip netns exec``, which execs:
+    the pid is the service's); its control and notify sockets, being files, are reached
+    from here all the same.
     """
 
     def __init__(self, config: Path, log_path: Path, *, notify: NotifySocket | None = None,
                  env: Mapping[str, str] | None = None,
-                 listen: socket.socket | None = None, nofile: int | None = None) -> None:
+                 listen: socket.socket | None = None, nofile: int | None = None,
+                 netns: str | None = None) -> None:
         self.config = config
         self.nofile = nofile
+        self.netns = netns
         self.socket = str(load_config(config).socket)
         if listen is not None:  # socket activation: the client connects to that socket
             self.socket = listen.getsockname()
@@ -230,6 +234,8 @@ class ServiceProcess:
             argv = [sys.executable, "-c", _ACTIVATE, str(fd), *argv[1:]]
         if self.nofile is not None:
             argv = [sys.executable, "-c", _LIMIT_FILES, str(self.nofile), *argv[1:]]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         try:
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,

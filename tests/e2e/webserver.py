@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NginxServer", "find_nginx", "free_ports", "run_nginx"]
+__all__ = ["NginxServer", "find_nginx", "free_ports", "nginx_argv", "run_nginx"]
 
 #: How long nginx may take to listen; seconds, generous for a loaded 2-core machine.
 START_TIMEOUT = 30.0
@@ -113,6 +113,24 @@ def _wait_listening(ports: list[int], proc: subprocess.Popen[bytes]) -> bool:
     raise AssertionError(f"nginx did not listen on 127.0.0.1:{ports} within {START_TIMEOUT} s")
 
 
+def nginx_argv(workdir: Path, *, user: str | None = None) -> list[str]:
+    """Write ``workdir/nginx.conf`` (which includes ``workdir/server.conf``, the
+    caller's to write) and return the argv that runs nginx on it in the foreground.
+
+    ``workdir`` (created) holds the pid file, logs and temp paths. As root, the
+    workers run as ``user`` (default root: nginx would otherwise drop them to
+    "nobody", who cannot read a pytest tmp dir of mode 0700); a non-root nginx
+    ignores "user".
+    """
+    nginx = find_nginx()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "temp").mkdir(exist_ok=True)
+    as_user = f"user {user or 'root'};\n" if os.geteuid() == 0 else ""
+    (workdir / "nginx.conf").write_text(_NGINX_CONF.format(dir=workdir, user=as_user))
+    return [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"),
+            "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"]
+
+
 @contextmanager
 def run_nginx(
     workdir: Path, server_conf: Callable[..., str], *, ports: int = 1, user: str | None = None
@@ -126,23 +144,14 @@ def run_nginx(
     message. ``user`` (as root only) runs the workers as that user, as a web server
     runs them: only then do file modes decide what it can serve.
     """
-    nginx = find_nginx()
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "temp").mkdir(exist_ok=True)
-    # As root, nginx would drop its workers to "nobody", who cannot read a
-    # pytest tmp dir (mode 0700); a non-root nginx ignores "user".
-    as_user = f"user {user or 'root'};\n" if os.geteuid() == 0 else ""
-    (workdir / "nginx.conf").write_text(_NGINX_CONF.format(dir=workdir, user=as_user))
+    argv = nginx_argv(workdir, user=user)
     failure = ""
     for _ in range(PORT_ATTEMPTS):
         chosen = free_ports(ports)
         (workdir / "server.conf").write_text(server_conf(*(f"127.0.0.1:{p}" for p in chosen)))
         with open(workdir / "stderr.log", "wb") as err:
-            proc = subprocess.Popen(
-                [nginx, "-p", str(workdir), "-e", str(workdir / "error.log"),
-                 "-c", str(workdir / "nginx.conf"), "-g", "daemon off;"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            )
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err)
         try:
             if _wait_listening(chosen, proc):
                 server = NginxServer(ports=chosen, dir=workdir, proc=proc)

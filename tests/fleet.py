@@ -1,0 +1,278 @@
+"""A fleet on one machine: hosts in network namespaces, joined by veth pairs.
+
+Why namespaces: a gateway feeding kiosks through an HTTP cache is a matter of separate
+hosts and links (a link to cut, bytes to count per hop), which 127.0.0.1 cannot show.
+Each :class:`Host` is a network namespace the fleet creates (``ip netns add``), with
+only its loopback and the veth ends of its :class:`Link`\\ s; every address is inside
+those namespaces (``10.231.<link>.1`` and ``.2``), so nothing on the machine's own
+network changes. Files are shared (one filesystem): configs, state and sites live in
+the test's tmp directory, and a service's control socket, a file, is reached from the
+test as usual (:class:`servicehelpers.ServiceProcess` with ``netns``).
+
+Hosts run real programs: nginx (:meth:`Host.nginx`, the same nginx.conf as
+``tests/e2e/webserver.py``, listening on the host's link addresses), and
+``shardsync run``. HTTP from the test goes through ``curl`` inside a host
+(:meth:`Host.get`), as a page on that host would see it.
+
+Used by ``tests/test_fleet.py`` and ``bench/fleet_bench.py``; docs/fleet.md explains
+the topology and the HTTP cache's configuration (:func:`cache_server`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2e.webserver import START_TIMEOUT, nginx_argv
+
+__all__ = ["CACHE_LOG_FORMAT", "Fleet", "Hit", "Host", "Link", "Nginx", "cache_server",
+           "fleet", "read_hits"]
+
+#: The private /16 every fleet's links take their /24s from (one per link).
+NET = "10.231"
+
+#: What every nginx of the fleet logs: enough to count body bytes per hop and per host.
+CACHE_LOG_FORMAT = ("$remote_addr\t$status\t$body_bytes_sent\t$request_uri\t"
+                    "$http_if_none_match\t$upstream_cache_status")
+_LOG_LINE = re.compile(r"([^\t]+)\t(\d{3})\t(\d+)\t([^\t]+)\t([^\t]*)\t([^\t]*)")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request as a fleet nginx logged it."""
+
+    client: str        # the address it came from
+    status: int
+    body_bytes: int
+    uri: str
+    if_none_match: str
+    cache: str         # $upstream_cache_status: "HIT", "MISS", ... or "-" (no cache)
+
+
+def read_hits(log: Path) -> list[Hit]:
+    """Every request in the access log ``log`` (in :data:`CACHE_LOG_FORMAT`), oldest first."""
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        m = _LOG_LINE.fullmatch(line)
+        assert m, f"unexpected access log line {line!r} in {log}"
+        out.append(Hit(m[1], int(m[2]), int(m[3]), m[4], m[5], m[6]))
+    return out
+
+
+@dataclass
+class Nginx:
+    """An nginx running in a host; :meth:`hits` reads its access log."""
+
+    host: Host
+    dir: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "fleet-access.log"
+
+    def hits(self) -> list[Hit]:
+        return read_hits(self.log)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=START_TIMEOUT)
+
+
+@dataclass
+class Host:
+    """One network namespace of the fleet: ``role`` is its name in the test ("gateway")."""
+
+    fleet: Fleet
+    role: str
+    ns: str
+    addrs: list[str] = field(default_factory=list)
+
+    def argv(self, *argv: str | os.PathLike[str]) -> list[str]:
+        """``argv`` run inside this host."""
+        return ["ip", "netns", "exec", self.ns, *map(str, argv)]
+
+    def run(self, *argv: str | os.PathLike[str],
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` in this host to the end; AssertionError with its stderr if it fails."""
+        done = subprocess.run(self.argv(*argv), capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, (
+            f"{self.role}: {argv} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
+        return done
+
+    def get(self, url: str, *headers: str, timeout: float = 30) -> tuple[int, bytes]:
+        """GET ``url`` from this host with curl: (status, body); status 0 if no answer."""
+        argv = ["curl", "-s", "--max-time", str(timeout), "-o", "-", "-w", "\n%{http_code}"]
+        for h in headers:
+            argv += ["-H", h]
+        done = subprocess.run(self.argv(*argv, url), capture_output=True, timeout=timeout + 10,
+                              stdin=subprocess.DEVNULL)
+        body, _, code = done.stdout.rpartition(b"\n")
+        return int(code or 0), body
+
+    def nginx(self, workdir: Path, server_conf: str, listens: list[str]) -> Nginx:
+        """Start nginx in this host with ``server_conf`` (the text of the ``http { }``
+        context: server blocks, maps, cache paths), which must listen on ``listens``
+        (``addr:port``); return once every one accepts. Stopped when the fleet closes."""
+        argv = nginx_argv(workdir)
+        (workdir / "server.conf").write_text(server_conf)
+        err = open(workdir / "stderr.log", "wb")  # noqa: SIM115 - closed with the fleet
+        self.fleet._files.append(err)
+        proc = subprocess.Popen(self.argv(*argv), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        self.fleet._procs.append(proc)
+        server = Nginx(self, workdir, proc)
+        probe = " && ".join(
+            f"until (exec 3<>/dev/tcp/{a.rpartition(':')[0]}/{a.rpartition(':')[2]}) "
+            f"2>/dev/null; do kill -0 {proc.pid} 2>/dev/null || exit 1; sleep 0.02; done"
+            for a in listens)
+        try:
+            self.run("timeout", str(START_TIMEOUT), "bash", "-c", probe, timeout=START_TIMEOUT + 5)
+        except AssertionError:
+            raise AssertionError(f"nginx in {self.role} did not start:\n"
+                                 + (workdir / "stderr.log").read_text(errors="replace")) from None
+        return server
+
+
+@dataclass
+class Link:
+    """A veth pair between hosts ``a`` (address ``a_addr``) and ``b`` (``b_addr``)."""
+
+    a: Host
+    b: Host
+    a_if: str
+    b_if: str
+    a_addr: str
+    b_addr: str
+
+    def down(self) -> None:
+        """Cut the link (both ends down: each side's connected route goes with it, so a
+        connection attempt fails at once with "network unreachable")."""
+        self.a.run("ip", "link", "set", self.a_if, "down")
+        self.b.run("ip", "link", "set", self.b_if, "down")
+
+    def up(self) -> None:
+        self.a.run("ip", "link", "set", self.a_if, "up")
+        self.b.run("ip", "link", "set", self.b_if, "up")
+
+    def bytes_sent(self) -> tuple[int, int]:
+        """Bytes on the wire so far (Ethernet frames: headers, TCP, ARP and all):
+        (from a to b, from b to a), read from a's end."""
+        out = self.a.run("ip", "-s", "-j", "link", "show", "dev", self.a_if).stdout
+        stats = json.loads(out)[0]["stats64"]
+        return stats["tx"]["bytes"], stats["rx"]["bytes"]
+
+
+class Fleet:
+    """Hosts and links, torn down (processes killed, namespaces deleted) by :func:`fleet`."""
+
+    def __init__(self) -> None:
+        self.token = f"ss{os.getpid() % 100000}"
+        self.hosts: dict[str, Host] = {}
+        self.links: list[Link] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._files: list[object] = []
+
+    def host(self, role: str) -> Host:
+        """A new host (network namespace, loopback up) called ``role``."""
+        assert role not in self.hosts and re.fullmatch(r"[a-z0-9]{1,10}", role), role
+        ns = f"{self.token}-{role}"
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        h = Host(self, role, ns)
+        self.hosts[role] = h
+        h.run("ip", "link", "set", "lo", "up")
+        return h
+
+    def link(self, a: Host, b: Host) -> Link:
+        """Join ``a`` and ``b`` with a veth pair in a /24 of its own; ``a`` gets ``.1``."""
+        n = len(self.links) + 1
+        tmp_a, tmp_b = f"{self.token}l{n}a", f"{self.token}l{n}b"  # unique while in the root ns
+        subprocess.run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b],
+                       check=True, capture_output=True)
+        link = Link(a, b, f"to-{b.role}", f"to-{a.role}", f"{NET}.{n}.1", f"{NET}.{n}.2")
+        for host, tmp, name, addr in ((a, tmp_a, link.a_if, link.a_addr),
+                                      (b, tmp_b, link.b_if, link.b_addr)):
+            subprocess.run(["ip", "link", "set", tmp, "netns", host.ns], check=True,
+                           capture_output=True)
+            host.run("ip", "link", "set", tmp, "name", name)
+            host.run("ip", "addr", "add", f"{addr}/24", "dev", name)
+            host.run("ip", "link", "set", name, "up")
+            host.addrs.append(addr)
+        self.links.append(link)
+        return link
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + START_TIMEOUT
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in self._files:
+            f.close()  # type: ignore[attr-defined]
+        for h in self.hosts.values():
+            subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
+
+
+@contextmanager
+def fleet() -> Iterator[Fleet]:
+    """A :class:`Fleet` to build; every host and link is gone when the block ends."""
+    f = Fleet()
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def cache_server(*, listen: str, upstream: str, cache_dir: Path, log: Path,
+                 location: str = "/models/") -> str:
+    """The nginx ``http { }`` text of an HTTP cache (``proxy_cache``) in front of a
+    shardsync site at ``upstream`` (``http://gateway:80``), as docs/fleet.md gives it.
+
+    Two lines beyond a plain proxy_cache make an update cost each hop only its changed
+    shards (docs/fleet.md, "The cache"): the downstream's conditional headers are passed
+    upstream on a miss (nginx drops them by default and fetches the whole file, and an
+    update moves every shard to a new URL), and a 304 got that way is not stored
+    (``proxy_no_cache``): it belongs to that client's copy, not to the cache.
+    ``proxy_cache_lock`` makes kiosks missing the same shard at once wait for one fetch.
+    """
+    return f"""\
+log_format fleet escape=none '{CACHE_LOG_FORMAT}';
+proxy_cache_path {cache_dir} keys_zone=shardsync:10m max_size=1g inactive=30d use_temp_path=off;
+map $upstream_status $shardsync_no_store {{
+    304     1;
+    default 0;
+}}
+server {{
+    listen {listen};
+    access_log {log} fleet;
+    location {location} {{
+        proxy_pass {upstream};
+        proxy_cache shardsync;
+        proxy_cache_lock on;
+        proxy_cache_lock_timeout 5m;
+        proxy_set_header If-None-Match $http_if_none_match;
+        proxy_set_header If-Modified-Since $http_if_modified_since;
+        proxy_no_cache $shardsync_no_store;
+    }}
+    location / {{
+        return 404;
+    }}
+}}
+"""
