@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need beyond pip: nginx (origin and site server), tmux
+# Installs what the tests need beyond pip: nginx (origin, site server, HTTP cache),
+# iproute2 (network namespaces for the fleet test), tmux
 # (a real terminal for the progress display), Debian's chromium (the real TF.js
 # client, headless), and @tensorflow/tfjs from the npm registry into a cache
 # outside git. Idempotent; quiet when everything is there.
@@ -22,6 +23,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)      # tests/test_
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)       # tests/test_control.py
 command -v strace >/dev/null 2>&1 || need+=(strace)             # tests/test_store_paths.py
 command -v tmux >/dev/null 2>&1 || need+=(tmux)                 # tests/test_progress_terminal.py
+command -v ip >/dev/null 2>&1 || need+=(iproute2)            # tests/test_fleet.py (ip netns)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup-deps: please install: ${need[*]} (apt-get install ${need[*]})" >&2
