@@ -26,15 +26,23 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from e2e.webserver import START_TIMEOUT, nginx_argv
+from servicehelpers import WAIT, NotifySocket, ServiceProcess, short_dir
+from storehelpers import ModelFiles, write_model
+from synchelpers import write_config
 
-__all__ = ["CACHE_LOG_FORMAT", "Fleet", "Hit", "Host", "Link", "Nginx", "cache_server",
-           "fleet", "read_hits"]
+from shardsync.daemon.nginx import render_nginx_config
+
+__all__ = ["CACHE_LOG_FORMAT", "Fleet", "Hit", "Host", "Link", "Nginx", "Node", "World",
+           "body_bytes", "cache_server", "fleet", "gateway_fleet", "read_hits", "wait_for"]
+
+T = TypeVar("T")
 
 #: The private /16 every fleet's links take their /24s from (one per link).
 NET = "10.231"
@@ -241,7 +249,7 @@ def fleet() -> Iterator[Fleet]:
 
 
 def cache_server(*, listen: str, upstream: str, cache_dir: Path, log: Path,
-                 location: str = "/models/") -> str:
+                 location: str = "/models/", pass_conditionals: bool = True) -> str:
     """The nginx ``http { }`` text of an HTTP cache (``proxy_cache``) in front of a
     shardsync site at ``upstream`` (``http://gateway:80``), as docs/fleet.md gives it.
 
@@ -251,7 +259,13 @@ def cache_server(*, listen: str, upstream: str, cache_dir: Path, log: Path,
     update moves every shard to a new URL), and a 304 got that way is not stored
     (``proxy_no_cache``): it belongs to that client's copy, not to the cache.
     ``proxy_cache_lock`` makes kiosks missing the same shard at once wait for one fetch.
+    ``pass_conditionals=False`` leaves those two lines out: a plain proxy_cache, for
+    the benchmark's comparison.
     """
+    passing = """
+        proxy_set_header If-None-Match $http_if_none_match;
+        proxy_set_header If-Modified-Since $http_if_modified_since;
+        proxy_no_cache $shardsync_no_store;""" if pass_conditionals else ""
     return f"""\
 log_format fleet escape=none '{CACHE_LOG_FORMAT}';
 proxy_cache_path {cache_dir} keys_zone=shardsync:10m max_size=1g inactive=30d use_temp_path=off;
@@ -266,13 +280,198 @@ server {{
         proxy_pass {upstream};
         proxy_cache shardsync;
         proxy_cache_lock on;
-        proxy_cache_lock_timeout 5m;
-        proxy_set_header If-None-Match $http_if_none_match;
-        proxy_set_header If-Modified-Since $http_if_modified_since;
-        proxy_no_cache $shardsync_no_store;
+        proxy_cache_lock_timeout 5m;{passing}
     }}
     location / {{
         return 404;
     }}
+}}
+"""
+
+
+# -- the fleet of issue 11: origin, gateway, cache, kiosks -------------------------
+
+
+def logged_site(site: Path, listen: str, log: Path) -> str:
+    """The server block `shardsync nginx-config` prints, with a fleet access log."""
+    return (f"log_format fleet escape=none '{CACHE_LOG_FORMAT}';\n"
+            f"access_log {log} fleet;\n" + render_nginx_config(site, listen=listen))
+
+
+class Node:
+    """A host running ``shardsync run`` and nginx serving its site."""
+
+    def __init__(self, host: Host, root: Path, sockdir: Path, url: str, listen: str, *,
+                 interval: str) -> None:
+        self.host = host
+        self.dir = root / host.role
+        self.notify = NotifySocket(sockdir / f"{host.role}.notify")
+        config = write_config(self.dir, {"m": url}, socket=str(sockdir / f"{host.role}.sock"),
+                              interval=interval)
+        self.service = ServiceProcess(config, self.dir / "service.log", notify=self.notify,
+                                      netns=host.ns)
+        self.listen = listen
+        self.web: Nginx | None = None
+
+    def start(self) -> None:
+        self.service.start()
+        (self.dir / "nginx").mkdir()
+        self.web = self.host.nginx(self.dir / "nginx", logged_site(
+            self.dir / "site", self.listen, self.dir / "nginx" / "fleet-access.log"),
+            [self.listen])
+
+    def close(self) -> None:
+        self.service.close()
+        self.notify.close()
+
+    @property
+    def version(self) -> str | None:
+        return self.service.model("m")["version"]
+
+    def page_loads(self, shards: dict[str, bytes]) -> str:
+        """What a page on this host loads from its own nginx: the version the entry point
+        pins, after checking that every shard it names is served with the bytes
+        ``shards`` gives for its file name."""
+        base = f"http://{self.listen}/models/m/"
+        status, entry = self.host.get(base + "model.json")
+        assert status == 200, f"{self.host.role}: entry point answered {status}"
+        paths = [p for g in json.loads(entry)["weightsManifest"] for p in g["paths"]]
+        versions = {p.split("/")[1] for p in paths}
+        assert len(versions) == 1 and all(p.startswith("versions/") for p in paths), paths
+        for p in paths:
+            status, body = self.host.get(base + p)
+            assert status == 200, f"{self.host.role}: {p} answered {status}"
+            assert body == shards[p.rsplit("/", 1)[1]], f"{self.host.role}: {p} is not the model's"
+        return versions.pop()
+
+
+def wait_for(what: str, predicate: Callable[[], T], timeout: float = WAIT) -> T:
+    """Poll ``predicate`` until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never saw {what} within {timeout} s")
+        time.sleep(0.05)
+
+
+def body_bytes(server: Nginx, since: int = 0, *, client: str | None = None,
+               shards: bool = True) -> int:
+    """Body bytes ``server`` sent after its first ``since`` requests: of shards
+    (``.bin``) or of everything else (manifests, entry points), optionally to one client."""
+    return sum(h.body_bytes for h in server.hits()[since:]
+               if (client is None or h.client == client) and h.uri.endswith(".bin") == shards)
+
+
+@dataclass
+class World:
+    """The fleet of issue 11, running (see :func:`gateway_fleet`)."""
+
+    fleet: Fleet
+    gw: Node
+    kiosks: list[Node]
+    origin_web: Nginx
+    cache_web: Nginx
+    uplink: Link                # origin - gateway
+    downlink: Link              # gateway - cache
+    kiosk_links: list[Link]     # cache - each kiosk
+    root: Path                  # the origin's directory: the model is root/m/
+    served: dict[str, bytes]    # what a page must get, by shard file name
+
+    @property
+    def cache_addr(self) -> str:
+        """The cache's address on its link to the gateway (the gateway's only client)."""
+        return self.downlink.b_addr
+
+    def marks(self) -> dict[str, int]:
+        """How many requests each hop's nginx has logged so far (for :meth:`hops`)."""
+        assert self.gw.web is not None
+        return {"origin": len(self.origin_web.hits()), "gateway": len(self.gw.web.hits()),
+                "cache": len(self.cache_web.hits())}
+
+    def hops(self, marks: dict[str, int], *, shards: bool = True) -> dict[str, int]:
+        """Body bytes each hop carried since ``marks``: shards, or everything else. A
+        page's own loads (from its host's nginx) are not on any hop, and not counted."""
+        assert self.gw.web is not None
+        out = {"origin→gateway": body_bytes(self.origin_web, marks["origin"], shards=shards),
+               "gateway→cache": body_bytes(self.gw.web, marks["gateway"],
+                                           client=self.cache_addr, shards=shards)}
+        for k in self.kiosks:
+            out[f"cache→{k.host.role}"] = body_bytes(
+                self.cache_web, marks["cache"], client=k.host.addrs[0], shards=shards)
+        return out
+
+    def change_shard(self, name: str, data: bytes) -> None:
+        """Replace the origin's shard ``name`` by ``data`` (as a publisher does: a new
+        file renamed over), with an mtime 10 s on so that nginx's ETag changes even
+        within the same second and at the same size."""
+        path = self.root / "m" / name
+        tmp = path.with_name(".new")
+        tmp.write_bytes(data)
+        st = path.stat()
+        os.utime(tmp, (st.st_atime, st.st_mtime + 10))
+        os.replace(tmp, path)
+        self.served[name] = data
+
+
+@contextmanager
+def gateway_fleet(tmp_path: Path, model: ModelFiles, *, kiosks: int = 3, interval: str = "1s",
+                  pass_conditionals: bool = True) -> Iterator[World]:
+    """Origin → gateway → cache → ``kiosks`` kiosks, every one serving, the model ``m``
+    (``model``, manifest ``model.json``) not yet synced; torn down on exit.
+
+    The origin is nginx on a plain directory; the gateway runs ``shardsync run`` on the
+    origin's URL and nginx on its site as ``shardsync nginx-config`` prints it; the cache
+    is :func:`cache_server`; each kiosk runs ``shardsync run`` on the gateway's entry
+    point through the cache, and nginx on its own site at 127.0.0.1 (the kiosk's page).
+    Every model checks each ``interval``.
+    """
+    assert os.geteuid() == 0, "a fleet needs root (ip netns): CI runs as root"
+    with fleet() as f, short_dir() as sockdir:
+        origin, gateway, cache = f.host("origin"), f.host("gateway"), f.host("cache")
+        hosts = [f.host(f"kiosk{i + 1}") for i in range(kiosks)]
+        uplink, downlink = f.link(origin, gateway), f.link(gateway, cache)
+        kiosk_links = [f.link(cache, k) for k in hosts]
+
+        root = tmp_path / "origin-root"
+        write_model(root / "m", model)
+        web = tmp_path / "origin"
+        web.mkdir()
+        origin_web = origin.nginx(web, _ORIGIN_SERVER.format(
+            fmt=CACHE_LOG_FORMAT, listen=f"{uplink.a_addr}:80", root=root,
+            log=web / "fleet-access.log"), [f"{uplink.a_addr}:80"])
+        web = tmp_path / "cache"
+        web.mkdir()
+        cache_web = cache.nginx(web, cache_server(
+            listen="80", upstream=f"http://{downlink.a_addr}:80", cache_dir=web / "c",
+            log=web / "fleet-access.log", pass_conditionals=pass_conditionals),
+            [f"{lk.a_addr}:80" for lk in kiosk_links])
+
+        gw = Node(gateway, tmp_path, sockdir, f"http://{uplink.a_addr}/m/model.json",
+                  f"{downlink.a_addr}:80", interval=interval)
+        nodes = [Node(k, tmp_path, sockdir, f"http://{lk.a_addr}/models/m/model.json",
+                      "127.0.0.1:80", interval=interval)
+                 for k, lk in zip(hosts, kiosk_links, strict=True)]
+        try:
+            for n in (gw, *nodes):
+                n.start()
+            yield World(f, gw, nodes, origin_web, cache_web, uplink, downlink, kiosk_links,
+                        root, dict(model.shards))
+        finally:
+            for n in (gw, *nodes):
+                n.close()
+
+
+_ORIGIN_SERVER = """\
+log_format fleet escape=none '{fmt}';
+server {{
+    listen {listen};
+    root {root};
+    access_log {log} fleet;
+    types {{ application/json json; }}
+    default_type application/octet-stream;
+    location / {{ }}
 }}
 """
