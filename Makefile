@@ -43,6 +43,7 @@ bench: $(VENV)/.installed deps
 	$(PY) bench/tls_bench.py
 	$(PY) bench/import_bench.py
 	$(PY) bench/rate_bench.py
+	$(PY) bench/fleet_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .typecheck
