@@ -144,7 +144,7 @@ def render_nginx_location(
     # nginx's own ETag and Last-Modified, so an unchanged entry point costs a 304.
     # They are the mtime in seconds (and the size): sound for an entry point only
     # because the store never gives a new one the mtime second of the one it
-    # replaces (store/_site.py, entry_mtime_ns).
+    # replaces (store/_site.py, replaced_mtime_ns).
     other = [*_headers("no-cache"), *_serve()]
     script = ["default_type text/javascript;", *_headers("no-cache"), *_serve()]
     body = [

@@ -7,9 +7,10 @@
   whole; never changed afterwards.
 * ``<name>/<manifest>``: the entry point, the manifest with its weight paths
   pointing into ``versions/<version>/``; replaced by one atomic rename, each new one
-  with an mtime a whole second past the one it replaces (:func:`entry_mtime_ns`).
+  with an mtime a whole second past the one it replaces (:func:`replaced_mtime_ns`).
 * ``<file>`` directly in site_dir: a file for the pages beside the models (the
-  daemon's ``shardsync.js``), replaced by one atomic rename when its bytes change.
+  daemon's ``shardsync.js``), replaced by one atomic rename when its bytes change,
+  by the entry points' mtime rule.
 
 Every directory is opened below the site fd with O_NOFOLLOW (:mod:`._paths`), so a
 symlink planted inside site_dir is never followed outward.
@@ -143,14 +144,14 @@ class Site:
         """Replace the entry point ``<name>/<manifest_name>`` by one atomic rename.
 
         Every entry point is written here (publish, rollback, pin, unpin, recovery,
-        verify --repair), so every one gets its mtime from :func:`entry_mtime_ns`.
+        verify --repair), so every one gets its mtime from :func:`replaced_mtime_ns`.
         Callers hold the model's lock: nothing else replaces the file between the
         look at the old mtime and the rename.
         """
         fd = self.model_dir(name, create=True)
         try:
             write_atomic(fd, manifest_name, data, mode=0o644,
-                         mtime_ns=entry_mtime_ns(fd, manifest_name, time.time_ns()))
+                         mtime_ns=replaced_mtime_ns(fd, manifest_name, time.time_ns()))
         finally:
             os.close(fd)
 
@@ -217,7 +218,9 @@ class Site:
                         and st.st_size == len(data) and f.read() == data)
             if same:
                 return False
-        write_atomic(self._fd, name, data, mode=0o644)
+        # Served with nginx's validators too (no-cache): the entry points' mtime rule.
+        write_atomic(self._fd, name, data, mode=0o644,
+                     mtime_ns=replaced_mtime_ns(self._fd, name, time.time_ns()))
         return True
 
     # -- published files, one at a time (verify, repair, re-publish) ---------------
@@ -428,9 +431,10 @@ class Site:
         )
 
 
-def entry_mtime_ns(dir_fd: int, name: str, now_ns: int) -> int:
-    """The mtime for a new entry point ``name`` in ``dir_fd``: ``now_ns``, or the start
-    of the second after the mtime of the entry point it replaces, if that is later.
+def replaced_mtime_ns(dir_fd: int, name: str, now_ns: int) -> int:
+    """The mtime for a new entry point (or site root file) ``name`` in ``dir_fd``:
+    ``now_ns``, or the start of the second after the mtime of the file it replaces, if
+    that is later.
 
     Why: a web server's validators are the file's mtime in whole seconds (nginx's ETag
     is ``hex(mtime)-hex(size)``, Last-Modified the mtime), and the entry point is a new

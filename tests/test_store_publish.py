@@ -481,3 +481,19 @@ def test_a_clock_that_went_back_still_moves_the_entry_point_forward(
     assert not entry.is_symlink() and entry.read_bytes() != b"{}"
     assert before <= mtime_s(entry) <= time.time_ns() // 1_000_000_000
     assert (target.read_bytes(), target.stat().st_mtime_ns) == (b"{}", ahead)
+
+
+def test_a_site_file_replaced_within_the_second_gets_a_newer_mtime_second(
+    store: Store, dirs
+) -> None:
+    """The page script is served no-cache with nginx's validators, like entry points:
+    bytes of one size replaced within a second (or after the clock went back) must not
+    keep the old mtime second."""
+    path = dirs[1] / "page.js"
+    store.put_site_file("page.js", b"one")
+    ahead = time.time_ns() + 3600 * 1_000_000_000
+    os.utime(path, ns=(ahead, ahead))
+    store.put_site_file("page.js", b"two")
+    assert mtime_s(path) == ahead // 1_000_000_000 + 1
+    store.put_site_file("page.js", b"one")
+    assert mtime_s(path) == ahead // 1_000_000_000 + 2
