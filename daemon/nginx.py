@@ -12,8 +12,11 @@ front of site_dir is part of correctness, not a detail left to the operator:
   the page script ``<location>shardsync.js`` (:mod:`.pagescript`), served as
   ``text/javascript`` (a page that sends ``nosniff`` would refuse it as anything
   else), ``no-cache`` so that an upgraded script reaches the pages;
-- the entry-point manifest ``<location><name>/<manifest>`` is ``no-cache`` and
-  never answered ``304`` (see below); only files under
+- the entry-point manifest ``<location><name>/<manifest>`` is ``no-cache``, with
+  nginx's own validators (ETag, Last-Modified): a check of an unchanged one is a
+  ``304``. The store gives every new entry point an mtime a whole second past the
+  one it replaces (``store/_site.py``), so those validators, built from mtime
+  seconds and size, always change with it; only files under
   ``<location><name>/versions/<version>/``, whose URL names their version and
   which never change, are cached for a year as ``immutable``;
 - CORS for pages on another origin (``Access-Control-Allow-Origin: *``), with
@@ -137,16 +140,11 @@ def render_nginx_location(
         *_headers(f"public, max-age={IMMUTABLE_MAX_AGE}, immutable", cache_always=False),
         *_serve(),
     ]
-    entry = [
-        *_headers("no-cache"),
-        # The entry point is replaced by a rename; two versions of the same
-        # size written within one second would share nginx's ETag and
-        # Last-Modified and be answered 304 with the old manifest. A manifest
-        # is small: always send it whole.
-        "etag off;",
-        "if_modified_since off;",
-        *_serve(),
-    ]
+    # Everything else, the entry points included: revalidated on every use, with
+    # nginx's own ETag and Last-Modified, so an unchanged entry point costs a 304.
+    # They are the mtime in seconds (and the size): sound for an entry point only
+    # because the store never gives a new one the mtime second of the one it
+    # replaces (store/_site.py, replaced_mtime_ns).
     other = [*_headers("no-cache"), *_serve()]
     script = ["default_type text/javascript;", *_headers("no-cache"), *_serve()]
     body = [
@@ -172,10 +170,6 @@ def render_nginx_location(
         "",
         f"location ~ ^{rx}[^/]+/versions/[^/]+/. {{",
         *("    " + line for line in versioned),
-        "}",
-        "",
-        f"location ~ ^{rx}[^/]+/[^/]+$ {{",
-        *("    " + line for line in entry),
         "}",
         "",
         # An exact match wins over the regexes: the one file at site_dir's root.

@@ -16,7 +16,9 @@ What one :meth:`Syncer.sync` does:
 1. GET the manifest, conditionally with the validators of the current version
    (a 304 reuses the manifest the store holds), and parse it (:mod:`.tfjs`). When
    it is a shardsync site's entry point (:mod:`.upstream`), the manifest its version
-   pins is synced instead, so the version id is the site's (checked before publishing).
+   pins is synced instead, so the version id is the site's (checked before publishing);
+   the entry point's own validators are kept with the pinned manifest's record, and a
+   304 for it renders its bytes again from the pinned manifest held.
 2. For every shard, ask the origin, conditionally when the store already holds a
    file from that canonical URL (a 304 reuses it, costing no body); otherwise
    download it, resuming any partial. Each file is hashed while it streams.
@@ -63,6 +65,7 @@ from typing import Any
 import trio
 
 from shardsync.store import (
+    VERSIONS_DIR,
     FileEntry,
     IntegrityError,
     LockedError,
@@ -73,6 +76,7 @@ from shardsync.store import (
 )
 
 from .config import ModelConfig
+from .entrypoint import rewrite_paths
 from .errors import SignatureError, UpstreamError
 from .fairshare import FairLimiter
 from .fetch import BodyDeferred, Fetched, Fetcher, ManifestFetch, Validators
@@ -100,6 +104,14 @@ log = logging.getLogger(__name__)
 #: a worker-thread hop costs more than that. Real model.json files are a few kB to a few
 #: MB; bigger ones go to a thread so the other downloads do not stall.
 _INLINE_READ = 256 * 1024
+
+#: The pinned manifest's meta key for the site's entry point it was synced through
+#: (``url``, ``etag``, ``last_modified``): the entry point is no file of the version, so
+#: its validators are kept here, to ask a warm check of an unchanged site conditionally.
+_SITE_ENTRY = "entry"
+#: Index-only meta key: the known file is a site's entry point, held as the manifest
+#: it renders with the paths of version ``<value>`` (never written to a record).
+_RENDERS = "renders"
 
 #: Failures of this machine, not of the source: another source would meet them too (a
 #: full disk, a busy store), so they end the sync at once. Every other ShardsyncError
@@ -261,6 +273,13 @@ class Syncer:
             url = entry.meta.get("url")
             if url:
                 self._known[url] = entry
+        site_entry = version.manifest.meta.get(_SITE_ENTRY)
+        if isinstance(site_entry, dict) and site_entry.get("url"):
+            # A shardsync site's entry point, not a file of the version: known as the
+            # pinned manifest it renders (held), with the entry point's own validators.
+            m = version.manifest
+            self._known[str(site_entry["url"])] = FileEntry(
+                m.path, m.digest, m.size, {**site_entry, _RENDERS: version.id})
 
     # -- one model -----------------------------------------------------------------
 
@@ -373,12 +392,19 @@ class Syncer:
         if mf.data is None:
             assert known is not None
             data = await self._read(known, model)
-            manifest_digest, validators = known.digest, mf.validators
+            validators = mf.validators
+            if (renders := known.meta.get(_RENDERS)) is not None:
+                # A site's entry point, unchanged: the bytes it was, rendered again from
+                # the pinned manifest held, as the site rendered them.
+                data = rewrite_paths(data, f"{VERSIONS_DIR}/{renders}/")
+            else:
+                manifest_digest = known.digest
         else:
             data, validators = mf.data, mf.validators
             if listed is not None:
                 await _check_listed(data, listed, file=model.url)
         url = model.url  # the manifest's: the pinned one's when the origin is a site
+        entry_validators = validators
         site = None if keys or chain == "plain" else claim(model.url, data)
         if site is not None:
             pinned = await self._pinned(model, site, data)
@@ -440,8 +466,12 @@ class Syncer:
 
         if manifest_digest is None:  # else it is the object we just read and verified
             manifest_digest = await trio.to_thread.run_sync(store.put_bytes, data)
-        meta = {"url": url, "etag": validators.etag,
-                "last_modified": validators.last_modified}
+        meta: dict[str, Any] = {"url": url, "etag": validators.etag,
+                                "last_modified": validators.last_modified}
+        if site is not None:
+            # The entry point's validators, for the next check (see _learn).
+            meta[_SITE_ENTRY] = {"url": model.url, "etag": entry_validators.etag,
+                                 "last_modified": entry_validators.last_modified}
         manifest_entry = FileEntry(manifest.filename, manifest_digest, len(data), meta)
         ordered = [files[p] for p in manifest.files]
         if accepted is not None:

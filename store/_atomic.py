@@ -84,13 +84,15 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 
 
 def write_atomic(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644,
-                 durable: bool = True) -> None:
+                 durable: bool = True, mtime_ns: int | None = None) -> None:
     """Replace ``name`` in ``dir_fd`` with ``data``: temp, fsync, rename, fsync dir.
 
     A crash at any point leaves either the old content or the new one under
     ``name`` (plus perhaps a ``.tmp-*`` file to clean). With ``durable=False`` the two
     fsyncs are left out: a crash of the process still leaves old or new, a power cut
     may leave either or a damaged file, so use it only where any of those is safe.
+    ``mtime_ns`` (atime too) is set on the temporary through its fd, before the fsync,
+    so the file appears under ``name`` with it and keeps it after a power cut.
     """
     tmp = tmp_name(name)
     fd = os.open(tmp, _CREATE, mode, dir_fd=dir_fd)
@@ -98,6 +100,8 @@ def write_atomic(dir_fd: int, name: str, data: bytes, *, mode: int = 0o644,
         try:
             write_all(fd, data)
             os.fchmod(fd, mode)  # the umask must not narrow what a web server can read
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
             if durable:
                 os.fsync(fd)
         finally:

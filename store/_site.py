@@ -6,9 +6,11 @@
   renamed into place only when complete, so a version directory that exists is
   whole; never changed afterwards.
 * ``<name>/<manifest>``: the entry point, the manifest with its weight paths
-  pointing into ``versions/<version>/``; replaced by one atomic rename.
+  pointing into ``versions/<version>/``; replaced by one atomic rename, each new one
+  with an mtime a whole second past the one it replaces (:func:`replaced_mtime_ns`).
 * ``<file>`` directly in site_dir: a file for the pages beside the models (the
-  daemon's ``shardsync.js``), replaced by one atomic rename when its bytes change.
+  daemon's ``shardsync.js``), replaced by one atomic rename when its bytes change,
+  by the entry points' mtime rule.
 
 Every directory is opened below the site fd with O_NOFOLLOW (:mod:`._paths`), so a
 symlink planted inside site_dir is never followed outward.
@@ -20,6 +22,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 
 from ._atomic import (
     TMP_PREFIX,
@@ -138,10 +141,17 @@ class Site:
     # -- entry points ------------------------------------------------------------
 
     def write_entry(self, name: str, manifest_name: str, data: bytes) -> None:
-        """Replace the entry point ``<name>/<manifest_name>`` by one atomic rename."""
+        """Replace the entry point ``<name>/<manifest_name>`` by one atomic rename.
+
+        Every entry point is written here (publish, rollback, pin, unpin, recovery,
+        verify --repair), so every one gets its mtime from :func:`replaced_mtime_ns`.
+        Callers hold the model's lock: nothing else replaces the file between the
+        look at the old mtime and the rename.
+        """
         fd = self.model_dir(name, create=True)
         try:
-            write_atomic(fd, manifest_name, data, mode=0o644)
+            write_atomic(fd, manifest_name, data, mode=0o644,
+                         mtime_ns=replaced_mtime_ns(fd, manifest_name, time.time_ns()))
         finally:
             os.close(fd)
 
@@ -208,7 +218,9 @@ class Site:
                         and st.st_size == len(data) and f.read() == data)
             if same:
                 return False
-        write_atomic(self._fd, name, data, mode=0o644)
+        # Served with nginx's validators too (no-cache): the entry points' mtime rule.
+        write_atomic(self._fd, name, data, mode=0o644,
+                     mtime_ns=replaced_mtime_ns(self._fd, name, time.time_ns()))
         return True
 
     # -- published files, one at a time (verify, repair, re-publish) ---------------
@@ -417,6 +429,32 @@ class Site:
                 os.stat(e, dir_fd=self._fd, follow_symlinks=False).st_mode
             )
         )
+
+
+def replaced_mtime_ns(dir_fd: int, name: str, now_ns: int) -> int:
+    """The mtime for a new entry point (or site root file) ``name`` in ``dir_fd``:
+    ``now_ns``, or the start of the second after the mtime of the file it replaces, if
+    that is later.
+
+    Why: a web server's validators are the file's mtime in whole seconds (nginx's ETag
+    is ``hex(mtime)-hex(size)``, Last-Modified the mtime), and the entry point is a new
+    file on every publish. Two entry points of one size written within a second, or
+    after the clock went back (a kiosk without RTC switched off for the night), would
+    share them, and a cache or a downstream shardsync would be told 304 for the old
+    manifest. An mtime strictly greater in whole seconds makes every new entry point's
+    validators new, so they can be served and trusted (docs/design.md, "Serving
+    site_dir"). The price, only when publishes outrun the clock: an mtime a few seconds
+    ahead of it. A previous file that is missing, a symlink (the rename replaces the
+    link, never its target) or not a regular file counts as none.
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return now_ns
+    if not stat.S_ISREG(st.st_mode):
+        return now_ns
+    after = (st.st_mtime_ns // 1_000_000_000 + 1) * 1_000_000_000
+    return max(now_ns, after)
 
 
 def _remove_atomically(dir_fd: int, name: str, where: str, what: str) -> None:

@@ -2,20 +2,25 @@
 
 A hand-made site_dir in docs/design.md's layout is served by nginx running exactly
 the text ``render_nginx_config`` returns; every property the kiosk pages rely on
-is checked with real HTTP requests.
+is checked with real HTTP requests. Entry points the store publishes are served the
+same way, to check that nginx's validators change with every publish.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e.webserver import run_nginx
+from e2e.webserver import NginxServer, run_nginx
+from storehelpers import ModelFiles, make_model, publish_model, record_model, store_at
 
 from shardsync.daemon.errors import ConfigError
 from shardsync.daemon.nginx import render_nginx_config, render_nginx_location
+from shardsync.store import Store
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 V1 = "v1-0123abcd"
@@ -81,21 +86,77 @@ def request(server, path: str, method: str = "GET", headers: dict[str, str] | No
         conn.close()
 
 
-def test_entry_manifest_is_json_no_cache_and_never_304(base, site: Path) -> None:
+def test_entry_manifest_is_json_no_cache_and_has_validators(base, site: Path) -> None:
     status, headers, body = request(base, "/models/face/model.json")
     assert status == 200
     assert body == (site / "face" / "model.json").read_bytes()
     assert headers["content-type"] == "application/json"
     assert headers["cache-control"] == "no-cache"
-    assert "etag" not in headers
-    # A revalidation must get the file whole: two versions of one size written
-    # in the same second would otherwise be "not modified".
-    status, _, body = request(
-        base, "/models/face/model.json",
-        headers={"If-Modified-Since": headers["last-modified"], "If-None-Match": "*"},
-    )
-    assert status == 200
-    assert body == (site / "face" / "model.json").read_bytes()
+    assert headers["etag"] and headers["last-modified"]
+
+
+# -- entry points the store writes: nginx's validators must follow every publish ----------
+
+def same_size_models() -> tuple[ModelFiles, ModelFiles]:
+    """Two releases whose entry points differ only in the version id, so in no size."""
+    return (make_model({"group1-shard1of1.bin": b"\x01" * 4096}),
+            make_model({"group1-shard1of1.bin": b"\x02" * 4096}))
+
+
+@pytest.fixture
+def store_site(tmp_path: Path) -> Iterator[tuple[Store, Path, NginxServer]]:
+    """A Store whose site_dir a real nginx serves exactly as render_nginx_config has it."""
+    site = tmp_path / "site"
+    with store_at(tmp_path / "state", site) as store, run_nginx(
+            tmp_path / "nginx", lambda listen: render_nginx_config(site, listen=listen)) as srv:
+        yield store, site, srv
+
+
+def start_of_a_second() -> None:
+    """Sleep into the next second's first 10 ms, so what follows at once (two
+    publishes) lies within one second of the clock: without the store's mtime rule
+    the two entry points would then share nginx's validators, every time."""
+    time.sleep(1.01 - time.time() % 1)
+
+
+@pytest.mark.parametrize("validator", ["If-None-Match", "If-Modified-Since"])
+def test_an_entry_point_replaced_within_the_second_is_not_answered_304(
+    store_site: tuple[Store, Path, NginxServer], validator: str
+) -> None:
+    store, site, server = store_site
+    a, b = same_size_models()
+    va = record_model(store, "m", a)
+    vb = record_model(store, "m", b)
+    start_of_a_second()
+    store.publish(va)
+    status, first, body_a = request(server, "/models/m/model.json")
+    store.publish(vb)
+    assert status == 200 and body_a == store.entry_bytes(va)
+    new = (site / "m" / "model.json").read_bytes()
+    assert len(new) == len(body_a) and new != body_a
+
+    header = "etag" if validator == "If-None-Match" else "last-modified"
+    status, headers, body = request(server, "/models/m/model.json",
+                                    headers={validator: first[header]})
+    assert (status, body) == (200, new)
+    assert headers[header] != first[header]
+
+
+@pytest.mark.parametrize("validator", ["If-None-Match", "If-Modified-Since"])
+def test_an_unchanged_entry_point_is_answered_304(
+    store_site: tuple[Store, Path, NginxServer], validator: str
+) -> None:
+    store, _, server = store_site
+    a, b = same_size_models()
+    publish_model(store, "m", a)
+    publish_model(store, "m", b)
+    status, first, body = request(server, "/models/m/model.json")
+    assert status == 200 and body
+    header = "etag" if validator == "If-None-Match" else "last-modified"
+    status, headers, body = request(server, "/models/m/model.json",
+                                    headers={validator: first[header]})
+    assert (status, body) == (304, b"")
+    assert headers["cache-control"] == "no-cache"
 
 
 def test_the_page_script_is_javascript_no_cache_and_cross_origin(base, site: Path) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import random
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -409,3 +410,90 @@ def test_put_site_file_refuses_a_directory_in_the_way_and_a_bad_name(store: Stor
     for bad in ("../up.js", "a/b.js", "..", "Page.js", ".tmp-page.js"):
         with pytest.raises(ShardsyncError):
             store.put_site_file(bad, b"x")
+
+
+# -- the entry point's mtime: what a web server's validators are made of -------------------
+
+def same_size_models() -> tuple[ModelFiles, ModelFiles]:
+    """Two models with the same manifest and shards of one size: their entry points
+    differ only in the version id in their paths, so they have one size too."""
+    return (make_model({"group1-shard1of1.bin": b"\x01" * 4096}),
+            make_model({"group1-shard1of1.bin": b"\x02" * 4096}))
+
+
+def mtime_s(path: Path) -> int:
+    """The mtime in whole seconds: what nginx's ETag and Last-Modified are made of."""
+    return path.lstat().st_mtime_ns // 1_000_000_000
+
+
+def test_every_new_entry_point_is_a_whole_second_newer_than_the_one_it_replaces(
+    dirs,
+) -> None:
+    """Publish, publish, rollback, unpin, pin: five entry points of one size written
+    well within a second, each with an mtime second of its own."""
+    state, site = dirs
+    a, b = same_size_models()
+    entry = site / "m" / "model.json"
+    with store_at(state, site, keep_versions=2) as store:
+        seen = []
+        va = publish_model(store, "m", a)
+        seen.append((mtime_s(entry), entry.read_bytes()))
+        vb = publish_model(store, "m", b)
+        seen.append((mtime_s(entry), entry.read_bytes()))
+        store.rollback("m")  # to a, pinned
+        seen.append((mtime_s(entry), entry.read_bytes()))
+        assert store.publish(vb) is False  # held back by the pin
+        store.unpin("m")  # publishes b
+        seen.append((mtime_s(entry), entry.read_bytes()))
+        store.pin("m", va.id)
+        seen.append((mtime_s(entry), entry.read_bytes()))
+        assert store.current("m") == va
+        assert [data for _, data in seen] == [store.entry_bytes(v)
+                                              for v in (va, vb, va, vb, va)]
+    assert len({len(data) for _, data in seen}) == 1
+    stamps = [s for s, _ in seen]
+    assert stamps == sorted(set(stamps)), stamps  # strictly increasing
+    assert_store_ok(state, site)
+
+
+def test_a_clock_that_went_back_still_moves_the_entry_point_forward(
+    store: Store, dirs
+) -> None:
+    """A kiosk without RTC switched on with yesterday's time: the entry point written
+    "today" has a later mtime, so the new one must be later still, not "now"."""
+    site = dirs[1]
+    a, b = same_size_models()
+    publish_model(store, "m", a)
+    entry = site / "m" / "model.json"
+    ahead = time.time_ns() + 86400 * 1_000_000_000 + 123_456_789
+    os.utime(entry, ns=(ahead, ahead))
+    publish_model(store, "m", b)
+    assert mtime_s(entry) == ahead // 1_000_000_000 + 1
+    # A previous entry point that is a symlink is none: its target's mtime is not read,
+    # and the link is replaced, not followed.
+    target = site.parent / "elsewhere.json"
+    target.write_bytes(b"{}")
+    os.utime(target, ns=(ahead, ahead))
+    entry.unlink()
+    entry.symlink_to(target)
+    before = time.time_ns() // 1_000_000_000
+    publish_model(store, "m", a)
+    assert not entry.is_symlink() and entry.read_bytes() != b"{}"
+    assert before <= mtime_s(entry) <= time.time_ns() // 1_000_000_000
+    assert (target.read_bytes(), target.stat().st_mtime_ns) == (b"{}", ahead)
+
+
+def test_a_site_file_replaced_within_the_second_gets_a_newer_mtime_second(
+    store: Store, dirs
+) -> None:
+    """The page script is served no-cache with nginx's validators, like entry points:
+    bytes of one size replaced within a second (or after the clock went back) must not
+    keep the old mtime second."""
+    path = dirs[1] / "page.js"
+    store.put_site_file("page.js", b"one")
+    ahead = time.time_ns() + 3600 * 1_000_000_000
+    os.utime(path, ns=(ahead, ahead))
+    store.put_site_file("page.js", b"two")
+    assert mtime_s(path) == ahead // 1_000_000_000 + 1
+    store.put_site_file("page.js", b"one")
+    assert mtime_s(path) == ahead // 1_000_000_000 + 2
