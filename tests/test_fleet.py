@@ -12,7 +12,8 @@ Every kiosk's model URL is the gateway's entry point, reached through the cache.
 story, one test since each step needs the one before:
 
 1. Cold: every kiosk publishes the gateway's version id, flat, each shard crossing
-   each hop once (the cache fills once for three kiosks).
+   each hop once (the cache fills once for three kiosks). Then checks of the unchanged
+   model move no body at any hop (304s, entry points included).
 2. The gateway's link to the origin is cut: gateway and kiosks keep serving what they
    have; the gateway's status says why (the origin URL, unreachable), the kiosks'
    checks keep succeeding. Then a kiosk's own link: its status says why, its page
@@ -67,6 +68,15 @@ def _step1_cold(w: World) -> None:
     assert w.hops(dict.fromkeys(("origin", "gateway", "cache"), 0)) == {
         hop: total for hop in ("origin→gateway", "gateway→cache",
                                *(f"cache→{n.host.role}" for n in w.kiosks))}
+
+    # Checks of an unchanged model are 304s at every hop, entry points included.
+    marks, quiet = w.marks(), time.time()
+    for n in (w.gw, *w.kiosks):
+        wait_for(f"{n.host.role} check twice",
+                 lambda n=n: (n.service.model("m")["last_success"] or 0) >= quiet + 1.5)
+    moved = {**w.hops(marks), **{f"{h} (not shards)": b
+                                 for h, b in w.hops(marks, shards=False).items()}}
+    assert moved == dict.fromkeys(moved, 0), moved
 
 
 def _step2_cut(w: World) -> None:
