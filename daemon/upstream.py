@@ -26,7 +26,7 @@ from shardsync.store import VERSION_ID_LEN, VERSIONS_DIR, ShardsyncError
 
 from .entrypoint import groups_span, load_groups, rewrite_paths, scan_manifest
 from .jsonscan import JSONScanError
-from .tfjs import shard_url
+from .tfjs import shard_url, signature_url
 
 __all__ = ["Claim", "borrowable", "claim", "confirms"]
 
@@ -46,6 +46,15 @@ class Claim:
     def prefix(self) -> str:
         """The directory the entry point's paths point into: ``versions/<id>/``."""
         return f"{VERSIONS_DIR}/{self.version}/"
+
+    @property
+    def signature_url(self) -> str:
+        """Where the version's signature is when upstream's model is signed: beside its
+        pinned manifest, ``versions/<id>/<manifest>.sig.json``, a file of the version
+        like any other. A site never serves one beside its entry point (that is
+        rewritten; a signature over it would not verify), so this is the only place
+        a downstream finds it."""
+        return signature_url(self.manifest_url)
 
 
 def claim(manifest_url: str, data: bytes) -> Claim | None:
