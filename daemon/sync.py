@@ -12,11 +12,16 @@ What one :meth:`Syncer.sync` does:
    (:mod:`.signing`): a valid signature by a trusted key, not expired, its version not
    below the last accepted (the store's trust record). From then on every file is held
    to the length and SHA-256 the signature lists, and a file whose listed digest the
-   store already holds is not asked for at all (the manifest included).
+   store already holds is not asked for at all (the manifest included). On a 404 or
+   410 the URL may be a signed shardsync site's entry point (:meth:`Syncer._signed`):
+   its claim names the version whose own signature, under ``versions/<id>/``, is the
+   one checked, and the entry point must confirm against the signed pinned manifest.
 1. GET the manifest, conditionally with the validators of the current version
    (a 304 reuses the manifest the store holds), and parse it (:mod:`.tfjs`). When
    it is a shardsync site's entry point (:mod:`.upstream`), the manifest its version
-   pins is synced instead, so the version id is the site's (checked before publishing).
+   pins is synced instead, so the version id is the site's (checked before publishing;
+   without keys, the version's signature is carried as one of its files when the id
+   says upstream's version holds one: :meth:`Syncer._carried_signature`).
 2. For every shard, ask the origin, conditionally when the store already holds a
    file from that canonical URL (a 304 reuses it, costing no body); otherwise
    download it, resuming any partial. Each file is hashed while it streams.

@@ -15,6 +15,13 @@ the store renders every entry point (:func:`.entrypoint.rewrite_paths`), gives t
 entry point's exact bytes (:func:`confirms`). An origin whose paths merely look like
 ``versions/<16 hex>/`` fails that and stays a plain origin. The caller fetches (this
 module does no I/O), and checks at the end that the tree digest it built is ``<id>``.
+
+A signed upstream's version holds ``<manifest>.sig.json`` beside its pinned manifest
+(:attr:`Claim.signature_url`), never beside the entry point. A downstream with keys
+checks that signature, the claim serving only to find it, and holds the pinned files to
+it; one without keys carries it as a file of the version, unchecked, so the tree digest
+is ``<id>`` all the same (``Syncer._signed`` and ``Syncer._carried_signature`` in
+:mod:`.sync`).
 """
 
 from __future__ import annotations
