@@ -586,9 +586,14 @@ class Syncer:
                 "no signature: the model has trusted public_keys, so the origin must serve "
                 f"its signature, and it has none (HTTP {exc.status})", file=beside)
             missing.__cause__ = exc
-        async with self.limiter.slot(model.name):
-            progress.state = "checking"
-            mf = await self.fetcher.manifest(model.url)
+        try:
+            async with self.limiter.slot(model.name):
+                progress.state = "checking"
+                mf = await self.fetcher.manifest(model.url)
+        except UpstreamError as exc:
+            if exc.status is not None and exc.status >= 500:
+                raise  # the origin failing: its own error, for the next mirror to mend
+            raise missing from exc  # only asked for a claim; the signature is what lacks
         site = None if mf.data is None else claim(model.url, mf.data)
         if site is None:
             raise missing
