@@ -12,6 +12,7 @@ downstream still serves what it served, byte for byte.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,3 +288,21 @@ def test_a_downstream_without_keys_carries_the_signature_and_publishes_the_same_
     assert sorted((h.uri, h.status) for h in warm if h.status != 200) == sorted(
         (env.uri(up_v1, p), 304) for p in ("model.json", sig, *v1.shards))
     assert [h.uri for h in warm if h.status == 200] == ["/models/m/model.json"]
+
+    # An update: the changed shard's body and the new signature's, 304s for the rest
+    # (asked with the validators of their path in the version before).
+    time.sleep(1.1)  # nginx's ETag is mtime in seconds and size (see test_upstream.py)
+    v2 = model(b"\x22")
+    up_v2 = env.release(v2)
+    hits(env.site)
+    assert sync(env.down, env.url) == up_v2
+    assert_same_version(env, v2, up_v2)
+    update = hits(env.site)
+    entry = (env.up / "site" / "m" / "model.json").stat().st_size
+    assert {h.uri: h.body_bytes for h in update if h.status == 200} == {
+        "/models/m/model.json": entry,
+        env.uri(up_v2, sig): env.pinned(up_v2, sig).stat().st_size,
+        env.uri(up_v2, "model.json"): len(v2.manifest),
+        env.uri(up_v2, "group1-shard2of3.bin"): SHARD}
+    assert sorted(h.uri for h in update if h.status == 304) == [
+        env.uri(up_v2, "group1-shard1of3.bin"), env.uri(up_v2, "group1-shard3of3.bin")]
