@@ -12,13 +12,18 @@ What one :meth:`Syncer.sync` does:
    (:mod:`.signing`): a valid signature by a trusted key, not expired, its version not
    below the last accepted (the store's trust record). From then on every file is held
    to the length and SHA-256 the signature lists, and a file whose listed digest the
-   store already holds is not asked for at all (the manifest included).
+   store already holds is not asked for at all (the manifest included). On a 404 or
+   410 the URL may be a signed shardsync site's entry point (:meth:`Syncer._signed`):
+   its claim names the version whose own signature, under ``versions/<id>/``, is the
+   one checked, and the entry point must confirm against the signed pinned manifest.
 1. GET the manifest, conditionally with the validators of the current version
    (a 304 reuses the manifest the store holds), and parse it (:mod:`.tfjs`). When
    it is a shardsync site's entry point (:mod:`.upstream`), the manifest its version
-   pins is synced instead, so the version id is the site's (checked before publishing);
-   the entry point's own validators are kept with the pinned manifest's record, and a
-   304 for it renders its bytes again from the pinned manifest held.
+   pins is synced instead, so the version id is the site's (checked before publishing;
+   without keys, the version's signature is carried as one of its files when the id
+   says upstream's version holds one: :meth:`Syncer._carried_signature`); the entry
+   point's own validators are kept with the pinned manifest's record, and a 304 for it
+   renders its bytes again from the pinned manifest held.
 2. For every shard, ask the origin, conditionally when the store already holds a
    file from that canonical URL (a 304 reuses it, costing no body); otherwise
    download it, resuming any partial. Each file is hashed while it streams.
@@ -119,6 +124,9 @@ _RENDERS = "renders"
 #: refused, bytes that fail a check, a signature that does not let the model through)
 #: could be the source's own, and the next mirror is tried.
 _LOCAL_ERRORS = (StorageError, LockedError)
+
+#: HTTP statuses that say a signature is not there (not that the origin failed).
+_MISSING = (404, 410)
 
 
 @dataclass
@@ -357,18 +365,28 @@ class Syncer:
                     *, chain: str = "detect") -> None:
         """``chain``: ``"detect"`` a shardsync site as the origin (:mod:`.upstream`),
         lending unchanged shards the validators of the version before; ``"no-borrow"``
-        the same without lending; ``"plain"`` no detection (the manifest as it is)."""
+        the same without lending; ``"plain"`` no detection (the manifest as it is).
+
+        With trusted keys, :meth:`_signed` finds the site (or not) before anything
+        else is read, and ``chain`` plays no part: every file is held to the signature,
+        so nothing is lent and nothing is synced again."""
         store = self.store
         previous = store.current(model.name)
         index = self._index()
-        known = index.get(model.url)
         keys = trusted_keys(model)
-        accepted = await self._signature(model, keys, progress) if keys else None
+        accepted: _Accepted | None = None
+        site: Claim | None = None  # a shardsync site's claim, once confirmed or signed
+        entry = b""  # with keys and a site: the entry point, to confirm against the signed
+        if keys:
+            accepted, site, entry = await self._signed(model, keys, progress)
+        url = model.url if site is None else site.manifest_url  # the manifest's URL
+        known = index.get(url)
+        name = manifest_filename(model.url)
         signed_files = accepted.signed.files if accepted else None
-        listed = signed_files.get(manifest_filename(model.url)) if signed_files else None
+        listed = signed_files.get(name) if signed_files else None
         if signed_files is not None and listed is None:
-            raise SignatureError(f"the manifest {manifest_filename(model.url)!r} is not in "
-                                 "the signed files", file=model.url)
+            raise SignatureError(f"the manifest {name!r} is not in the signed files",
+                                 file=url)
         if listed is not None and store.has_object(listed.sha256):
             # Signed bytes the store holds: nothing to ask the origin (validators kept
             # only if they describe these bytes).
@@ -376,7 +394,7 @@ class Syncer:
             mf = ManifestFetch(None, Validators(held.meta.get("etag"),
                                                 held.meta.get("last_modified"))
                                if held else Validators())
-            known = FileEntry(manifest_filename(model.url), listed.sha256, listed.length)
+            known = FileEntry(name, listed.sha256, listed.length)
         else:
             # Under the download limit too: a pass over many models would otherwise queue
             # every manifest request in httpcore's pool at once, whose bookkeeping grows
@@ -385,9 +403,9 @@ class Syncer:
             async with self.limiter.slot(model.name):  # "queued" until then
                 progress.state = "checking"
                 if listed is None:
-                    mf = await self.fetcher.manifest(model.url, _validators(known, store))
+                    mf = await self.fetcher.manifest(url, _validators(known, store))
                 else:  # a 304 could hand back other bytes than the signed ones
-                    mf = await self.fetcher.manifest(model.url, None, max_size=listed.length)
+                    mf = await self.fetcher.manifest(url, None, max_size=listed.length)
         manifest_digest: str | None = None  # known when the manifest comes from the store
         if mf.data is None:
             assert known is not None
@@ -402,11 +420,16 @@ class Syncer:
         else:
             data, validators = mf.data, mf.validators
             if listed is not None:
-                await _check_listed(data, listed, file=model.url)
-        url = model.url  # the manifest's: the pinned one's when the origin is a site
-        entry_validators = validators
-        site = None if keys or chain == "plain" else claim(model.url, data)
+                await _check_listed(data, listed, file=url)
+        entry_validators = validators  # the entry point's, when the origin is a site
         if site is not None:
+            # Signed: the entry point only said which signature to fetch; it must be
+            # what the site renders from the signed manifest, or it is not the site's.
+            if not confirms(site, entry, data):
+                raise SignatureError(
+                    f"the entry point is not the signed manifest of version {site.version} "
+                    f"({site.manifest_url}) as a shardsync site renders it", file=model.url)
+        elif not keys and chain != "plain" and (site := claim(model.url, data)) is not None:
             pinned = await self._pinned(model, site, data)
             if pinned is None:
                 site = None
@@ -420,13 +443,13 @@ class Syncer:
             if unlisted:
                 more = f" (and {len(unlisted) - 1} more)" if len(unlisted) > 1 else ""
                 raise SignatureError(f"shard {unlisted[0]!r} is not in the signed files{more}",
-                                     file=shard_url(model.url, unlisted[0]))
+                                     file=shard_url(url, unlisted[0]))
         progress.files_total = len(manifest.files)
         progress.bytes_total = manifest.expected_size or 0
 
         files: dict[str, FileEntry] = {}
         errors: list[ShardsyncError] = []
-        lent = {} if site is None or previous is None or chain != "detect" else {
+        lent = {} if site is None or previous is None or chain != "detect" or keys else {
             shard_url(url, f.path): f for f in previous.files
             if borrowable(site, f.path, str(f.meta.get("url", "")))}
         progress.state = "queued"  # "downloading" once its first file has a slot
@@ -440,7 +463,7 @@ class Syncer:
                     # Bytes another model's fetch of the same URL brought, unsigned.
                     raise IntegrityError(
                         "differs from the length and SHA-256 its signature lists",
-                        file=shard_url(model.url, path),
+                        file=shard_url(url, path),
                         expected=f"{want.length} bytes, {want.sha256}",
                         actual=f"{e.size} bytes, {e.digest}")
             except ShardsyncError as exc:
@@ -468,8 +491,9 @@ class Syncer:
             manifest_digest = await trio.to_thread.run_sync(store.put_bytes, data)
         meta: dict[str, Any] = {"url": url, "etag": validators.etag,
                                 "last_modified": validators.last_modified}
-        if site is not None:
-            # The entry point's validators, for the next check (see _learn).
+        if site is not None and accepted is None:
+            # The entry point's validators, for the next check (see _learn); a keyed
+            # check reads the entry point only after the signature, and whole.
             meta[_SITE_ENTRY] = {"url": model.url, "etag": entry_validators.etag,
                                  "last_modified": entry_validators.last_modified}
         manifest_entry = FileEntry(manifest.filename, manifest_digest, len(data), meta)
@@ -477,7 +501,18 @@ class Syncer:
         if accepted is not None:
             ordered.append(accepted.entry)
         version = Version.build(model.name, manifest_entry, ordered)
-        if site is not None and version.id != site.version:
+        if site is not None and version.id != site.version and accepted is None:
+            # The id is over every file of upstream's version: if it is not the id of
+            # the manifest and shards, upstream's version holds its signature too.
+            carried = await self._carried_signature(model, site, progress)
+            if carried is not None:
+                version = Version.build(model.name, manifest_entry, [*ordered, carried])
+        if site is not None and version.id != site.version and accepted is not None:
+            # Every file is the one the signature lists, none lent, and the layout is
+            # flat: a site not quite shardsync's; syncing again would change nothing.
+            log.warning("model %s: %s pins version %s but its signed files make version "
+                        "%s; publishing that", model.name, model.url, site.version, version.id)
+        elif site is not None and version.id != site.version:
             # Not the site's version after all: lent validators that matched other bytes
             # (the id is over every file's digest, so it catches that), or not a
             # shardsync site. Nothing is published; try again without what was assumed.
@@ -555,30 +590,92 @@ class Syncer:
 
     # -- signatures ------------------------------------------------------------------
 
-    async def _signature(
+    async def _signed(
         self, model: ModelConfig, keys: frozenset[bytes], progress: Progress
-    ) -> _Accepted:
-        """Fetch and check the signature of ``model`` (SignatureError if it does not let
-        the model through); a 304 reuses the signature file the store holds."""
-        url = signature_url(model.url)
+    ) -> tuple[_Accepted, Claim | None, bytes]:
+        """The signature that lets ``model`` through (SignatureError if none does); and,
+        when ``model.url`` is a shardsync site's entry point, the site's claim and the
+        entry point's bytes (else None and ``b""``).
+
+        The contract's order holds for every origin: ``<manifest URL>.sig.json`` before
+        anything else. A site serves none there (its entry point is rewritten), so only
+        on a 404 or 410 is the entry point read, for its claim alone (:func:`.upstream.
+        claim`), and the claimed version's own signature, under ``versions/<id>/``, is
+        checked like any other (the rollback check bounds which version an entry point
+        can send us to). Nothing else of the entry point is believed: the caller
+        confirms it against the signed pinned manifest. No claim: "no signature", as
+        for any origin without one. Costs a site one 404 per check, and spares every
+        other origin any change: no setting, no state decides the order.
+        """
+        beside = signature_url(model.url)
         try:
-            answer = await self._fetch(
-                model, url, progress, MAX_SIGNATURE_BYTES, None, state="checking",
-                limit=f"the {MAX_SIGNATURE_BYTES} bytes a signature may have")
+            return await self._signature(model, keys, beside, progress), None, b""
         except UpstreamError as exc:
-            if exc.status == 404:
-                raise SignatureError(
-                    "no signature: the model has trusted public_keys, so the origin must "
-                    "serve its signature, and it has none (HTTP 404)", file=url) from exc
-            raise
+            if exc.status not in _MISSING:
+                raise
+            missing = SignatureError(
+                "no signature: the model has trusted public_keys, so the origin must serve "
+                f"its signature, and it has none (HTTP {exc.status})", file=beside)
+            missing.__cause__ = exc
+        try:
+            async with self.limiter.slot(model.name):
+                progress.state = "checking"
+                mf = await self.fetcher.manifest(model.url)
+        except UpstreamError as exc:
+            if exc.status is not None and exc.status >= 500:
+                raise  # the origin failing: its own error, for the next mirror to mend
+            raise missing from exc  # only asked for a claim; the signature is what lacks
+        site = None if mf.data is None else claim(model.url, mf.data)
+        if site is None:
+            raise missing
+        try:
+            accepted = await self._signature(model, keys, site.signature_url, progress)
+        except UpstreamError as exc:
+            if exc.status not in _MISSING:
+                raise
+            raise SignatureError(
+                f"no signature: {model.url} is a shardsync site's entry point for version "
+                f"{site.version}, and that version has no {SIGNATURE_SUFFIX} under "
+                f"{site.prefix} (HTTP {exc.status}; published unsigned upstream?)",
+                file=site.signature_url) from exc
+        assert mf.data is not None
+        return accepted, site, mf.data
+
+    async def _signature(
+        self, model: ModelConfig, keys: frozenset[bytes], url: str, progress: Progress
+    ) -> _Accepted:
+        """Fetch (conditionally: a 304 reuses the file the store holds) and check the
+        signature of ``model`` at ``url``: SignatureError if it does not let the model
+        through; the fetch's UpstreamError as it is (a 404 is the caller's to name)."""
+        answer = await self._fetch(
+            model, url, progress, MAX_SIGNATURE_BYTES, None, state="checking",
+            limit=f"the {MAX_SIGNATURE_BYTES} bytes a signature may have")
         self._index()[url] = answer.entry
         e = answer.entry
         data = await self._read(e, model)
         signed = verify_signature(data, keys, now=time.time(), file=url)
         record = self.store.trust_record(model.name)
         check_rollback(signed, record, file=url)
-        path = manifest_filename(model.url) + SIGNATURE_SUFFIX
-        return _Accepted(signed, FileEntry(path, e.digest, e.size, e.meta), record)
+        return _Accepted(signed, _signature_entry(model, e), record)
+
+    async def _carried_signature(
+        self, model: ModelConfig, site: Claim, progress: Progress
+    ) -> FileEntry | None:
+        """The signature of ``site``'s version as a file of ours, for a model without
+        keys: fetched conditionally like any file, carried, not checked (there is no key
+        to check it with), so that the version holds what upstream's holds and has its
+        id. None when the site has none (HTTP 404 or 410)."""
+        url = site.signature_url
+        try:
+            answer = await self._fetch(
+                model, url, progress, MAX_SIGNATURE_BYTES, None,
+                limit=f"the {MAX_SIGNATURE_BYTES} bytes a signature may have")
+        except UpstreamError as exc:
+            if exc.status not in _MISSING:
+                raise
+            return None
+        self._index()[url] = answer.entry
+        return _signature_entry(model, answer.entry)
 
     async def _accept(self, model: ModelConfig, accepted: _Accepted | None, version: Version,
                       result: SyncResult) -> None:
@@ -755,6 +852,14 @@ async def _check_listed(data: bytes, listed: Listed, *, file: str) -> None:
     if digest != listed.sha256:
         raise IntegrityError("SHA-256 differs from its signature", file=file,
                              expected=listed.sha256, actual=digest)
+
+
+def _signature_entry(model: ModelConfig, fetched: FileEntry) -> FileEntry:
+    """The signature file ``fetched`` as a file of ``model``'s version: beside its
+    manifest, ``<manifest>.sig.json``, where a signed plain origin has it and where a
+    site publishes it (docs/design.md, "Signed models")."""
+    path = manifest_filename(model.url) + SIGNATURE_SUFFIX
+    return FileEntry(path, fetched.digest, fetched.size, fetched.meta)
 
 
 def _validators(known: FileEntry | None, store: Store) -> Validators | None:

@@ -15,6 +15,13 @@ the store renders every entry point (:func:`.entrypoint.rewrite_paths`), gives t
 entry point's exact bytes (:func:`confirms`). An origin whose paths merely look like
 ``versions/<16 hex>/`` fails that and stays a plain origin. The caller fetches (this
 module does no I/O), and checks at the end that the tree digest it built is ``<id>``.
+
+A signed upstream's version holds ``<manifest>.sig.json`` beside its pinned manifest
+(:attr:`Claim.signature_url`), never beside the entry point. A downstream with keys
+checks that signature, the claim serving only to find it, and holds the pinned files to
+it; one without keys carries it as a file of the version, unchecked, so the tree digest
+is ``<id>`` all the same (``Syncer._signed`` and ``Syncer._carried_signature`` in
+:mod:`.sync`).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from shardsync.store import VERSION_ID_LEN, VERSIONS_DIR, ShardsyncError
 
 from .entrypoint import groups_span, load_groups, rewrite_paths, scan_manifest
 from .jsonscan import JSONScanError
-from .tfjs import shard_url
+from .tfjs import shard_url, signature_url
 
 __all__ = ["Claim", "borrowable", "claim", "confirms"]
 
@@ -46,6 +53,15 @@ class Claim:
     def prefix(self) -> str:
         """The directory the entry point's paths point into: ``versions/<id>/``."""
         return f"{VERSIONS_DIR}/{self.version}/"
+
+    @property
+    def signature_url(self) -> str:
+        """Where the version's signature is when upstream's model is signed: beside its
+        pinned manifest, ``versions/<id>/<manifest>.sig.json``, a file of the version
+        like any other. A site never serves one beside its entry point (that is
+        rewritten; a signature over it would not verify), so this is the only place
+        a downstream finds it."""
+        return signature_url(self.manifest_url)
 
 
 def claim(manifest_url: str, data: bytes) -> Claim | None:

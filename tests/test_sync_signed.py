@@ -217,8 +217,12 @@ async def test_no_signature_is_refused_and_nothing_is_published(
         _, v1 = await first_release(env, nginx, key)
         release(nginx, model_v(2), None)
         sig_path(nginx.root / "m" / "model.json").unlink()
+        nginx.clear()
         assert_refused(env, await env.syncer.sync(config(nginx, key)), v1, "no signature")
-    assert [h.uri for h in nginx.hits()][-1] == "/m/model.json.sig.json"  # asked nothing else
+    # The signature first; after its 404 the manifest, read only for a shardsync site's
+    # claim (docs/design.md, "A published site as an origin"); no shard is asked for.
+    assert [(h.uri, h.status) for h in nginx.hits()] == [
+        ("/m/model.json.sig.json", 404), ("/m/model.json", 200)]
 
 
 async def test_a_signature_that_does_not_verify_is_refused(

@@ -9,76 +9,24 @@ body byte the downstream cost.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from e2e.webserver import NginxServer, run_nginx
+from e2e.webserver import NginxServer
 from origin import Origin
-from storehelpers import ModelFiles, tfjs_model, write_model
-from synchelpers import assert_published, publish_on, run_cli, write_config
-
-from shardsync.daemon.nginx import render_nginx_config
-
-SHARD = 96 * 1024  # bytes per shard: big enough that a body is told from a 304 at a glance
-
-
-def model(changed: bytes = b"\x02") -> ModelFiles:
-    """Three shards of one group; ``changed`` fills the second, so two releases differ
-    in that shard only (the manifest, sized by the group, stays the same)."""
-    return tfjs_model("layers-model", [{"group1-shard1of3.bin": b"\x01" * SHARD,
-                                        "group1-shard2of3.bin": changed * SHARD,
-                                        "group1-shard3of3.bin": b"\x03" * SHARD}])
-
-
-@dataclass
-class Hit:
-    method: str
-    uri: str
-    status: int
-    body_bytes: int
-
-
-# nginx's "combined": ... "GET /models/m/model.json HTTP/1.1" 200 1234 "-" "python-httpx/..."
-_COMBINED = re.compile(r'[^"]*"(\w+) (\S+) HTTP/[\d.]+" (\d{3}) (\d+) .*')
-
-
-def hits(server: NginxServer) -> list[Hit]:
-    """Every request nginx logged so far, oldest first; the log is emptied."""
-    log = server.dir / "access.log"
-    lines = log.read_text().splitlines() if log.exists() else []
-    log.write_text("")
-    out = []
-    for line in lines:
-        m = _COMBINED.fullmatch(line)
-        assert m, f"unexpected access log line {line!r}"
-        out.append(Hit(m[1], m[2], int(m[3]), int(m[4])))
-    return out
+from sitehelpers import SHARD, hits, model, serve_site, sync
+from storehelpers import tfjs_model, write_model
+from synchelpers import assert_published, publish_on
 
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[NginxServer]:
     """nginx serving the upstream's site_dir (``tmp_path/up/site``) as nginx-config has it."""
-    up_site = tmp_path / "up" / "site"
-    up_site.mkdir(parents=True)
-    with run_nginx(tmp_path / "nginx", lambda listen: render_nginx_config(
-            up_site, listen=listen)) as server:
+    with serve_site(tmp_path) as server:
         yield server
-
-
-def sync(base: Path, url: str) -> str:
-    """``shardsync sync`` of the model ``m`` at ``url`` in ``base``; its version id."""
-    config = write_config(base, {"m": url})
-    done = run_cli("sync", "-c", config, "--json")
-    assert done.returncode == 0, done.stdout + done.stderr
-    (result,) = json.loads(done.stdout)["models"]
-    assert result["ok"], result
-    return str(result["version"])
 
 
 def test_a_downstream_publishes_the_upstream_version_and_an_update_moves_one_shard(
