@@ -133,6 +133,10 @@ class ControlApi:
             # the download window a model in state "waiting" waits for (None otherwise)
             "waiting": with_rfc3339(st.progress.waiting, "next")
             if st.progress.waiting is not None and st.progress.state == "waiting" else None,
+            # the last failed attempt of a request this sync will try again (None otherwise)
+            "retrying": with_rfc3339(st.progress.retrying, "next_try")
+            if st.progress.retrying is not None
+            and st.progress.state not in ("idle", "error") else None,
         }, "last_check", "last_success", "next_check")
 
     def _pin(self, name: str) -> dict[str, Any] | None:

@@ -83,6 +83,10 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: Told of each failed attempt that will be tried again: (the error, the attempt's
+#: number from 1, the seconds until the next one).
+RetryHook = Callable[[ShardsyncError, int, float], None]
+
 #: Starts from zero allowed per file after the origin refused a resume (416, a 206 at the
 #: wrong offset). A restart sends no Range, so it cannot be refused again unless a later
 #: failure made a new partial; more than two means the origin is broken. Counted apart
@@ -268,7 +272,8 @@ class Fetcher:
     # -- manifests -----------------------------------------------------------------
 
     async def manifest(self, url: str, validators: Validators | None = None, *,
-                       max_size: int | None = None) -> ManifestFetch:
+                       max_size: int | None = None,
+                       on_retry: RetryHook | None = None) -> ManifestFetch:
         """GET a manifest (conditionally when ``validators`` are given), with retries.
 
         Reading stops past ``max_manifest_bytes`` (the policy's cap), or past ``max_size``
@@ -301,7 +306,7 @@ class Fetcher:
                                                 file=url)
                 return ManifestFetch(bytes(data), Validators.of(r))
 
-        return await self._retrying(url, once)
+        return await self._retrying(url, once, on_retry)
 
     # -- files ---------------------------------------------------------------------
 
@@ -317,6 +322,7 @@ class Fetcher:
         expected_digest: str | None = None,
         limit: str = "its weight group",
         body_allowed: Callable[[], bool] | None = None,
+        on_retry: RetryHook | None = None,
     ) -> Fetched:
         """Download ``url`` into the store (resuming a partial); return its digest.
 
@@ -359,7 +365,7 @@ class Fetcher:
                 return await self._file_once(url, lazy, validators, max_size, count,
                                              expected_digest, limit, body_allowed)
 
-            result = await self._retrying(url, once)
+            result = await self._retrying(url, once, on_retry)
         finally:
             if lazy.ingest is not None and not lazy.ingest.closed:
                 with trio.CancelScope(shield=True):
@@ -490,15 +496,19 @@ class Fetcher:
 
     # -- retries -------------------------------------------------------------------
 
-    async def _retrying(self, url: str, once: Callable[[], Awaitable[T]]) -> T:
-        """Run ``once`` with retries, within ``file_deadline`` (FetchTimeoutError after)."""
+    async def _retrying(self, url: str, once: Callable[[], Awaitable[T]],
+                        on_retry: RetryHook | None = None) -> T:
+        """Run ``once`` with retries, within ``file_deadline`` (FetchTimeoutError after).
+        ``on_retry(error, attempt, delay)`` hears of each failed attempt that will be
+        tried again, before the wait: status can say why a check takes long."""
         deadline = self.policy.file_deadline
         with trio.move_on_after(deadline):
-            return await self._retry_loop(url, once)
+            return await self._retry_loop(url, once, on_retry)
         raise FetchTimeoutError(f"not done within the per-file deadline ({deadline:g} s)",
                                 file=url)
 
-    async def _retry_loop(self, url: str, once: Callable[[], Awaitable[T]]) -> T:
+    async def _retry_loop(self, url: str, once: Callable[[], Awaitable[T]],
+                          on_retry: RetryHook | None) -> T:
         """Run ``once`` with retries; translate httpx errors (the one place that does)."""
         policy = self.policy
         attempt = restarts = 0
@@ -528,6 +538,8 @@ class Fetcher:
                 delay = retry_delay(exc, attempt, policy)
                 if delay is None or attempt >= policy.attempts:
                     raise
+                if on_retry is not None:
+                    on_retry(exc, attempt, delay)
                 await trio.sleep(delay)
 
 

@@ -60,6 +60,7 @@ def format_status_table(status: Mapping[str, Any], *, now: float | None = None) 
         cells = [cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=False)] + [r[-1]]
         lines.append("  ".join(cells).rstrip())
     lines += [_pinned(m, now) for m in models if isinstance(m.get("pinned"), Mapping)]
+    lines += [_retrying(m, now) for m in models if isinstance(m.get("retrying"), Mapping)]
     lines += [f"mirror: {m.get('name', '?')} at {str(m.get('version') or '-')[:12]} "
               f"served by {m['source']}" for m in models
               if m.get("source") and m.get("url") and m["source"] != m["url"]]
@@ -74,6 +75,15 @@ def _pinned(model: Mapping[str, Any], now: float) -> str:
             else "nothing newer seen")
     return (f"pinned: {model.get('name', '?')} at {str(pin.get('version') or '-')[:12]} "
             f"since {_relative(pin.get('since'), now)}; {held}")
+
+
+def _retrying(model: Mapping[str, Any], now: float) -> str:
+    """``retrying: m: file URL: connection failed: ... (attempt 2, next try in 3s)``."""
+    r = model["retrying"]
+    reason = " ".join(str(r.get("error") or "?").split())
+    when = _relative(r.get("next_try"), now)
+    return (f"retrying: {model.get('name', '?')}: file {r.get('file') or '?'}: {reason} "
+            f"(attempt {r.get('attempt', '?')} failed, next try {when})")
 
 
 def _row(model: Mapping[str, Any], now: float) -> tuple[str, ...]:

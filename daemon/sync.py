@@ -148,13 +148,29 @@ class Progress:
     #: While state is ``waiting``: the download window waited for and when it opens
     #: (:meth:`.windows.Closed.to_json`); None otherwise.
     waiting: dict[str, Any] | None = None
+    #: The last failed attempt at a request that will be tried again (:meth:`retry`),
+    #: until that request gets through or the sync ends: why a check takes long (an
+    #: origin down rides out ~30 s of retries before the sync fails). None otherwise.
+    retrying: dict[str, Any] | None = None
 
     def reset(self, state: str) -> None:
         self.state = state
         self.waiting = None
+        self.retrying = None
         self.bytes_done = self.bytes_total = self.files_done = self.files_total = 0
         self.received = 0
         self.started = time.monotonic()
+
+    def retry(self, exc: ShardsyncError, attempt: int, delay: float) -> None:
+        """The fetcher's :data:`.fetch.RetryHook`: attempt ``attempt`` failed with
+        ``exc``, the next comes in ``delay`` seconds."""
+        self.retrying = {"file": exc.file, "error": exc.reason, "attempt": attempt,
+                         "next_try": time.time() + delay}
+
+    def answered(self, url: str) -> None:
+        """A request for ``url`` got through: a retry of it is no longer pending."""
+        if self.retrying is not None and self.retrying["file"] == url:
+            self.retrying = None
 
     def to_json(self) -> dict[str, int]:
         return {"bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
@@ -403,9 +419,12 @@ class Syncer:
             async with self.limiter.slot(model.name):  # "queued" until then
                 progress.state = "checking"
                 if listed is None:
-                    mf = await self.fetcher.manifest(url, _validators(known, store))
+                    mf = await self.fetcher.manifest(url, _validators(known, store),
+                                                     on_retry=progress.retry)
                 else:  # a 304 could hand back other bytes than the signed ones
-                    mf = await self.fetcher.manifest(url, None, max_size=listed.length)
+                    mf = await self.fetcher.manifest(url, None, max_size=listed.length,
+                                                     on_retry=progress.retry)
+                progress.answered(url)
         manifest_digest: str | None = None  # known when the manifest comes from the store
         if mf.data is None:
             assert known is not None
@@ -430,7 +449,7 @@ class Syncer:
                     f"the entry point is not the signed manifest of version {site.version} "
                     f"({site.manifest_url}) as a shardsync site renders it", file=model.url)
         elif not keys and chain != "plain" and (site := claim(model.url, data)) is not None:
-            pinned = await self._pinned(model, site, data)
+            pinned = await self._pinned(model, site, data, progress)
             if pinned is None:
                 site = None
             else:
@@ -553,7 +572,7 @@ class Syncer:
         await self._forget_downloads(version)
 
     async def _pinned(
-        self, model: ModelConfig, site: Claim, entry: bytes
+        self, model: ModelConfig, site: Claim, entry: bytes, progress: Progress
     ) -> tuple[bytes, Validators, str | None] | None:
         """The manifest ``site`` claims the entry point ``entry`` pins, fetched
         (conditionally) as bytes, validators and the digest when the store held it; None
@@ -563,7 +582,9 @@ class Syncer:
         try:
             async with self.limiter.slot(model.name):
                 mf = await self.fetcher.manifest(site.manifest_url,
-                                                 _validators(known, self.store))
+                                                 _validators(known, self.store),
+                                                 on_retry=progress.retry)
+            progress.answered(site.manifest_url)
         except UpstreamError as exc:
             if exc.status is None or exc.status >= 500:
                 raise  # the site may be down: not a reason to take it for a plain origin
@@ -620,7 +641,8 @@ class Syncer:
         try:
             async with self.limiter.slot(model.name):
                 progress.state = "checking"
-                mf = await self.fetcher.manifest(model.url)
+                mf = await self.fetcher.manifest(model.url, on_retry=progress.retry)
+            progress.answered(model.url)
         except UpstreamError as exc:
             if exc.status is not None and exc.status >= 500:
                 raise  # the origin failing: its own error, for the next mirror to mend
@@ -786,12 +808,14 @@ class Syncer:
                         got = await self.fetcher.file(
                             url, store, validators=validators, max_size=max_size,
                             progress=count, source=model.url, limit=limit,
-                            body_allowed=body_allowed)
+                            body_allowed=body_allowed, on_retry=progress.retry)
                     else:
                         got = await self.fetcher.file(
                             url, store, max_size=listed.length, progress=count,
                             source=model.url, expected_digest=listed.sha256,
-                            limit="the length its signature lists", body_allowed=body_allowed)
+                            limit="the length its signature lists", body_allowed=body_allowed,
+                            on_retry=progress.retry)
+                    progress.answered(url)
                 except BodyDeferred:
                     pass  # the window closed, or the file changed outside it
             if got is None:

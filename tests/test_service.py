@@ -709,3 +709,34 @@ def test_status_and_the_model_route_say_whether_each_model_is_signed_by_whom_and
                                  capture_output=True, text=True, timeout=30)
         assert by_name(json.loads(as_json.stdout), "signed")["signature"] == want
         assert svc.stop(STOP_WITHIN) == 0
+
+
+def test_status_says_why_a_check_is_retrying_and_forgets_it_once_through(
+    origin: Origin, tmp_path: Path, sockets: Path, notify: NotifySocket
+) -> None:
+    # An origin failing for a while (here: 503 with Retry-After 2 s, three times) is
+    # retried within one sync for ~30 s before that sync fails; meanwhile status says
+    # which file, why, and when the next try is, instead of a bare "checking".
+    model = small("r", 1)
+    url = publish_on(origin, "r", model)
+    origin.fault_status("r/model.json", 503, retry_after=2, times=3)
+    conf = tmp_path / "conf"
+    config = write_config(conf, {"r": url}, socket=str(sockets / "ctl.sock"))
+    with service(config, tmp_path, notify) as svc:
+        svc.start()
+        status = svc.wait_status(lambda s: s["models"][0]["retrying"] is not None,
+                                 "r retrying")
+        m = by_name(status, "r")
+        retrying = m["retrying"]
+        assert m["state"] == "checking" and m["last_error"] is None
+        assert retrying["file"] == url and "503" in retrying["error"], retrying
+        assert retrying["attempt"] >= 1 and retrying["next_try"] > time.time() - 1
+        assert retrying["next_try_at"].endswith("Z")
+        table = format_status_table(status)
+        assert f"retrying: r: file {url}: " in table and "next try in" in table, table
+
+        svc.wait_event("published", model="r")
+        idle = by_name(svc.wait_status(lambda s: s["models"][0]["state"] == "idle",
+                                       "r idle"), "r")
+        assert idle["retrying"] is None and idle["last_error"] is None
+        assert "retrying:" not in format_status_table(svc.status())
