@@ -248,34 +248,38 @@ def fleet() -> Iterator[Fleet]:
         f.close()
 
 
-def cache_server(*, listen: str, upstream: str, cache_dir: Path, log: Path,
-                 location: str = "/models/", pass_conditionals: bool = True) -> str:
+def cache_server(*, listen: str, upstream: str, cache_dir: Path | str,
+                 log: Path | None = None, location: str = "/models/",
+                 pass_conditionals: bool = True) -> str:
     """The nginx ``http { }`` text of an HTTP cache (``proxy_cache``) in front of a
-    shardsync site at ``upstream`` (``http://gateway:80``), as docs/fleet.md gives it.
+    shardsync site at ``upstream`` (``http://gateway.lan``): docs/fleet.md gives it,
+    without ``log`` (an access log in :data:`CACHE_LOG_FORMAT`), and
+    tests/test_fleet.py keeps the two equal.
 
-    Two lines beyond a plain proxy_cache make an update cost each hop only its changed
-    shards (docs/fleet.md, "The cache"): the downstream's conditional headers are passed
+    Beyond a plain proxy_cache, three lines make an update cost each hop only its
+    changed shards (docs/fleet.md, "The cache"): the downstream's validators are passed
     upstream on a miss (nginx drops them by default and fetches the whole file, and an
     update moves every shard to a new URL), and a 304 got that way is not stored
-    (``proxy_no_cache``): it belongs to that client's copy, not to the cache.
+    (``proxy_no_cache``): it answers that client's copy, it is no file for the cache.
     ``proxy_cache_lock`` makes kiosks missing the same shard at once wait for one fetch.
-    ``pass_conditionals=False`` leaves those two lines out: a plain proxy_cache, for
-    the benchmark's comparison.
+    ``pass_conditionals=False`` leaves the three lines out: a plain proxy_cache, for the
+    benchmark's comparison.
     """
+    log_format = f"log_format fleet escape=none '{CACHE_LOG_FORMAT}';\n" if log else ""
+    access_log = f"\n    access_log {log} fleet;" if log else ""
     passing = """
         proxy_set_header If-None-Match $http_if_none_match;
         proxy_set_header If-Modified-Since $http_if_modified_since;
         proxy_no_cache $shardsync_no_store;""" if pass_conditionals else ""
     return f"""\
-log_format fleet escape=none '{CACHE_LOG_FORMAT}';
-proxy_cache_path {cache_dir} keys_zone=shardsync:10m max_size=1g inactive=30d use_temp_path=off;
+{log_format}proxy_cache_path {cache_dir} keys_zone=shardsync:10m max_size=16g inactive=30d
+                 use_temp_path=off;
 map $upstream_status $shardsync_no_store {{
     304     1;
     default 0;
 }}
 server {{
-    listen {listen};
-    access_log {log} fleet;
+    listen {listen};{access_log}
     location {location} {{
         proxy_pass {upstream};
         proxy_cache shardsync;

@@ -35,7 +35,7 @@ import re
 import time
 from pathlib import Path
 
-from fleet import Node, World, gateway_fleet, wait_for
+from fleet import Node, World, cache_server, gateway_fleet, wait_for
 from storehelpers import tfjs_model
 
 SHARDS = 4
@@ -146,3 +146,10 @@ def _step3_update(w: World) -> None:
     print(f"\nfleet update, one {SHARD_SIZE}-byte shard of {SHARDS} changed: shard body bytes"
           f" per hop {shards}, other body bytes {w.hops(marks, shards=False)};"
           f" gateway published after {t_gateway:.1f} s, last kiosk after {t_last:.1f} s")
+
+
+def test_docs_give_the_cache_config_the_fleet_runs() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "fleet.md").read_text()
+    blocks = re.findall(r"```nginx\n(.*?)```", doc, re.DOTALL)
+    assert blocks == [cache_server(listen="80", upstream="http://gateway.lan",
+                                   cache_dir="/var/cache/nginx/shardsync")]
