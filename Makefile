@@ -32,7 +32,7 @@ typecheck: $(VENV)/.installed
 	cd .typecheck && ../$(PY) -m mypy --config-file ../pyproject.toml -p shardsync
 
 test: $(VENV)/.installed deps lint
-	$(PY) -m pytest -q
+	bash tests/run-suite.sh $(PY)
 
 # Each benchmark prints its figures next to a reference run in the same process.
 bench: $(VENV)/.installed deps
