@@ -35,7 +35,7 @@ from typing import TypeVar
 from e2e.webserver import START_TIMEOUT, nginx_argv
 from servicehelpers import WAIT, NotifySocket, ServiceProcess, short_dir
 from storehelpers import ModelFiles, write_model
-from synchelpers import write_config
+from synchelpers import origin_server, write_config
 
 from shardsync.daemon.nginx import render_nginx_config
 
@@ -443,9 +443,9 @@ def gateway_fleet(tmp_path: Path, model: ModelFiles, *, kiosks: int = 3, interva
         write_model(root / "m", model)
         web = tmp_path / "origin"
         web.mkdir()
-        origin_web = origin.nginx(web, _ORIGIN_SERVER.format(
-            fmt=CACHE_LOG_FORMAT, listen=f"{uplink.a_addr}:80", root=root,
-            log=web / "fleet-access.log"), [f"{uplink.a_addr}:80"])
+        origin_web = origin.nginx(web, origin_server(
+            f"{uplink.a_addr}:80", root, web / "fleet-access.log", CACHE_LOG_FORMAT),
+            [f"{uplink.a_addr}:80"])
         web = tmp_path / "cache"
         web.mkdir()
         cache_web = cache.nginx(web, cache_server(
@@ -467,15 +467,3 @@ def gateway_fleet(tmp_path: Path, model: ModelFiles, *, kiosks: int = 3, interva
             for n in (gw, *nodes):
                 n.close()
 
-
-_ORIGIN_SERVER = """\
-log_format fleet escape=none '{fmt}';
-server {{
-    listen {listen};
-    root {root};
-    access_log {log} fleet;
-    types {{ application/json json; }}
-    default_type application/octet-stream;
-    location / {{ }}
-}}
-"""

@@ -56,6 +56,7 @@ __all__ = [
     "model_config",
     "model_files",
     "open_syncer",
+    "origin_server",
     "publish_on",
     "published_files",
     "run_cli",
@@ -194,6 +195,12 @@ server {{
 """
 
 
+def origin_server(listen: str, root: Path, log: Path, fmt: str = _LOG_FORMAT) -> str:
+    """The nginx server block of a plain origin serving ``root`` at ``listen``, logging
+    every request to ``log`` in the log format ``fmt`` (default: what :class:`Hit` reads)."""
+    return _NGINX_SERVER.format(fmt=fmt, listen=listen, root=root, log=log)
+
+
 @dataclass
 class Hit:
     """One request as nginx logged it."""
@@ -246,8 +253,7 @@ def serve_directory(root: Path, workdir: Path) -> Iterator[NginxOrigin]:
     """
     log = workdir / "origin-access.log"
     workdir.mkdir(parents=True, exist_ok=True)
-    with run_nginx(workdir, lambda listen: _NGINX_SERVER.format(
-            fmt=_LOG_FORMAT, listen=listen, root=root, log=log)) as server:
+    with run_nginx(workdir, lambda listen: origin_server(listen, root, log)) as server:
         yield NginxOrigin(server, root, log)
 
 
