@@ -92,11 +92,6 @@ class Nginx:
     def hits(self) -> list[Hit]:
         return read_hits(self.log)
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=START_TIMEOUT)
-
 
 @dataclass
 class Host:
@@ -136,10 +131,9 @@ class Host:
         (``addr:port``); return once every one accepts. Stopped when the fleet closes."""
         argv = nginx_argv(workdir)
         (workdir / "server.conf").write_text(server_conf)
-        err = open(workdir / "stderr.log", "wb")  # noqa: SIM115 - closed with the fleet
-        self.fleet._files.append(err)
-        proc = subprocess.Popen(self.argv(*argv), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        with open(workdir / "stderr.log", "wb") as err:  # nginx holds its own copy
+            proc = subprocess.Popen(self.argv(*argv), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err)
         self.fleet._procs.append(proc)
         server = Nginx(self, workdir, proc)
         probe = " && ".join(
@@ -191,7 +185,6 @@ class Fleet:
         self.hosts: dict[str, Host] = {}
         self.links: list[Link] = []
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._files: list[object] = []
 
     def host(self, role: str) -> Host:
         """A new host (network namespace, loopback up) called ``role``."""
@@ -232,8 +225,6 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for f in self._files:
-            f.close()  # type: ignore[attr-defined]
         for h in self.hosts.values():
             subprocess.run(["ip", "netns", "del", h.ns], capture_output=True)
 
