@@ -63,7 +63,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -547,6 +547,16 @@ class Syncer:
                     del index[u]
             await self._sync(model, progress, result, chain=again)
             return
+        await self._conclude(model, accepted, version, previous, result, progress,
+                             functools.partial(self._check_groups, model, manifest, files))
+
+    async def _conclude(self, model: ModelConfig, accepted: _Accepted | None, version: Version,
+                        previous: Version | None, result: SyncResult, progress: Progress,
+                        check: Callable[[], Awaitable[None]] | None) -> None:
+        """Record, hold or publish ``version``, the model's version as the origin has it
+        now; ``check`` walks its weight groups before a version not yet published goes
+        out (None: one the store recorded, checked when it was)."""
+        store = self.store
         if previous is not None and previous.id == version.id:
             # The same bytes as the published version, whose groups were checked before
             # it was published: no need to walk string weights again on every check.
@@ -557,7 +567,8 @@ class Syncer:
             if pin is not None and pin.waiting is not None:  # the origin is back at the pin
                 await trio.to_thread.run_sync(store.hold, version)
         else:
-            await self._check_groups(model, manifest, files)
+            if check is not None:
+                await check()
             if store.pinned(model.name) is None:
                 # The trust record names the version it let in: not one a pin holds back.
                 await self._accept(model, accepted, version, result)
