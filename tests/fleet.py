@@ -26,7 +26,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,13 +297,14 @@ class Node:
     """A host running ``shardsync run`` and nginx serving its site."""
 
     def __init__(self, host: Host, root: Path, sockdir: Path, url: str, listen: str, *,
-                 interval: str) -> None:
+                 interval: str, mirrors: Sequence[str] = ()) -> None:
         self.host = host
         self.dir = root / host.role
         self.notify = NotifySocket(sockdir / f"{host.role}.notify")
-        config = write_config(self.dir, {"m": url}, socket=str(sockdir / f"{host.role}.sock"),
-                              interval=interval)
-        self.service = ServiceProcess(config, self.dir / "service.log", notify=self.notify,
+        self.config = write_config(
+            self.dir, {"m": url}, socket=str(sockdir / f"{host.role}.sock"), interval=interval,
+            model_keys={"m": {"mirrors": list(mirrors)}} if mirrors else None)
+        self.service = ServiceProcess(self.config, self.dir / "service.log", notify=self.notify,
                                       netns=host.ns)
         self.listen = listen
         self.web: Nginx | None = None
@@ -413,7 +414,8 @@ class World:
 
 @contextmanager
 def gateway_fleet(tmp_path: Path, model: ModelFiles, *, kiosks: int = 3, interval: str = "1s",
-                  pass_conditionals: bool = True) -> Iterator[World]:
+                  pass_conditionals: bool = True,
+                  kiosk_mirrors: Sequence[str] = ()) -> Iterator[World]:
     """Origin → gateway → cache → ``kiosks`` kiosks, every one serving, the model ``m``
     (``model``, manifest ``model.json``) not yet synced; torn down on exit.
 
@@ -421,7 +423,7 @@ def gateway_fleet(tmp_path: Path, model: ModelFiles, *, kiosks: int = 3, interva
     origin's URL and nginx on its site as ``shardsync nginx-config`` prints it; the cache
     is :func:`cache_server`; each kiosk runs ``shardsync run`` on the gateway's entry
     point through the cache, and nginx on its own site at 127.0.0.1 (the kiosk's page).
-    Every model checks each ``interval``.
+    Every model checks each ``interval``; the kiosks' model has ``kiosk_mirrors``.
     """
     assert os.geteuid() == 0, "a fleet needs root (ip netns): CI runs as root"
     with fleet() as f, short_dir() as sockdir:
@@ -447,7 +449,7 @@ def gateway_fleet(tmp_path: Path, model: ModelFiles, *, kiosks: int = 3, interva
         gw = Node(gateway, tmp_path, sockdir, f"http://{uplink.a_addr}/m/model.json",
                   f"{downlink.a_addr}:80", interval=interval)
         nodes = [Node(k, tmp_path, sockdir, f"http://{lk.a_addr}/models/m/model.json",
-                      "127.0.0.1:80", interval=interval)
+                      "127.0.0.1:80", interval=interval, mirrors=kiosk_mirrors)
                  for k, lk in zip(hosts, kiosk_links, strict=True)]
         try:
             for n in (gw, *nodes):

@@ -24,6 +24,10 @@ story, one test since each step needs the one before:
    The bytes of every hop and the time to the last kiosk are printed
    (bench/fleet_bench.py measures them over several updates).
 
+A second fleet, one kiosk, ties the offline items together: cut off, the kiosk takes
+the gateway's update from a USB stick (its ``file://`` mirror), and back online asks
+the gateway for the entry point alone.
+
 The fleet needs root (``ip netns``); CI runs as root, so it fails rather than skips
 without it.
 """
@@ -37,6 +41,7 @@ from pathlib import Path
 
 from fleet import Node, World, cache_server, gateway_fleet, wait_for
 from storehelpers import tfjs_model
+from synchelpers import run_cli
 
 SHARDS = 4
 SHARD_SIZE = 256 * 1024
@@ -146,6 +151,41 @@ def _step3_update(w: World) -> None:
     print(f"\nfleet update, one {SHARD_SIZE}-byte shard of {SHARDS} changed: shard body bytes"
           f" per hop {shards}, other body bytes {w.hops(marks, shards=False)};"
           f" gateway published after {t_gateway:.1f} s, last kiosk after {t_last:.1f} s")
+
+
+def test_a_kiosk_cut_off_takes_the_update_from_a_usb_stick_and_then_asks_the_gateway_nothing(
+    tmp_path: Path
+) -> None:
+    """Issue 11's items together: a kiosk whose link is down falls back to its mirror,
+    a USB stick (``file://``) holding what ``shardsync export`` wrote on the gateway;
+    it publishes the gateway's version id from it, and once back on the network its
+    checks of the gateway cost the entry point alone, no shard."""
+    stick = tmp_path / "stick"
+    with gateway_fleet(tmp_path, MODEL, kiosks=1, interval="1s",
+                       kiosk_mirrors=[f"file://{stick}/m/model.json"]) as w:
+        gw, (kiosk,) = w.gw, w.kiosks
+        v1 = wait_for("the gateway publish", lambda: gw.version)
+        wait_for("the kiosk publish", lambda: kiosk.version == v1)
+
+        w.kiosk_links[0].down()
+        w.change_shard(f"group1-shard3of{SHARDS}.bin", _shard(2, b"usb"))
+        v2 = wait_for("the gateway publish the change", lambda: (v := gw.version) != v1 and v)
+        done = run_cli("export", "-c", gw.config, stick)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        # The gateway is out of reach (~30 s of retries), then the stick serves.
+        wait_for("the kiosk publish from the stick", lambda: kiosk.version == v2, timeout=180)
+        m = kiosk.service.model("m")
+        assert m["source"] == f"file://{stick}/m/model.json", m
+        assert kiosk.page_loads(w.served) == v2
+
+        w.kiosk_links[0].up()
+        marks, back = w.marks(), time.time()
+        wait_for("the kiosk check the gateway twice",
+                 lambda: (kiosk.service.model("m")["last_success"] or 0) >= back + 1.5)
+        asked = {h.uri for h in w.cache_web.hits()[marks["cache"]:]}
+        assert asked == {"/models/m/model.json"}, asked
+        assert kiosk.version == v2 and kiosk.service.model("m")["last_error"] is None
 
 
 def test_docs_give_the_cache_config_the_fleet_runs() -> None:
