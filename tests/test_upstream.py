@@ -18,7 +18,7 @@ import pytest
 from e2e.webserver import NginxServer
 from origin import Origin
 from sitehelpers import SHARD, hits, model, serve_site, sync
-from storehelpers import tfjs_model, write_model
+from storehelpers import ModelFiles, tfjs_model, write_model
 from synchelpers import assert_published, publish_on, run_cli, write_config
 
 
@@ -27,6 +27,21 @@ def site(tmp_path: Path) -> Iterator[NginxServer]:
     """nginx serving the upstream's site_dir (``tmp_path/up/site``) as nginx-config has it."""
     with serve_site(tmp_path) as server:
         yield server
+
+
+def two_releases(origin: Origin, site: NginxServer, up: Path, down: Path
+                 ) -> tuple[str, tuple[ModelFiles, str], tuple[ModelFiles, str]]:
+    """The upstream publishes ``model()``, the downstream (in ``down``) syncs it from
+    ``site``, then the upstream publishes ``model(b"\\x22")``: the downstream's URL,
+    and each release's files and upstream version id."""
+    v1 = model()
+    up_v1 = sync(up, publish_on(origin, "m", v1))
+    url = f"{site.url}/models/m/{v1.manifest_name}"
+    assert sync(down, url) == up_v1
+    v2 = model(b"\x22")
+    assert origin.root is not None
+    write_model(origin.root / "m", v2)
+    return url, (v1, up_v1), (v2, sync(up, origin.url_for(f"m/{v2.manifest_name}")))
 
 
 def test_a_downstream_publishes_the_upstream_version_and_an_update_moves_one_shard(
@@ -86,14 +101,7 @@ def test_a_304_for_other_bytes_under_a_lent_etag_is_caught_by_the_version_id(
     from the pinned id; the downstream asks again without lending, and publishes the
     upstream's version with the right bytes."""
     up, down = tmp_path / "up", tmp_path / "down"
-    v1 = model()
-    up_v1 = sync(up, publish_on(origin, "m", v1))
-    url = f"{site.url}/models/m/{v1.manifest_name}"
-    assert sync(down, url) == up_v1
-    v2 = model(b"\x22")
-    assert origin.root is not None
-    write_model(origin.root / "m", v2)
-    up_v2 = sync(up, origin.url_for(f"m/{v2.manifest_name}"))
+    url, (v1, up_v1), (v2, up_v2) = two_releases(origin, site, up, down)
     old = up / "site" / "m" / "versions" / up_v1 / "group1-shard2of3.bin"
     new = up / "site" / "m" / "versions" / up_v2 / "group1-shard2of3.bin"
     st = old.stat()
@@ -153,14 +161,7 @@ def test_an_upstream_rolled_back_to_a_version_the_downstream_keeps_costs_its_ent
     origin: Origin, site: NginxServer, tmp_path: Path
 ) -> None:
     up, down = tmp_path / "up", tmp_path / "down"
-    v1 = model()
-    up_v1 = sync(up, publish_on(origin, "m", v1))
-    url = f"{site.url}/models/m/{v1.manifest_name}"
-    assert sync(down, url) == up_v1
-    v2 = model(b"\x22")
-    assert origin.root is not None
-    write_model(origin.root / "m", v2)
-    up_v2 = sync(up, origin.url_for(f"m/{v2.manifest_name}"))
+    url, (v1, up_v1), (v2, up_v2) = two_releases(origin, site, up, down)
     assert sync(down, url) == up_v2
     done = run_cli("rollback", "-c", up / "shardsync.toml", "m", up_v1)
     assert done.returncode == 0, done.stdout + done.stderr
